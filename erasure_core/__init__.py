@@ -1,6 +1,40 @@
 """Robust Erasure: adversarially robust concept erasure for Stable Diffusion 1.x text encoders.
 
-The public API is small; the heavy modules are imported lazily so that `import erasure_core` stays fast.
+    from erasure_core import load_model, EraseConfig, erase, save_encoder
+    model = load_model("demo")
+    result = erase(model, ["circle"], EraseConfig.from_preset("demo"))
+    save_encoder(result.text_encoder, "no_circles.safetensors")
+
+The public names below are imported lazily so that `import erasure_core` stays fast.
 """
 
 __version__ = "0.1.0"
+
+_PUBLIC = {
+    "load_model": "models",
+    "SDModel": "models",
+    "EraseConfig": "trainer",
+    "erase": "trainer",
+    "erase_to_file": "jobs",
+    "load_robust_text_encoder": "encoders",
+    "save_encoder": "encoders",
+    "read_encoder": "encoders",
+    "convert_encoder": "encoders",
+    "swap_text_encoder": "encoders",
+    "bake": "encoders",
+    "generate": "sampling",
+    "encode_prompts": "sampling",
+    "evaluate": "evaluate",
+    "write_report": "report",
+}
+
+__all__ = ["__version__", *_PUBLIC]
+
+
+def __getattr__(name):
+    if name in _PUBLIC:
+        import importlib
+
+        module = importlib.import_module(f".{_PUBLIC[name]}", __name__)
+        return getattr(module, name)
+    raise AttributeError(f"module 'erasure_core' has no attribute {name!r}")
