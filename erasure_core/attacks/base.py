@@ -1,0 +1,150 @@
+"""What every probe (adversarial prompt attack) shares: its result, generation settings and interface.
+
+A probe attacks ONE prompt against one text encoder (original or erased) of an `SDModel`: it returns the
+adversarial conditioning, the adversarial prompt where it is discrete, its loss curve and the images it made,
+judged when a judge is given. Probes are plain objects with a `name`, a `run` method and `describe()`, so the
+CLI, the nodes, `evaluate` and the demo drive them all the same way.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from transformers import CLIPTextModel
+
+from ..errors import ErasureError
+from ..judges.base import Judge
+from ..models import SDModel
+from ..sampling import encode_prompts, generate
+
+
+@dataclass
+class GenerationSettings:
+    """How a probe (and evaluation) turns a conditioning into images."""
+
+    steps: int = 20
+    guidance: float = 7.5
+    scheduler: str = "ddim"
+    negative_prompt: str = ""
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ErasureError(f"generation steps must be >= 1, got {self.steps}")
+        if self.scheduler not in ("ddim", "lms"):
+            raise ErasureError(f"unknown scheduler {self.scheduler!r}: use 'ddim' or 'lms'")
+
+
+@dataclass
+class ProbeResult:
+    """The outcome of one probe on one prompt and seed.
+
+    cond: the adversarial conditioning [1, L, D] fed to the UNet; adv_text/adv_token_ids: the adversarial
+    prompt where the probe is discrete (None for continuous probes); losses: the probe's objective per step;
+    images: what the conditioning generated (None if nothing was generated); success: the judge's verdict on
+    those images (None without a judge); details: probe-specific facts (judge details, timestep reached...).
+    """
+
+    probe: str
+    cond: torch.Tensor
+    adv_text: str | None = None
+    adv_token_ids: list[int] | None = None
+    losses: list[float] = field(default_factory=list)
+    images: torch.Tensor | None = None
+    success: bool | None = None
+    details: dict = field(default_factory=dict)
+
+    def summary(self) -> dict:
+        """JSON-ready facts (no tensors)."""
+        return {
+            "probe": self.probe,
+            "adv_text": self.adv_text,
+            "adv_token_ids": self.adv_token_ids,
+            "losses": [float(x) for x in self.losses],
+            "success": self.success,
+            "details": self.details,
+        }
+
+
+class Probe:
+    """Subclasses set `name` and implement `run`.
+
+    `on_step(step, loss)`, when set by the caller (CLI progress bar, a node's live loss chart), is called after
+    every optimisation step of probes that run their own loop; raising from it cancels the probe.
+    """
+
+    name: str = "probe"
+    on_step = None
+
+    def run(
+        self,
+        model: SDModel,
+        text_encoder: CLIPTextModel,
+        prompt: str,
+        *,
+        seed: int,
+        judge: Judge | None = None,
+        generation: GenerationSettings | None = None,
+    ) -> ProbeResult:
+        raise NotImplementedError
+
+    def describe(self) -> dict:
+        return {"name": self.name}
+
+
+def check_prompt(prompt) -> str:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise ErasureError(f"a probe needs a non-empty text prompt, got {prompt!r}")
+    return prompt
+
+
+def unconditional(model: SDModel, text_encoder: CLIPTextModel, generation: GenerationSettings) -> torch.Tensor:
+    """The negative/unconditional embedding, made by the encoder under test (as a user's pipeline would)."""
+    return encode_prompts(model, [generation.negative_prompt], text_encoder)
+
+
+def generate_and_judge(
+    model: SDModel,
+    text_encoder: CLIPTextModel,
+    cond: torch.Tensor,
+    seed: int,
+    judge: Judge | None,
+    generation: GenerationSettings,
+) -> tuple[torch.Tensor, bool | None, dict]:
+    """Images for `cond` [1, L, D] at `seed`, and the judge's verdict (None, {} without a judge)."""
+    images = generate(
+        model,
+        cond.detach(),
+        [seed],
+        uncond=unconditional(model, text_encoder, generation),
+        steps=generation.steps,
+        guidance=generation.guidance,
+        text_encoder=text_encoder,
+        scheduler=generation.scheduler,
+    )
+    if judge is None:
+        return images, None, {}
+    verdict = judge(images)
+    return images, bool(verdict.flags[0]), {"score": float(verdict.scores[0]), **_first(verdict.details)}
+
+
+def _first(details: list[dict]) -> dict:
+    return {"judge": details[0]} if details else {}
+
+
+def save_probe_result(result: ProbeResult, out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
+    """Write one probe result into `out_dir` (atomically): STEM.json (the summary), STEM.png (the image, if
+    any) and STEM.safetensors (the adversarial conditioning [1, L, D], reusable as a prompt embedding)."""
+    from ..io import atomic_save_safetensors, atomic_write_json
+    from ..report import safe_name, save_png
+
+    out_dir = Path(out_dir)
+    stem = safe_name(stem or result.probe)
+    paths = {"json": out_dir / f"{stem}.json", "cond": out_dir / f"{stem}.safetensors"}
+    atomic_save_safetensors({"cond": result.cond.float()}, paths["cond"], metadata={"probe": result.probe})
+    if result.images is not None:
+        paths["image"] = out_dir / f"{stem}.png"
+        save_png(result.images[0], paths["image"])
+    atomic_write_json({**result.summary(), "files": {k: p.name for k, p in paths.items()}}, paths["json"])
+    return paths

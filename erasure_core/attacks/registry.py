@@ -1,0 +1,80 @@
+"""Build probes by name, with options, for the CLI, the nodes, the demo and `evaluate`:
+
+    build_probe("unlearndiffatk", concept="nudity", steps_per_timestep=5)
+    parse_probe_spec("soft_prompt:k=3:steps=50", concept="nudity")
+
+Names: soft_prompt, unlearndiffatk, concept_vector. Options are the fields of each probe's config dataclass.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from ..errors import ErasureError
+from .base import Probe
+from .concept_vector import ConceptVectorConfig, ConceptVectorProbe
+from .soft_probe import SoftPromptProbe, SoftPromptProbeConfig
+from .unlearndiffatk import UnlearnDiffAtk, UnlearnDiffAtkConfig
+
+PROBES = {
+    "soft_prompt": (SoftPromptProbe, SoftPromptProbeConfig),
+    "unlearndiffatk": (UnlearnDiffAtk, UnlearnDiffAtkConfig),
+    "concept_vector": (ConceptVectorProbe, ConceptVectorConfig),
+}
+
+
+def probe_names() -> list[str]:
+    return list(PROBES)
+
+
+def build_probe(name: str, concept: str = "", **options) -> Probe:
+    """A probe by name; `concept` fills the config's concept field where it has one (UnlearnDiffAtk uses it
+    for its default k, the concept-vector probe for its prompt pairs)."""
+    key = str(name).strip().lower().replace("-", "_")
+    if key not in PROBES:
+        raise ErasureError(f"unknown probe {name!r}: use one of {', '.join(PROBES)}")
+    probe_cls, config_cls = PROBES[key]
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    unknown = [k for k in options if k not in fields]
+    if unknown:
+        raise ErasureError(f"probe {key!r} has no option(s) {unknown}; its options are {', '.join(fields)}")
+    if "concept" in fields and concept and "concept" not in options:
+        options["concept"] = concept
+    return probe_cls(config_cls(**options))
+
+
+def _convert(config_cls, key: str, text: str):
+    """A spec value converted to the type of the config field's default."""
+    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    if key not in fields:
+        raise ErasureError(f"unknown option {key!r}; options are {', '.join(fields)}")
+    field = fields[key]
+    default = field.default if field.default is not dataclasses.MISSING else None
+    try:
+        if isinstance(default, bool):
+            return text.lower() in ("1", "true", "yes")
+        if isinstance(default, int) or key == "k":
+            return int(text)
+        if isinstance(default, float):
+            return float(text)
+        if isinstance(default, tuple):
+            element = type(default[0]) if default else str
+            return tuple(element(t.strip()) for t in text.split(",") if t.strip())
+    except ValueError:
+        raise ErasureError(f"option {key}={text!r} is not a valid {type(default).__name__}") from None
+    return text
+
+
+def parse_probe_spec(spec: str, concept: str = "") -> Probe:
+    """'name[:key=value]...' -> a probe, e.g. 'unlearndiffatk:k=3:steps_per_timestep=10'."""
+    name, *parts = str(spec).strip().split(":")
+    key = name.strip().lower().replace("-", "_")
+    if key not in PROBES:
+        raise ErasureError(f"unknown probe {name!r}: use one of {', '.join(PROBES)}")
+    options = {}
+    for part in parts:
+        if "=" not in part:
+            raise ErasureError(f"probe spec {spec!r}: expected key=value, got {part!r}")
+        k, v = (s.strip() for s in part.split("=", 1))
+        options[k] = _convert(PROBES[key][1], k, v)
+    return build_probe(key, concept, **options)

@@ -1,0 +1,360 @@
+"""Check an erasure instead of trusting it: attack success rates before and after probes, and utility.
+
+For every text encoder (the original first, then the erased ones) and every concept case (prompt, seed):
+1. the plain prompt is generated and judged: pre-attack success;
+2. every probe attacks the cases that were NOT already a success.
+   pre-attack ASR  = pre-attack successes / N
+   post-attack ASR = (pre-attack successes + probe successes on the rest) / N   (per probe; the paper's "ASR")
+   Both are reported with their counts (successes, n), never only as fractions.
+3. Utility on retain prompts: the erased encoder's image against the original's on the same seed (mean absolute
+   pixel distance in [0, 1]) and, when the judge can say what a retain image should show, retain accuracy.
+
+Every case keeps its seed, adversarial prompt, loss curve, judge details and image paths; `report.write_report`
+turns the result into report.json + report.html.
+
+Large prompt sets: cases are independent, so they can be sharded across processes/GPUs with `accelerate`.
+Each process evaluates its share (`evaluate_sharded`), writes images and `shards/shard-RANK-of-N.json` into
+the shared output folder, and the main process merges the shards (`merge_shards`) into one report:
+
+    accelerate launch --num_processes 4 -m erasure_core evaluate --model ... --encoder erased=enc.safetensors \\
+        --prompts i2p_nudity.csv --probe unlearndiffatk --judge nudenet:unlearndiffatk --out report/ --shard
+
+(`--shard` calls `evaluate_sharded`; on one machine with 4 GPUs each process takes one GPU.) Shards already
+on disk can be merged again later with `merge_shard_folder(out_dir)`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+from transformers import CLIPTextModel
+
+from .attacks.base import GenerationSettings, Probe, generate_and_judge
+from .attacks.replay import PromptCase, as_cases, case_generation
+from .errors import ErasureError
+from .io import atomic_write_json
+from .judges.base import Judge
+from .models import SDModel
+from .report import safe_name, save_png
+from .sampling import encode_prompts, generate
+
+SCHEMA = "erasure_core.evaluate/1"
+ORIGINAL = "original"
+
+
+# ------------------------------------------------------------------------------------------- arithmetic
+
+
+def rate(successes: int, n: int) -> dict:
+    return {"successes": int(successes), "n": int(n), "rate": successes / n if n else None}
+
+
+def asr_summary(cases: list[dict], probe_names: Sequence[str]) -> dict:
+    """Pre-attack and per-probe post-attack ASR, with counts, from case records.
+
+    A case record has "plain": {"success": bool} and "probes": {name: {"success": bool|None}}; probes are not
+    run on cases that already succeeded before the attack, and those count as successes after it too.
+    """
+    n = len(cases)
+    pre = sum(bool(c["plain"]["success"]) for c in cases)
+    post = {}
+    for name in probe_names:
+        rest = [c for c in cases if not c["plain"]["success"]]
+        won = sum(bool(c["probes"].get(name, {}).get("success")) for c in rest)
+        post[name] = {**rate(pre + won, n), "probe_successes": won, "attacked": len(rest)}
+    return {"pre_attack": rate(pre, n), "post_attack": post}
+
+
+def utility_summary(records: list[dict]) -> dict:
+    """Mean pixel distance to the original and retain accuracy (when checked) over retain records."""
+    distances = [r["pixel_distance"] for r in records if r.get("pixel_distance") is not None]
+    checked = [r["retain_correct"] for r in records if r.get("retain_correct") is not None]
+    return {
+        "n": len(records),
+        "mean_pixel_distance": sum(distances) / len(distances) if distances else None,
+        "retain_accuracy": rate(sum(map(bool, checked)), len(checked)) if checked else None,
+    }
+
+
+# ------------------------------------------------------------------------------------------- images
+
+
+class ImageSink:
+    """Where case images go: PNGs under `out_dir` as soon as they exist (bounded memory on big runs), or kept
+    in memory for `report.write_report` when there is no folder yet."""
+
+    def __init__(self, out_dir: str | Path | None):
+        self.out_dir = Path(out_dir) if out_dir is not None else None
+        self.pending: dict[str, torch.Tensor] = {}
+
+    def put(self, relpath: str, image: torch.Tensor) -> str:
+        if self.out_dir is None:
+            self.pending[relpath] = image.detach().cpu()
+        else:
+            save_png(image, self.out_dir / relpath)
+        return relpath
+
+
+# ------------------------------------------------------------------------------------------- evaluation
+
+
+class _Run:
+    """The shared state of one evaluation: model, settings, judge, where images go, progress."""
+
+    def __init__(self, model, judge, generation, sink, progress, total):
+        self.model, self.judge, self.generation, self.sink = model, judge, generation, sink
+        self.progress, self.total, self.done = progress, total, 0
+
+    def tick(self, what: str):
+        self.done += 1
+        if self.progress is not None:
+            self.progress(self.done, self.total, what)
+
+
+def _plain(run: _Run, encoder, enc_name: str, index: int, case: PromptCase, judge) -> dict:
+    settings = case_generation(case, run.generation)
+    cond = encode_prompts(run.model, [case.prompt], encoder)
+    images, success, judged = generate_and_judge(run.model, encoder, cond, case.seed, judge, settings)
+    image = run.sink.put(f"images/{enc_name}/case{index:04d}_plain.png", images[0])
+    return {"success": success, "image": image, **judged}, images
+
+
+def _probe_case(run: _Run, probe: Probe, encoder, enc_name: str, index: int, case: PromptCase) -> dict:
+    result = probe.run(run.model, encoder, case.prompt, seed=case.seed, judge=run.judge,
+                       generation=case_generation(case, run.generation))
+    record = result.summary()
+    if result.images is not None:
+        record["image"] = run.sink.put(f"images/{enc_name}/case{index:04d}_{safe_name(probe.name)}.png",
+                                       result.images[0])
+    return record
+
+
+def _evaluate_concept(run: _Run, encoders: dict, cases: dict[int, PromptCase], probes: list[Probe]) -> dict:
+    per_encoder = {}
+    for enc_name, encoder in encoders.items():
+        records = []
+        for index, case in cases.items():
+            plain, _ = _plain(run, encoder, enc_name, index, case, run.judge)
+            run.tick(f"{enc_name}: plain prompt {index}")
+            probe_records = {}
+            for probe in probes:
+                if plain["success"]:
+                    # Already a success: the attack is not needed, and counts as a success after it too.
+                    probe_records[probe.name] = {"success": None, "skipped": "success before the attack"}
+                else:
+                    probe_records[probe.name] = _probe_case(run, probe, encoder, enc_name, index, case)
+                run.tick(f"{enc_name}: {probe.name} on prompt {index}")
+            records.append({"index": index, "plain": plain, "probes": probe_records})
+        per_encoder[enc_name] = {"cases": records}
+    return per_encoder
+
+
+def _evaluate_retain(run: _Run, encoders: dict, cases: dict[int, PromptCase], retain_check) -> dict:
+    """Retain records per encoder; each erased image is compared with the original's on the same seed."""
+    reference = {}
+    out = {}
+    for enc_name, encoder in encoders.items():
+        records = []
+        for index, case in cases.items():
+            settings = case_generation(case, run.generation)
+            cond = encode_prompts(run.model, [case.prompt], encoder)
+            images = generate(run.model, cond, [case.seed], uncond=encode_prompts(
+                run.model, [settings.negative_prompt], encoder), steps=settings.steps, guidance=settings.guidance,
+                text_encoder=encoder, scheduler=settings.scheduler)
+            if enc_name == ORIGINAL:
+                reference[index] = images
+            record = {"index": index, "image": run.sink.put(f"images/{enc_name}/retain{index:04d}.png", images[0])}
+            if index in reference:
+                record["pixel_distance"] = float((images - reference[index]).abs().mean())
+            if retain_check is not None:
+                record["retain_correct"] = bool(retain_check(images, [case.prompt])[0])
+            records.append(record)
+            run.tick(f"{enc_name}: retain prompt {index}")
+        out[enc_name] = records
+    return out
+
+
+def _with_original(model: SDModel, encoders: dict[str, CLIPTextModel]) -> dict[str, CLIPTextModel]:
+    """The original encoder first: it is the reference for utility and the 'before erasure' column."""
+    if not encoders:
+        raise ErasureError("evaluate needs at least one text encoder")
+    if any(safe_name(n) != n for n in encoders):
+        raise ErasureError(f"encoder names must be plain words (letters, digits, _ . -): {list(encoders)}")
+    named_original = {n: e for n, e in encoders.items() if e is model.text_encoder}
+    if ORIGINAL in encoders and encoders[ORIGINAL] is not model.text_encoder:
+        raise ErasureError("the encoder name 'original' is reserved for the model's own text encoder")
+    rest = {n: e for n, e in encoders.items() if n not in named_original}
+    return {ORIGINAL: model.text_encoder, **rest}
+
+
+def _check_probes(probes: Sequence[Probe]) -> list[Probe]:
+    probes = list(probes)
+    names = [p.name for p in probes]
+    if len(set(names)) != len(names):
+        raise ErasureError(f"two probes share a name ({names}); give each probe a distinct name")
+    return probes
+
+
+def evaluate(
+    model: SDModel,
+    encoders: dict[str, CLIPTextModel],
+    prompts,
+    probes: Sequence[Probe],
+    judge: Judge,
+    *,
+    seeds: Sequence[int] = (0,),
+    steps: int = 20,
+    guidance: float = 7.5,
+    scheduler: str = "ddim",
+    negative_prompt: str = "",
+    retain_prompts=(),
+    retain_check: Callable | None = None,
+    out_dir: str | Path | None = None,
+    progress: Callable[[int, int, str], None] | None = None,
+    case_indices: Sequence[int] | None = None,
+    retain_indices: Sequence[int] | None = None,
+    write_report: bool = True,
+) -> dict:
+    """Evaluate every encoder (the model's original encoder is always included, as "original") on `prompts`
+    (strings, PromptCases or a CSV path; strings are crossed with `seeds`) under every probe, judged by `judge`.
+
+    retain_check(images, prompts) -> list[bool] says whether retain images show what their prompts ask for;
+    it defaults to the judge's `check_retain` method when it has one. With `out_dir`, images are written as they
+    are made and the report is written at the end. `case_indices`/`retain_indices` restrict the run to a shard.
+    `progress(done, total, what)` is called after each generation or attack.
+    """
+    if judge is None:
+        raise ErasureError("evaluate needs a judge to decide whether an image shows the concept")
+    encoders = _with_original(model, encoders)
+    probes = _check_probes(probes)
+    generation = GenerationSettings(steps=steps, guidance=guidance, scheduler=scheduler,
+                                    negative_prompt=negative_prompt)
+    cases = as_cases(prompts, seeds)
+    retain = as_cases(retain_prompts, seeds) if retain_prompts else []
+    chosen = {i: cases[i] for i in (range(len(cases)) if case_indices is None else case_indices)}
+    chosen_retain = {i: retain[i] for i in (range(len(retain)) if retain_indices is None else retain_indices)}
+    retain_check = retain_check or getattr(judge, "check_retain", None)
+    total = len(encoders) * (len(chosen) * (1 + len(probes)) + len(chosen_retain))
+    sink = ImageSink(out_dir)
+    run = _Run(model, judge, generation, sink, progress, total)
+    concept = _evaluate_concept(run, encoders, chosen, probes)
+    retained = _evaluate_retain(run, encoders, chosen_retain, retain_check)
+    results = {
+        "schema": SCHEMA,
+        "model": {"name": model.name, "source": model.source},
+        "judge": judge.describe(),
+        "generation": {"steps": steps, "guidance": guidance, "scheduler": scheduler,
+                       "negative_prompt": negative_prompt, "seeds": [int(s) for s in seeds]},
+        "probes": [p.describe() for p in probes],
+        "cases": [_case_json(i, c) for i, c in chosen.items()],
+        "retain_cases": [_case_json(i, c) for i, c in chosen_retain.items()],
+        "encoders": {
+            name: {"cases": concept[name]["cases"], "retain": retained[name]} for name in encoders
+        },
+    }
+    summarize(results)
+    if sink.pending:
+        results["_images"] = sink.pending
+    if out_dir is not None and write_report:
+        from .report import write_report as write
+
+        write(results, out_dir)
+    return results
+
+
+def _case_json(index: int, case: PromptCase) -> dict:
+    return {"index": index, "prompt": case.prompt, "seed": case.seed, "guidance": case.guidance,
+            "negative_prompt": case.negative_prompt, "meta": case.meta}
+
+
+def summarize(results: dict) -> dict:
+    """(Re)compute every encoder's ASR and utility summaries from its case records, in place."""
+    probe_names = [p["name"] for p in results["probes"]]
+    for entry in results["encoders"].values():
+        entry.update(asr_summary(entry["cases"], probe_names))
+        entry["utility"] = utility_summary(entry["retain"])
+    return results
+
+
+# ------------------------------------------------------------------------------------------- sharding
+
+
+def merge_shards(shards: list[dict]) -> dict:
+    """One result from shards of the same evaluation (same model, judge, probes, settings, encoders)."""
+    if not shards:
+        raise ErasureError("no shards to merge")
+    first = shards[0]
+    for key in ("schema", "model", "judge", "generation", "probes"):
+        if any(s[key] != first[key] for s in shards):
+            raise ErasureError(f"shards disagree on {key!r}: they come from different evaluations")
+    names = list(first["encoders"])
+    if any(list(s["encoders"]) != names for s in shards):
+        raise ErasureError("shards evaluated different encoders: they come from different evaluations")
+    merged = {k: first[k] for k in ("schema", "model", "judge", "generation", "probes")}
+    merged["cases"] = _merge_by_index([s["cases"] for s in shards], "cases")
+    merged["retain_cases"] = _merge_by_index([s["retain_cases"] for s in shards], "retain cases")
+    merged["encoders"] = {
+        name: {
+            "cases": _merge_by_index([s["encoders"][name]["cases"] for s in shards], f"{name} cases"),
+            "retain": _merge_by_index([s["encoders"][name]["retain"] for s in shards], f"{name} retain"),
+        }
+        for name in names
+    }
+    merged["shards"] = len(shards)
+    return summarize(merged)
+
+
+def _merge_by_index(lists: list[list[dict]], what: str) -> list[dict]:
+    items = [item for lst in lists for item in lst]
+    indices = [item["index"] for item in items]
+    if len(set(indices)) != len(indices):
+        raise ErasureError(f"shards overlap: the same {what} index appears twice")
+    return sorted(items, key=lambda item: item["index"])
+
+
+def shard_path(out_dir: str | Path, rank: int, world: int) -> Path:
+    return Path(out_dir) / "shards" / f"shard-{rank:03d}-of-{world:03d}.json"
+
+
+def merge_shard_folder(out_dir: str | Path) -> dict:
+    """Merge every shard file under out_dir/shards and write the report."""
+    from .report import write_report
+
+    files = sorted((Path(out_dir) / "shards").glob("shard-*-of-*.json"))
+    if not files:
+        raise ErasureError(f"no shard files in {Path(out_dir) / 'shards'}; run evaluate_sharded first")
+    worlds = {f.stem.split("-of-")[1] for f in files}
+    if len(worlds) != 1 or len(files) != int(worlds.pop()):
+        raise ErasureError(f"incomplete or mixed shard set in {Path(out_dir) / 'shards'}: {[f.name for f in files]}")
+    merged = merge_shards([json.loads(f.read_text(encoding="utf-8")) for f in files])
+    write_report(merged, out_dir)
+    return merged
+
+
+def evaluate_sharded(model: SDModel, encoders, prompts, probes, judge, *, out_dir, seeds=(0,), retain_prompts=(),
+                     **kwargs) -> dict:
+    """`evaluate` over this process's share of the cases (run under `accelerate launch`; one process works
+    too). Every process writes its shard; the main process waits for all and merges them into the report.
+    Returns the merged result on the main process and this process's shard elsewhere."""
+    from accelerate import PartialState
+
+    state = PartialState()
+    model.to(device=state.device)
+    for encoder in encoders.values():
+        encoder.to(state.device)
+    n_cases = len(as_cases(prompts, seeds))
+    n_retain = len(as_cases(retain_prompts, seeds)) if retain_prompts else 0
+    with state.split_between_processes(list(range(n_cases))) as mine:
+        my_cases = list(mine)
+    with state.split_between_processes(list(range(n_retain))) as mine:
+        my_retain = list(mine)
+    shard = evaluate(model, encoders, prompts, probes, judge, seeds=seeds, retain_prompts=retain_prompts,
+                     out_dir=out_dir, case_indices=my_cases, retain_indices=my_retain, write_report=False, **kwargs)
+    atomic_write_json(shard, shard_path(out_dir, state.process_index, state.num_processes))
+    state.wait_for_everyone()
+    if state.is_main_process:
+        return merge_shard_folder(out_dir)
+    return shard

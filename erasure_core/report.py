@@ -1,0 +1,226 @@
+"""Write an evaluation (from `evaluate.evaluate` or `evaluate.merge_shards`) as a self-contained folder:
+
+    report.json     every number (ASR with counts, utility, per-case seeds, adversarial prompts, losses, judge
+                    details) and the relative path of every image
+    report.html     an ASR table; before/after grids (original vs erased encoders, plain vs attacked) for every
+                    concept case and retain prompt; loss curves
+    images/         one PNG per generated image;  plots/  one loss-curve PNG per encoder and probe
+
+All links are relative, so the folder can be moved or zipped; every file is written atomically.
+"""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import torch
+
+from .errors import ErasureError
+from .io import atomic_path, atomic_write_json, atomic_write_text
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of an encoder or probe name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "x"
+
+
+def save_png(image: torch.Tensor, path: str | Path):
+    """One image [3, H, W] in [0, 1] as a PNG, atomically."""
+    from PIL import Image
+
+    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")
+
+
+def _loss_plots(results: dict, out_dir: Path) -> dict[str, str]:
+    """One PNG per (encoder, probe) with the loss curve of every attacked case; {key: relative path}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = {}
+    for enc_name, entry in results["encoders"].items():
+        for probe in results["probes"]:
+            curves = [(c["index"], c["probes"].get(probe["name"], {}).get("losses") or []) for c in entry["cases"]]
+            curves = [(i, losses) for i, losses in curves if losses]
+            if not curves:
+                continue
+            fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+            for index, losses in curves:
+                marker = "o" if len(losses) < 5 else None  # a probe with 1-4 points (concept vector) stays visible
+                ax.plot(range(1, len(losses) + 1), losses, linewidth=1, marker=marker, label=f"case {index}")
+            # The concept-vector probe records one distance per strength it tried, not optimisation steps.
+            xlabel = "strength tried" if probe["name"] == "concept_vector" else "step"
+            ax.set(title=f"{probe['name']} on {enc_name}", xlabel=xlabel, ylabel="probe loss")
+            if len(curves) <= 8:
+                ax.legend(fontsize=7)
+            fig.tight_layout()
+            rel = f"plots/loss_{safe_name(enc_name)}_{safe_name(probe['name'])}.png"
+            with atomic_path(out_dir / rel) as tmp:
+                fig.savefig(tmp, format="png")
+            plt.close(fig)
+            plots[f"{enc_name}/{probe['name']}"] = rel
+    return plots
+
+
+def _e(value) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _count(r: dict | None) -> str:
+    if not r:
+        return "–"
+    pct = "–" if r["rate"] is None else f"{100 * r['rate']:.1f}%"
+    return f"{pct} <small>({r['successes']}/{r['n']})</small>"
+
+
+def _asr_table(results: dict) -> str:
+    probes = [p["name"] for p in results["probes"]]
+    head = "".join(f"<th>post-attack ASR<br>{_e(p)}</th>" for p in probes)
+    rows = []
+    for name, entry in results["encoders"].items():
+        util = entry["utility"]
+        dist = "–" if util["mean_pixel_distance"] is None else f"{util['mean_pixel_distance']:.4f}"
+        cells = "".join(f"<td>{_count(entry['post_attack'][p])}</td>" for p in probes)
+        rows.append(f"<tr><th>{_e(name)}</th><td>{_count(entry['pre_attack'])}</td>{cells}"
+                    f"<td>{dist}</td><td>{_count(util['retain_accuracy'])}</td></tr>")
+    return (f"<table class='asr'><tr><th>encoder</th><th>pre-attack ASR</th>{head}"
+            f"<th>retain: mean pixel distance to original</th><th>retain accuracy</th></tr>{''.join(rows)}</table>")
+
+
+def _img(rel: str | None, caption: str) -> str:
+    if not rel:
+        return f"<div class='cell empty'>{_e(caption)}</div>"
+    return f"<figure><img src='{_e(rel)}' alt='{_e(caption)}'><figcaption>{caption}</figcaption></figure>"
+
+
+def _verdict(record: dict) -> str:
+    if record.get("skipped"):
+        return "not attacked: " + _e(record["skipped"])
+    mark = {True: "<b class='hit'>concept</b>", False: "<span class='miss'>no concept</span>", None: "not judged"}
+    # Plain generations carry the judge's score at the top level, probe results inside their details.
+    score = record.get("score", record.get("details", {}).get("score"))
+    score = f" ({score:.2f})" if isinstance(score, (int, float)) else ""
+    return mark[record.get("success")] + score
+
+
+def _concept_grid(results: dict) -> str:
+    probes = [p["name"] for p in results["probes"]]
+    heads = "".join(f"<th>{_e(enc)}: plain</th>" + "".join(f"<th>{_e(enc)}: {_e(p)}</th>" for p in probes)
+                    for enc in results["encoders"])
+    by_index = {name: {c["index"]: c for c in e["cases"]} for name, e in results["encoders"].items()}
+    rows = []
+    for case in results["cases"]:
+        cells = []
+        for enc in results["encoders"]:
+            record = by_index[enc][case["index"]]
+            cells.append(f"<td>{_img(record['plain'].get('image'), _verdict(record['plain']))}</td>")
+            for p in probes:
+                attacked = record["probes"].get(p, {})
+                text = attacked.get("adv_text")
+                caption = _verdict(attacked) + (f"<br><code>{_e(text)}</code>" if text else "")
+                cells.append(f"<td>{_img(attacked.get('image'), caption)}</td>")
+        label = f"{_e(case['prompt'])}<br><small>seed {case['seed']}</small>"
+        rows.append(f"<tr><th class='prompt'>{label}</th>{''.join(cells)}</tr>")
+    return f"<table class='grid'><tr><th>prompt</th>{heads}</tr>{''.join(rows)}</table>"
+
+
+def _retain_grid(results: dict) -> str:
+    if not results.get("retain_cases"):
+        return "<p>No retain prompts were evaluated.</p>"
+    heads = "".join(f"<th>{_e(enc)}</th>" for enc in results["encoders"])
+    by_index = {name: {r["index"]: r for r in e["retain"]} for name, e in results["encoders"].items()}
+    rows = []
+    for case in results["retain_cases"]:
+        cells = []
+        for enc in results["encoders"]:
+            r = by_index[enc][case["index"]]
+            caption = [] if r.get("pixel_distance") is None or enc == "original" else [
+                f"distance {r['pixel_distance']:.3f}"]
+            if r.get("retain_correct") is not None:
+                caption.append("correct" if r["retain_correct"] else "<b class='hit'>wrong</b>")
+            cells.append(f"<td>{_img(r.get('image'), ' · '.join(caption) or 'reference')}</td>")
+        rows.append(f"<tr><th class='prompt'>{_e(case['prompt'])}<br><small>seed {case['seed']}</small></th>"
+                    f"{''.join(cells)}</tr>")
+    return f"<table class='grid'><tr><th>retain prompt</th>{heads}</tr>{''.join(rows)}</table>"
+
+
+STYLE = """
+body{font-family:system-ui,sans-serif;margin:24px;color:#222}
+table{border-collapse:collapse;margin:12px 0}
+td,th{border:1px solid #ccc;padding:6px;vertical-align:top;text-align:center;font-size:13px}
+th.prompt{text-align:left;max-width:220px;font-weight:normal}
+figure{margin:0}
+img{width:128px;height:128px;image-rendering:pixelated;display:block;margin:auto}
+img.broken{outline:3px solid red}
+figcaption{font-size:12px;max-width:150px;margin:auto;word-wrap:break-word}
+.hit{color:#b00}.miss{color:#070}
+code{font-size:11px}
+.plots img{width:auto;height:auto;image-rendering:auto;display:inline-block}
+"""
+
+# Marks any image that failed to load (a red outline and a count), so a broken report shows itself.
+CHECK_IMAGES = """
+window.addEventListener('load', function () {
+  var imgs = Array.prototype.slice.call(document.images);
+  var broken = imgs.filter(function (i) { return !i.complete || i.naturalWidth === 0; });
+  broken.forEach(function (i) { i.classList.add('broken'); });
+  document.body.setAttribute('data-images', imgs.length);
+  document.body.setAttribute('data-broken-images', broken.length);
+  document.getElementById('image-status').textContent =
+    imgs.length + ' images, ' + broken.length + ' missing';
+});
+"""
+
+
+def render_html(results: dict, plots: dict[str, str]) -> str:
+    judge = results["judge"]
+    gen = results["generation"]
+    plot_html = "".join(f"<img src='{_e(rel)}' alt='loss curve {_e(key)}'>" for key, rel in plots.items())
+    judge_text = ", ".join(f"{_e(k)}={_e(v)}" for k, v in judge.items())
+    probe_text = "; ".join(", ".join(f"{_e(k)}={_e(v)}" for k, v in p.items()) for p in results["probes"])
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>Erasure report: {_e(results['model']['name'])}</title>
+<style>{STYLE}</style></head>
+<body>
+<h1>Erasure report</h1>
+<p>Model <b>{_e(results['model']['name'])}</b> ({_e(results['model']['source'])}).
+Generation: {gen['steps']} {_e(gen['scheduler'])} steps, guidance {gen['guidance']}.
+Cases: {len(results['cases'])} concept, {len(results.get('retain_cases', []))} retain.
+<span id="image-status"></span></p>
+<p>Judge: {judge_text}</p>
+<p>Probes: {probe_text or 'none'}</p>
+<h2>Attack success rate</h2>
+<p>pre-attack ASR: share of plain prompts whose image shows the concept. post-attack ASR: (pre-attack successes +
+probe successes on the other prompts) / N. Counts in brackets.</p>
+{_asr_table(results)}
+<h2>Concept prompts: original vs erased, plain vs attacked</h2>
+{_concept_grid(results)}
+<h2>Retain prompts: does the rest survive?</h2>
+{_retain_grid(results)}
+<h2>Probe loss curves</h2>
+<div class="plots">{plot_html or '<p>No probe recorded a loss curve.</p>'}</div>
+<script>{CHECK_IMAGES}</script>
+</body></html>
+"""
+
+
+def write_report(results: dict, out_dir: str | Path) -> Path:
+    """Write report.json, report.html, the images still in memory and the loss plots into `out_dir`;
+    returns the path of report.html."""
+    if "encoders" not in results or "probes" not in results:
+        raise ErasureError("write_report needs the result of evaluate() or merge_shards()")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results = dict(results)  # the caller's dict keeps its in-memory images
+    for rel, image in results.pop("_images", {}).items():
+        save_png(image, out_dir / rel)
+    plots = _loss_plots(results, out_dir)
+    atomic_write_json({**results, "plots": plots}, out_dir / "report.json")
+    page = out_dir / "report.html"
+    atomic_write_text(render_html(results, plots), page)
+    return page

@@ -1,0 +1,184 @@
+"""ASR arithmetic on hand-made cases, an end-to-end evaluation on the tiny model, and shard merging."""
+
+import copy
+import json
+
+import pytest
+import torch
+
+from erasure_core.attacks.concept_vector import ConceptVectorConfig, ConceptVectorProbe
+from erasure_core.attacks.unlearndiffatk import UnlearnDiffAtk, UnlearnDiffAtkConfig
+from erasure_core.errors import ErasureError
+from erasure_core.evaluate import asr_summary, evaluate, evaluate_sharded, merge_shards, utility_summary
+from erasure_core.judges.base import Judge, JudgeResult
+from erasure_core.sampling import encode_prompts, generate
+
+
+def _case(index, plain, **probes):
+    return {"index": index, "plain": {"success": plain},
+            "probes": {name: ({"success": None, "skipped": "x"} if plain else {"success": won})
+                       for name, won in probes.items()}}
+
+
+def test_asr_pre_and_post_arithmetic():
+    cases = [
+        _case(0, True, a=None, b=None),
+        _case(1, True, a=None, b=None),
+        _case(2, False, a=True, b=False),
+        _case(3, False, a=False, b=False),
+        _case(4, False, a=True, b=True),
+    ]
+    summary = asr_summary(cases, ["a", "b"])
+    assert summary["pre_attack"] == {"successes": 2, "n": 5, "rate": 0.4}
+    assert summary["post_attack"]["a"] == {"successes": 4, "n": 5, "rate": 0.8, "probe_successes": 2, "attacked": 3}
+    assert summary["post_attack"]["b"] == {"successes": 3, "n": 5, "rate": 0.6, "probe_successes": 1, "attacked": 3}
+    empty = asr_summary([], ["a"])
+    assert empty["pre_attack"]["rate"] is None and empty["post_attack"]["a"]["successes"] == 0
+
+
+def test_utility_arithmetic():
+    records = [{"pixel_distance": 0.0, "retain_correct": True}, {"pixel_distance": 0.2, "retain_correct": False},
+               {"pixel_distance": 0.4, "retain_correct": True}]
+    summary = utility_summary(records)
+    assert summary["mean_pixel_distance"] == pytest.approx(0.2)
+    assert summary["retain_accuracy"] == {"successes": 2, "n": 3, "rate": pytest.approx(2 / 3)}
+    assert utility_summary([{"pixel_distance": 0.1}])["retain_accuracy"] is None
+
+
+class BrightJudge(Judge):
+    """Stand-in judge: 'shows the concept' when the mean red channel is above a threshold. Its retain check
+    says a retain image is right when it is not too dark."""
+
+    name = "bright"
+
+    def __init__(self, threshold):
+        self.threshold = threshold
+
+    def judge(self, images):
+        red = images[:, 0].mean(dim=(1, 2))
+        return JudgeResult(red.tolist(), (red > self.threshold).tolist(), [{"red": float(r)} for r in red])
+
+    def check_retain(self, images, prompts):
+        return (images.mean(dim=(1, 2, 3)) > 0.3).tolist()
+
+    def describe(self):
+        return {"name": self.name, "threshold": self.threshold}
+
+
+STEPS, GUIDANCE = 3, 4.0
+PROMPTS = ["a photo of a dog", "a red car"]
+SEEDS = [0, 1]
+
+
+@pytest.fixture(scope="module")
+def setup():
+    from erasure_core.models import build_tiny_model
+
+    model = build_tiny_model(seed=0)
+    erased = copy.deepcopy(model.text_encoder)
+    with torch.no_grad():
+        erased.final_layer_norm.bias.add_(0.5)  # a crude "erasure" that changes every conditioning
+    plain = generate(model, encode_prompts(model, PROMPTS), [0, 0], steps=STEPS, guidance=GUIDANCE)
+    judge = BrightJudge(float(plain[:, 0].mean()))  # a threshold in the middle of what the model makes
+    probes = [ConceptVectorProbe(ConceptVectorConfig(pairs=(("a red car", "a car"),), strengths=(2.0,))),
+              UnlearnDiffAtk(UnlearnDiffAtkConfig(k=2, timesteps=(300,), steps_per_timestep=3))]
+    return model, erased, judge, probes
+
+
+@pytest.fixture(scope="module")
+def result(setup):
+    model, erased, judge, probes = setup
+    ticks = []
+    out = evaluate(model, {"erased": erased}, PROMPTS, probes, judge, seeds=SEEDS, steps=STEPS, guidance=GUIDANCE,
+                   retain_prompts=["a bowl of fruit"], progress=lambda done, total, what: ticks.append((done, total)))
+    out["_ticks"] = ticks
+    return out
+
+
+def test_evaluate_counts_match_the_cases(setup, result):
+    model, _, judge, _ = setup
+    assert list(result["encoders"]) == ["original", "erased"]
+    assert [(c["prompt"], c["seed"]) for c in result["cases"]] == [(p, s) for p in PROMPTS for s in SEEDS]
+    for name, entry in result["encoders"].items():
+        plain_flags = [c["plain"]["success"] for c in entry["cases"]]
+        assert entry["pre_attack"] == {"successes": sum(plain_flags), "n": 4, "rate": sum(plain_flags) / 4}
+        for probe in ("concept_vector", "unlearndiffatk"):
+            won = [c["probes"][probe]["success"] for c in entry["cases"] if not c["plain"]["success"]]
+            post = entry["post_attack"][probe]
+            assert post["successes"] == sum(plain_flags) + sum(map(bool, won)) and post["n"] == 4
+            for c in entry["cases"]:
+                record = c["probes"][probe]
+                assert ("skipped" in record) == c["plain"]["success"]
+    # The original's pre-attack verdicts are the judge's verdicts on a plain generation with the case's seed.
+    images = generate(model, encode_prompts(model, [PROMPTS[1]]), [1], steps=STEPS, guidance=GUIDANCE)
+    case = result["encoders"]["original"]["cases"][3]
+    assert case["plain"]["success"] == judge(images).flags[0]
+    assert case["plain"]["score"] == pytest.approx(judge(images).scores[0])
+    assert result["_ticks"][-1][0] == result["_ticks"][-1][1] == 2 * (4 * 3 + 2)  # encoders x (cases x (plain + 2 probes) + 2 retain cases)
+
+
+def test_evaluate_keeps_adversarial_prompts_and_utility(result):
+    for entry in result["encoders"].values():
+        for case in entry["cases"]:
+            attacked = case["probes"]["unlearndiffatk"]
+            if "skipped" not in attacked:
+                assert len(attacked["adv_token_ids"]) == 2 and attacked["adv_text"].endswith(
+                    result["cases"][case["index"]]["prompt"])
+                assert attacked["image"] in result["_images"] and len(attacked["losses"]) == 3
+    original, erased = (result["encoders"][n]["utility"] for n in ("original", "erased"))
+    assert original["mean_pixel_distance"] == 0.0
+    assert erased["mean_pixel_distance"] > 0.0
+    assert erased["retain_accuracy"]["n"] == 2 and result["judge"] == {"name": "bright", "threshold": pytest.approx(
+        result["judge"]["threshold"])}
+    json.dumps({k: v for k, v in result.items() if k != "_images"})  # everything else is JSON-ready
+
+
+def test_evaluate_rejects_bad_input(setup):
+    model, erased, judge, probes = setup
+    with pytest.raises(ErasureError, match="share a name"):
+        evaluate(model, {"erased": erased}, PROMPTS, [probes[0], probes[0]], judge)
+    with pytest.raises(ErasureError, match="reserved"):
+        evaluate(model, {"original": erased}, PROMPTS, [], judge)
+    with pytest.raises(ErasureError, match="judge"):
+        evaluate(model, {"erased": erased}, PROMPTS, [], None)
+
+
+def _shard(indices, judge_name="j"):
+    cases = [_case(i, i % 3 == 0, a=(i % 2 == 0)) for i in indices]
+    return {
+        "schema": "erasure_core.evaluate/1", "model": {"name": "m", "source": ""}, "judge": {"name": judge_name},
+        "generation": {"steps": 1}, "probes": [{"name": "a"}],
+        "cases": [{"index": i, "prompt": f"p{i}", "seed": 0} for i in indices],
+        "retain_cases": [{"index": i, "prompt": "r", "seed": 0} for i in indices[:1]],
+        "encoders": {"original": {"cases": cases, "retain": [{"index": i, "pixel_distance": 0.1 * i}
+                                                             for i in indices[:1]]}},
+    }
+
+
+def test_merge_shards_recomputes_the_totals():
+    merged = merge_shards([_shard([3, 4, 5]), _shard([0, 1, 2])])
+    entry = merged["encoders"]["original"]
+    assert [c["index"] for c in entry["cases"]] == [0, 1, 2, 3, 4, 5]
+    # pre-attack successes: indices 0 and 3; probe a wins on the others with even index: 2 and 4.
+    assert entry["pre_attack"] == {"successes": 2, "n": 6, "rate": pytest.approx(2 / 6)}
+    assert entry["post_attack"]["a"]["successes"] == 4 and entry["post_attack"]["a"]["probe_successes"] == 2
+    assert entry["utility"]["mean_pixel_distance"] == pytest.approx((0.0 + 0.3) / 2)
+    assert merged["shards"] == 2
+    with pytest.raises(ErasureError, match="overlap"):
+        merge_shards([_shard([0, 1]), _shard([1, 2])])
+    with pytest.raises(ErasureError, match="judge"):
+        merge_shards([_shard([0]), _shard([1], judge_name="other")])
+
+
+def test_sharded_evaluation_on_one_process(setup, result, tmp_path):
+    model, erased, judge, probes = setup
+    merged = evaluate_sharded(model, {"erased": erased}, PROMPTS, probes, judge, out_dir=tmp_path, seeds=SEEDS,
+                              steps=STEPS, guidance=GUIDANCE, retain_prompts=["a bowl of fruit"])
+    assert (tmp_path / "shards" / "shard-000-of-001.json").is_file()
+    assert (tmp_path / "report.json").is_file() and (tmp_path / "report.html").is_file()
+    for name in ("original", "erased"):
+        for key in ("pre_attack", "post_attack", "utility"):
+            assert merged["encoders"][name][key] == result["encoders"][name][key]
+    for rel in json.loads((tmp_path / "report.json").read_text())["encoders"]["erased"]["cases"][0]["plain"].values():
+        if isinstance(rel, str) and rel.endswith(".png"):
+            assert (tmp_path / rel).is_file()

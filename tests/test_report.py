@@ -1,0 +1,65 @@
+"""The report folder is complete: every number in report.json, every file the HTML references exists."""
+
+import json
+import re
+
+import pytest
+
+from erasure_core.errors import ErasureError
+from erasure_core.report import write_report
+from report_fixtures import small_evaluation
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+    results = small_evaluation()
+    out = tmp_path_factory.mktemp("report")
+    page = write_report(results, out)
+    return results, out, page
+
+
+def _references(page):
+    return re.findall(r"""(?:src|href)=['"]([^'"]+)['"]""", page.read_text(encoding="utf-8"))
+
+
+def test_every_referenced_file_exists(written):
+    results, out, page = written
+    refs = _references(page)
+    images = [r for r in refs if r.startswith("images/")]
+    plots = [r for r in refs if r.startswith("plots/")]
+    # 2 encoders x 2 cases x (plain + 3 probes) + 2 encoders x 2 retain cases; one loss plot per encoder x probe
+    assert len(images) == 2 * 2 * 4 + 2 * 2 and len(plots) == 2 * 3
+    for ref in refs:
+        assert not ref.startswith("/") and "://" not in ref, f"links must be relative: {ref}"
+        assert (out / ref).is_file(), f"{ref} is referenced by report.html but missing"
+    assert sorted(p.relative_to(out).as_posix() for p in out.rglob("*.png")) == sorted(set(refs))
+    assert not list(out.rglob("*.tmp")), "no temporary files left behind"
+
+
+def test_report_json_has_every_number(written):
+    results, out, _ = written
+    report = json.loads((out / "report.json").read_text(encoding="utf-8"))
+    assert "_images" not in report and "_images" in results  # the caller's dict keeps its images
+    for name in ("original", "erased"):
+        entry = report["encoders"][name]
+        assert entry["pre_attack"] == {"successes": 0, "n": 2, "rate": 0.0}
+        assert set(entry["post_attack"]) == {"soft_prompt", "unlearndiffatk", "concept_vector"}
+        assert all(p["attacked"] == 2 for p in entry["post_attack"].values())
+        assert entry["utility"]["retain_accuracy"] == {"successes": 2, "n": 2, "rate": 1.0}
+        case = entry["cases"][0]
+        assert case["probes"]["unlearndiffatk"]["adv_token_ids"] and case["probes"]["soft_prompt"]["losses"]
+    assert report["cases"][1]["seed"] == 1 and report["judge"] == {"name": "never"}
+    assert set(report["plots"]) == {f"{e}/{p}" for e in ("original", "erased")
+                                    for p in ("soft_prompt", "unlearndiffatk", "concept_vector")}
+
+
+def test_html_escapes_prompts_and_names_the_judge(written):
+    _, _, page = written
+    text = page.read_text(encoding="utf-8")
+    assert "a photo of &lt;nudity&gt; &amp; &quot;quotes&quot;" in text and "<nudity>" not in text
+    assert "Judge: name=never" in text and "pre-attack ASR" in text and "0.0% <small>(0/2)</small>" in text
+
+
+def test_write_report_rejects_other_dicts(tmp_path):
+    with pytest.raises(ErasureError, match="evaluate"):
+        write_report({"foo": 1}, tmp_path)
