@@ -25,6 +25,8 @@ _PUBLIC = {
     "generate": "sampling",
     "encode_prompts": "sampling",
     "evaluate": "evaluate",
+    "build_probe": "attacks.registry",
+    "build_judge": "judges.registry",
     "write_report": "report",
 }
 

@@ -208,6 +208,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_bake)
 
+    from .cli_probe import add_evaluate_parser, add_probe_parser
+
+    add_probe_parser(sub).set_defaults(func=cmd_probe)
+    add_evaluate_parser(sub).set_defaults(func=cmd_evaluate)
+
     p = sub.add_parser("demo", help="erase a concept from the embedded demo model with ESD and AdvUnlearn, "
                                     "attack all three encoders, judge, and write a report")
     p.add_argument("--concept", default="circle")

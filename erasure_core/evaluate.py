@@ -276,7 +276,18 @@ def summarize(results: dict) -> dict:
     for entry in results["encoders"].values():
         entry.update(asr_summary(entry["cases"], probe_names))
         entry["utility"] = utility_summary(entry["retain"])
+        entry.update(headline_rates(entry))
     return results
+
+
+def headline_rates(entry: dict) -> dict:
+    """The headline fractions in [0, 1] (None where nothing was measured), beside the counts they come from."""
+    retain = entry["utility"]["retain_accuracy"]
+    return {
+        "pre_attack_asr": entry["pre_attack"]["rate"],
+        "post_attack_asr": {name: v["rate"] for name, v in entry["post_attack"].items()},
+        "retain_accuracy": retain["rate"] if retain else None,
+    }
 
 
 # ------------------------------------------------------------------------------------------- sharding

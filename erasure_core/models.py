@@ -181,4 +181,7 @@ def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: torc
         from .loading import load_sd1_from_path
 
         model = load_sd1_from_path(Path(spec_str))
-    return model.to(device=device, dtype=dtype).freeze()
+    # Cast only when needed: diffusers warns about casting with `.to()` even when nothing changes.
+    if model.dtype != dtype:
+        model.to(dtype=dtype)
+    return model.to(device=device).freeze()

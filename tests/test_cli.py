@@ -1,0 +1,48 @@
+"""The command line: user errors exit 2 with a message; info/convert/bake work on real files."""
+
+import json
+
+import pytest
+import torch
+
+from erasure_core.__main__ import main
+from erasure_core.encoders import load_robust_text_encoder, save_encoder, state_dict_from_text_encoder
+
+
+def test_info_prints_metadata_and_key_summary(tiny_model, tmp_path, capsys):
+    path = tmp_path / "enc.safetensors"
+    save_encoder(tiny_model.text_encoder, path, metadata={"concepts": ["circle"], "method": "esd"})
+    assert main(["info", str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["metadata"]["concepts"] == ["circle"]
+    assert info["metadata"]["method"] == "esd"
+    assert info["layers"] == 2 and info["width"] == 32 and info["dtype"] == "float16"
+
+
+def test_convert_a_transformers_folder_to_our_format(tiny_model, tmp_path):
+    folder = tmp_path / "text_encoder"
+    tiny_model.text_encoder.save_pretrained(folder)
+    out = tmp_path / "converted.safetensors"
+    assert main(["convert", str(folder), "--out", str(out), "--dtype", "fp32"]) == 0
+    loaded = load_robust_text_encoder(out)
+    expected = state_dict_from_text_encoder(tiny_model.text_encoder)
+    got = state_dict_from_text_encoder(loaded)
+    assert expected.keys() == got.keys()
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+@pytest.mark.parametrize(
+    "argv, words",
+    [
+        (["info", "does-not-exist.safetensors"], "does not exist"),
+        (["erase", "--model", "tiny", "--concept", "cat", "--preset", "nonsense"], "unknown preset"),
+        (["erase", "--model", "tiny", "--concept", "cat", "--layers", "1,x"], "--layers"),
+        (["convert", "x", "--out", "y", "--dtype", "int3"], "--dtype"),
+        (["evaluate", "--model", "tiny", "--judge", "nudenet"], "needs prompts"),
+        (["evaluate", "--model", "tiny", "--judge", "bogus", "--prompt", "a cat"], "unknown judge"),
+    ],
+)
+def test_user_errors_exit_2_with_a_message(argv, words, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and words in err
