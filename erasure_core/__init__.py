@@ -15,6 +15,7 @@ _PUBLIC = {
     "SDModel": "models",
     "EraseConfig": "trainer",
     "erase": "trainer",
+    "EraseResult": "trainer",
     "erase_to_file": "jobs",
     "load_robust_text_encoder": "encoders",
     "save_encoder": "encoders",

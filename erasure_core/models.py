@@ -87,9 +87,11 @@ class SDModel:
         return self
 
     def to(self, device=None, dtype=None) -> "SDModel":
+        # Pass only what is given: diffusers warns about `.to(dtype=None)` casts.
+        args = {k: v for k, v in dict(device=device, dtype=dtype).items() if v is not None}
         for module in (self.text_encoder, self.unet, self.vae):
-            if module is not None:
-                module.to(device=device, dtype=dtype)
+            if module is not None and args:
+                module.to(**args)
         return self
 
     def pipeline(self, text_encoder: CLIPTextModel | None = None):

@@ -1,0 +1,60 @@
+"""Presets: the AdvUnlearn paper's defaults per concept kind, and the shipped retain prompt lists.
+
+Shared by all presets (paper / public code defaults): Adam lr 1e-5, 1000 iterations, 200 warm-up iterations,
+30 inner attack steps refreshed every iteration, k = 1 adversarial token as a prefix, retain batch 5,
+negative guidance 1, DDIM 50 steps with guidance 3 for the training latents.
+They differ in the retain weight gamma and the retain set: nudity uses 0.3 and a list with no people,
+body or clothing words (so the encoder is not asked to keep what it must forget); style and object 0.5.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .errors import ErasureError
+
+RETAIN_DIR = Path(__file__).resolve().parent / "data" / "retain"
+
+COMMON = dict(
+    lr=1e-5,
+    iterations=1000,
+    warmup_iterations=200,
+    attack_steps=30,
+    attack_k=1,
+    attack_insertion="prefix",
+    retain_batch=5,
+    negative_guidance=1.0,
+)
+
+PRESETS: dict[str, dict] = {
+    "nudity": dict(COMMON, retain_weight=0.3, retain_set="objects_no_body"),
+    "style": dict(COMMON, retain_weight=0.5, retain_set="objects"),
+    "object": dict(COMMON, retain_weight=0.5, retain_set="objects"),
+}
+
+
+def preset_values(name: str) -> dict:
+    """The EraseConfig fields a preset sets; an error naming the known presets for an unknown name."""
+    if name not in PRESETS:
+        raise ErasureError(f"unknown preset {name!r}: use one of {', '.join(sorted(PRESETS))}")
+    return dict(PRESETS[name])
+
+
+def retain_sets() -> list[str]:
+    return sorted(p.stem for p in RETAIN_DIR.glob("*.txt"))
+
+
+def load_retain_prompts(name: str) -> list[str]:
+    """Prompts of a shipped retain list (one per line; '#' lines are comments)."""
+    path = RETAIN_DIR / f"{name}.txt"
+    if not path.is_file():
+        raise ErasureError(f"unknown retain set {name!r}: use one of {', '.join(retain_sets())}, "
+                           "or pass your own list as retain_prompts")
+    lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def filter_retain_prompts(prompts: list[str], concepts: list[str]) -> list[str]:
+    """Drop retain prompts that mention a concept being erased: retaining it would fight the unlearning."""
+    lowered = [c.lower().strip() for c in concepts]
+    return [p for p in prompts if not any(c and c in p.lower() for c in lowered)]
