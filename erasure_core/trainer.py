@@ -42,7 +42,7 @@ from .io import atomic_save_safetensors
 from .latents import LatentPool, PoolSample, UNetRunner, sample_noisy_latents
 from .losses import attack_loss, esd_target, retain_loss, unlearning_loss
 from .models import SDModel
-from .presets import filter_retain_prompts, load_retain_prompts, preset_values
+from .presets import PRESETS, filter_retain_prompts, load_retain_prompts, preset_values
 from .prompts import INSERTIONS, check_concept, slot_prompt, encode_slotted
 
 METHODS = ("advunlearn", "esd")
@@ -130,8 +130,8 @@ class EraseConfig:
                f"unknown attack init {self.attack_init!r}: use 'previous' or 'random_vocab'")
         _check(self.mixed_precision in PRECISIONS,
                f"unknown mixed_precision {self.mixed_precision!r}: use one of {', '.join(PRECISIONS)}")
-        _check(self.preset is None or self.preset in ("nudity", "style", "object"),
-               f"unknown preset {self.preset!r}: use nudity, style or object")
+        _check(self.preset is None or self.preset in PRESETS,
+               f"unknown preset {self.preset!r}: use one of {', '.join(PRESETS)}")
         for name in ("iterations", "warmup_iterations", "attack_steps", "retain_batch", "checkpoint_every"):
             _check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("attack_k", "attack_every", "num_ddim_steps", "concept_pool_size", "retain_pool_size",

@@ -1,0 +1,114 @@
+"""The demo: erase a concept from the embedded shapes-world model with ESD and with AdvUnlearn, attack the
+original and both erased encoders with every probe, judge everything, and write a report.
+
+    python -m erasure_core demo --concept circle --out out/demo
+
+The same measurement, scaled up, is `bench/demo_efficacy.py`.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable
+
+from . import DEFAULT_GUIDANCE, DEFAULT_STEPS, world
+
+METHODS = ("esd", "advunlearn")
+
+
+@dataclass
+class DemoSettings:
+    """Sizes of the demo run. The defaults fit the 5-minute budget on a 2-core CPU."""
+
+    concept_prompts: int = 12
+    retain_prompts: int = 12
+    seeds: tuple[int, ...] = (0,)
+    steps: int = DEFAULT_STEPS
+    guidance: float = DEFAULT_GUIDANCE
+    # Erasure settings on top of the "demo" preset (erasure_core/presets.py), e.g. {"iterations": 60}.
+    erase: dict = field(default_factory=dict)
+    probes: dict = field(default_factory=lambda: {
+        "soft_prompt": dict(k=3, steps=40, lr=0.01, trajectories=2, points=8, sampling_steps=20),
+        "unlearndiffatk": dict(k=3, timesteps=(100, 300, 500, 700, 900), steps_per_timestep=8),
+        "concept_vector": dict(strengths=(1.0, 2.0, 4.0)),
+    })
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def demo_erase_config(method: str, seed: int, settings: DemoSettings):
+    from ..trainer import EraseConfig
+
+    return EraseConfig.from_preset("demo", method=method, seed=seed, **settings.erase)
+
+
+def format_table(encoders: dict) -> str:
+    """The ASR table the demo prints: one row per encoder, fractions in [0, 1]."""
+    probes = sorted({p for v in encoders.values() for p in v["post_attack_asr"]})
+    head = ["encoder", "pre-ASR", *[f"post-ASR {p}" for p in probes], "retain acc"]
+    rows = [head]
+    for name, v in encoders.items():
+        rows.append([name, f"{v['pre_attack_asr']:.2f}", *[f"{v['post_attack_asr'][p]:.2f}" for p in probes],
+                     "-" if v["retain_accuracy"] is None else f"{v['retain_accuracy']:.2f}"])
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+
+
+def run_demo(
+    concept: str = "circle",
+    out_dir: str | Path = "out/demo",
+    seed: int = 0,
+    device: str = "cpu",
+    settings: DemoSettings | None = None,
+    model=None,
+    log: Callable[[str], None] = print,
+) -> dict:
+    """Run the whole demo and return report.json's content. `model` defaults to the embedded demo model."""
+    from ..attacks.registry import build_probe, probe_names
+    from ..evaluate import evaluate
+    from ..judges.registry import demo_retain_check
+    from ..models import load_model
+    from ..report import write_report
+    from ..trainer import erase
+    from .judge import DemoJudge
+
+    settings = settings or DemoSettings()
+    attribute = world.attribute_of(concept)  # refuses unknown values, listing the valid ones
+    started = time.perf_counter()
+    model = model if model is not None else load_model("demo", device=device)
+    judge = DemoJudge(concept)
+    rng = random.Random(seed)
+    concept_cases = world.prompts_naming(concept, settings.concept_prompts, rng)
+    retain_cases = world.prompts_not_naming(concept, settings.retain_prompts, rng)
+    encoders, training = {}, {}
+    for method in METHODS:
+        t0 = time.perf_counter()
+        config = demo_erase_config(method, seed, settings)
+        result = erase(model, [concept], config)
+        encoders[method] = result.text_encoder
+        training[method] = {"seconds": round(time.perf_counter() - t0, 1), "history": result.history,
+                            "unet_evaluations": result.unet_evaluations, "config": config.to_dict()}
+        log(f"erased {concept!r} with {method}: {training[method]['seconds']} s, "
+            f"{result.unet_evaluations} UNet evaluations")
+
+    probes = [build_probe(name, concept=concept, **settings.probes.get(name, {})) for name in probe_names()]
+    t0 = time.perf_counter()
+    results = evaluate(
+        model, encoders, [p for p, _ in concept_cases], probes, judge, seeds=settings.seeds,
+        steps=settings.steps, guidance=settings.guidance, retain_prompts=[p for p, _ in retain_cases],
+        retain_check=demo_retain_check(judge), out_dir=out_dir, write_report=False,
+    )
+    results.update(
+        concept=concept, attribute=attribute, n_prompts=len(results["cases"]),
+        n_retain_prompts=len(results["retain_cases"]), seed=seed, settings=settings.to_dict(),
+        training=training, evaluation_seconds=round(time.perf_counter() - t0, 1),
+    )
+    results["seconds"] = round(time.perf_counter() - started, 1)
+    write_report(results, out_dir)
+    log(format_table(results["encoders"]))
+    log(f"report: {Path(out_dir) / 'report.html'} ({results['seconds']} s in all)")
+    return results
