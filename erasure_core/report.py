@@ -67,6 +67,38 @@ def _loss_plots(results: dict, out_dir: Path) -> dict[str, str]:
     return plots
 
 
+TRAINING_CURVES = ("unlearn_loss", "retain_loss", "attack_loss_last")
+
+
+def _training_plots(results: dict, out_dir: Path) -> dict[str, str]:
+    """One PNG per trained encoder with its per-iteration losses (when the results carry training histories,
+    as the demo's do); {method: relative path}."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    plots = {}
+    for method, run in (results.get("training") or {}).items():
+        history = run.get("history") or []
+        if not history:
+            continue
+        fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+        for key in TRAINING_CURVES:
+            points = [(h["iteration"], h[key]) for h in history if h.get(key) is not None]
+            if points:
+                ax.plot(*zip(*points), linewidth=1, label=key.replace("_last", "").replace("_", " "))
+        ax.set(title=f"training: {method}", xlabel="iteration", ylabel="loss (MSE)", yscale="log")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        rel = f"plots/training_{safe_name(method)}.png"
+        with atomic_path(out_dir / rel) as tmp:
+            fig.savefig(tmp, format="png")
+        plt.close(fig)
+        plots[method] = rel
+    return plots
+
+
 def _e(value) -> str:
     return html.escape(str(value), quote=True)
 
@@ -177,7 +209,7 @@ window.addEventListener('load', function () {
 """
 
 
-def render_html(results: dict, plots: dict[str, str]) -> str:
+def render_html(results: dict, plots: dict[str, str], training_plots: dict[str, str] | None = None) -> str:
     judge = results["judge"]
     gen = results["generation"]
     plot_html = "".join(f"<img src='{_e(rel)}' alt='loss curve {_e(key)}'>" for key, rel in plots.items())
@@ -202,11 +234,19 @@ probe successes on the other prompts) / N. Counts in brackets.</p>
 {_concept_grid(results)}
 <h2>Retain prompts: does the rest survive?</h2>
 {_retain_grid(results)}
+{_training_section(training_plots or {})}
 <h2>Probe loss curves</h2>
 <div class="plots">{plot_html or '<p>No probe recorded a loss curve.</p>'}</div>
 <script>{CHECK_IMAGES}</script>
 </body></html>
 """
+
+
+def _training_section(plots: dict[str, str]) -> str:
+    if not plots:
+        return ""
+    images = "".join(f"<img src='{_e(rel)}' alt='training losses {_e(key)}'>" for key, rel in plots.items())
+    return f"<h2>Training loss curves</h2>\n<div class='plots'>{images}</div>"
 
 
 def write_report(results: dict, out_dir: str | Path) -> Path:
@@ -220,7 +260,9 @@ def write_report(results: dict, out_dir: str | Path) -> Path:
     for rel, image in results.pop("_images", {}).items():
         save_png(image, out_dir / rel)
     plots = _loss_plots(results, out_dir)
-    atomic_write_json({**results, "plots": plots}, out_dir / "report.json")
+    training_plots = _training_plots(results, out_dir)
+    atomic_write_json({**results, "plots": {**plots, **{f"training/{k}": v for k, v in training_plots.items()}}},
+                      out_dir / "report.json")
     page = out_dir / "report.html"
-    atomic_write_text(render_html(results, plots), page)
+    atomic_write_text(render_html(results, plots, training_plots), page)
     return page

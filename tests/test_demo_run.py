@@ -1,0 +1,62 @@
+"""End to end on the embedded demo model: erase (ESD and AdvUnlearn), probe, judge, report."""
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from erasure_core.demo.run import DemoSettings, run_demo
+from erasure_core.errors import ErasureError
+
+PROBES = ("soft_prompt", "unlearndiffatk", "concept_vector")
+
+
+def small_settings() -> DemoSettings:
+    """A few iterations and prompts: this checks the plumbing, bench/demo_efficacy.py measures efficacy."""
+    settings = DemoSettings(concept_prompts=2, retain_prompts=2, steps=8)
+    settings.erase.update(iterations=6, warmup_iterations=2, concept_pool_size=2, retain_pool_size=4,
+                          num_ddim_steps=8)
+    settings.probes["soft_prompt"].update(steps=3, sampling_steps=8, points=2)
+    settings.probes["unlearndiffatk"].update(timesteps=(500,), steps_per_timestep=2)
+    settings.probes["concept_vector"].update(strengths=(1.0,))
+    return settings
+
+
+@pytest.fixture(scope="module")
+def demo_report(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo")
+    results = run_demo("square", out, seed=0, settings=small_settings(), log=lambda _msg: None)
+    return out, results
+
+
+def test_report_json_has_the_promised_fields(demo_report):
+    out, results = demo_report
+    report = json.loads((out / "report.json").read_text())
+    assert report["concept"] == "square" and report["n_prompts"] == 2
+    assert report["judge"]["name"] == "demo-judge"
+    assert list(report["encoders"]) == ["original", "esd", "advunlearn"]
+    for entry in report["encoders"].values():
+        assert 0.0 <= entry["pre_attack_asr"] <= 1.0
+        assert set(entry["post_attack_asr"]) == set(PROBES)
+        assert all(0.0 <= v <= 1.0 for v in entry["post_attack_asr"].values())
+        # post-attack ASR counts the pre-attack successes too, so it can never be lower
+        assert all(v >= entry["pre_attack_asr"] for v in entry["post_attack_asr"].values())
+        assert 0.0 <= entry["retain_accuracy"] <= 1.0
+    for method in ("esd", "advunlearn"):
+        history = report["training"][method]["history"]
+        assert len(history) == 6 and report["training"][method]["unet_evaluations"] > 0
+
+
+def test_report_html_references_only_existing_images(demo_report):
+    out, _ = demo_report
+    html = (out / "report.html").read_text()
+    images = re.findall(r"src=['\"]([^'\"]+)['\"]", html)
+    assert len(images) >= 3 * (2 + 2)  # every encoder: plain concept images and retain images at least
+    assert all((out / image).is_file() for image in images)
+
+
+def test_unknown_concept_is_refused_with_the_valid_values(tmp_path):
+    with pytest.raises(ErasureError, match="circle"):
+        run_demo("dragon", tmp_path, settings=small_settings(), log=lambda _msg: None)
+    assert not any(Path(tmp_path).iterdir())
