@@ -92,7 +92,8 @@ def cmd_erase(args) -> None:
         layers=_layers(args.layers), mixed_precision=args.mixed_precision,
         retain_weight=args.retain_weight, attack_steps=args.attack_steps, attack_k=args.attack_k,
     ).items() if v is not None}
-    config = EraseConfig.from_preset(args.preset, **overrides)
+    preset = args.preset or ("demo" if args.model == "demo" else "object")
+    config = EraseConfig.from_preset(preset, **overrides)
     model = _load(args)
     out = Path(args.out or f"{'_'.join(c.replace(' ', '-') for c in args.concept)}_{config.method}.safetensors")
     checkpoint = Path(args.checkpoint or out.with_suffix(".ckpt.safetensors"))
@@ -171,7 +172,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("erase", help="erase concept(s) by training the text encoder (AdvUnlearn or ESD)")
     _add_model_args(p)
     p.add_argument("--concept", action="append", required=True, help="repeat for several concepts")
-    p.add_argument("--preset", default="object", help="nudity, style, object (or demo)")
+    p.add_argument("--preset", default=None,
+                   help="nudity, style, object (the paper's defaults) or demo (the embedded model's); "
+                        "default: demo for --model demo, else object")
     p.add_argument("--method", choices=["advunlearn", "esd"], default=None)
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
