@@ -226,8 +226,13 @@ def erase(
     should_cancel: Callable[[], bool] | None = None,
     checkpoint_path: str | Path | None = None,
     resume_from: str | Path | None = None,
+    latent_cache: dict | None = None,
 ) -> EraseResult:
     """Erase `concepts` from a copy of `model.text_encoder`; `model` itself is left untouched.
+
+    latent_cache: a dict kept by the caller across runs on the same model; runs whose pools would be identical
+    (same concepts, retain prompts, sampling settings and seed; ESD and AdvUnlearn of one concept, say) sample
+    them once and share them.
 
     progress(step, total, logs) is called after every iteration; should_cancel() is polled during it. On
     cancel a checkpoint is written to `checkpoint_path` and ErasureCancelled raised; a NaN/inf loss raises
@@ -236,6 +241,7 @@ def erase(
     config = (config or EraseConfig()).validate()
     # A resumed run keeps checkpointing into the file it came from unless told otherwise.
     trainer = _Trainer(model, _clean_concepts(model, concepts), config, checkpoint_path or resume_from)
+    trainer.latent_cache = latent_cache
     if resume_from is not None:
         trainer.restore(resume_from)
     return trainer.run(progress, should_cancel)
@@ -270,6 +276,7 @@ class _Trainer:
         self.pool_evaluations = 0
         self.concept_pools: list[LatentPool] | None = None
         self.retain_pool: LatentPool | None = None
+        self.latent_cache: dict | None = None
 
     # ----- set-up -----
     @staticmethod
@@ -314,6 +321,10 @@ class _Trainer:
         config = self.config
         if not config.reuse_latents or self.concept_pools is not None:
             return
+        key = self._pool_key()
+        if self.latent_cache is not None and key in self.latent_cache:
+            self.concept_pools, self.retain_pool = self.latent_cache[key]
+            return
         before = self.runner.evaluations
         pool_rng = torch.Generator().manual_seed(config.seed + 1_000_003)
         build = lambda conds, index, keep: LatentPool.build(  # noqa: E731
@@ -329,6 +340,16 @@ class _Trainer:
                 index = order.repeat(config.retain_pool_size // len(order) + 1)[: config.retain_pool_size]
                 self.retain_pool = build(self.retain_conds, index, False)
         self.pool_evaluations = self.runner.evaluations - before
+        if self.latent_cache is not None:
+            self.latent_cache[key] = (self.concept_pools, self.retain_pool)
+
+    def _pool_key(self) -> tuple:
+        """Everything the pools depend on: equal keys mean identical pools."""
+        c = self.config
+        uses_retain = bool(c.retain_batch and c.retain_weight > 0)
+        return (id(self.model.unet), id(self.model.text_encoder), tuple(self.concepts),
+                tuple(self.retain_prompts) if uses_retain else (), c.num_ddim_steps, c.guidance, c.seed,
+                c.concept_pool_size, c.retain_pool_size if uses_retain else 0, self.precision)
 
     def _autocast(self):
         if self.precision == "no":

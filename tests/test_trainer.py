@@ -211,3 +211,16 @@ def test_memory_options_run_and_restore_the_unet(tiny_model):
     assert result.metadata["mixed_precision"] == "bf16"
     assert not tiny_model.unet.is_gradient_checkpointing
     assert not any(getattr(m, "gradient_checkpointing", False) for m in result.text_encoder.modules())
+
+
+def test_shared_latent_cache_gives_the_same_encoders_for_fewer_unet_evaluations(tiny_model):
+    alone = {m: erase(tiny_model, ["circle"], EraseConfig(**FAST, method=m)) for m in ("esd", "advunlearn")}
+    cache: dict = {}
+    shared = {m: erase(tiny_model, ["circle"], EraseConfig(**FAST, method=m), latent_cache=cache)
+              for m in ("esd", "advunlearn")}
+    assert len(cache) == 1  # both methods drew from one set of pools
+    for method in alone:
+        a, b = alone[method].text_encoder.state_dict(), shared[method].text_encoder.state_dict()
+        assert all(torch.equal(a[k], b[k]) for k in a)
+    saved = alone["advunlearn"].unet_evaluations - shared["advunlearn"].unet_evaluations
+    assert saved == alone["advunlearn"].metadata["pool_evaluations"] > 0

@@ -85,10 +85,11 @@ def run_demo(
     concept_cases = world.prompts_naming(concept, settings.concept_prompts, rng)
     retain_cases = world.prompts_not_naming(concept, settings.retain_prompts, rng)
     encoders, training = {}, {}
+    shared_latents: dict = {}  # ESD and AdvUnlearn sample the same latent pools: sample them once
     for method in METHODS:
         t0 = time.perf_counter()
         config = demo_erase_config(method, seed, settings)
-        result = erase(model, [concept], config)
+        result = erase(model, [concept], config, latent_cache=shared_latents)
         encoders[method] = result.text_encoder
         training[method] = {"seconds": round(time.perf_counter() - t0, 1), "history": result.history,
                             "unet_evaluations": result.unet_evaluations, "config": config.to_dict()}
