@@ -8,7 +8,6 @@ Other families (SDXL, SD2, SD3, Flux...) are refused with what was found.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 from typing import Iterable, Mapping

@@ -9,7 +9,7 @@ from erasure_core.errors import ErasureCancelled, ErasureDiverged, ErasureError
 from erasure_core.latents import LatentPool, UNetRunner
 from erasure_core.losses import esd_target, unlearning_loss
 from erasure_core.models import build_tiny_model
-from erasure_core.presets import PRESETS, load_retain_prompts
+from erasure_core.presets import load_retain_prompts
 from erasure_core.prompts import slot_prompt
 from erasure_core.sampling import encode_prompts
 from erasure_core.trainer import EraseConfig, erase, read_checkpoint, select_trainable_parameters

@@ -23,16 +23,16 @@ METHODS = ("esd", "advunlearn")
 class DemoSettings:
     """Sizes of the demo run. The defaults fit the 5-minute budget on a 2-core CPU."""
 
-    concept_prompts: int = 12
-    retain_prompts: int = 12
+    concept_prompts: int = 8
+    retain_prompts: int = 8
     seeds: tuple[int, ...] = (0,)
     steps: int = DEFAULT_STEPS
     guidance: float = DEFAULT_GUIDANCE
     # Erasure settings on top of the "demo" preset (erasure_core/presets.py), e.g. {"iterations": 60}.
     erase: dict = field(default_factory=dict)
     probes: dict = field(default_factory=lambda: {
-        "soft_prompt": dict(k=3, steps=40, lr=0.01, trajectories=2, points=8, sampling_steps=20),
-        "unlearndiffatk": dict(k=3, timesteps=(100, 300, 500, 700, 900), steps_per_timestep=8),
+        "soft_prompt": dict(k=3, steps=30, lr=0.01, trajectories=2, points=4, sampling_steps=20),
+        "unlearndiffatk": dict(k=3, timesteps=(200, 500, 800), steps_per_timestep=10),
         "concept_vector": dict(strengths=(1.0, 2.0, 4.0)),
     })
 

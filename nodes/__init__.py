@@ -1,0 +1,39 @@
+"""The ComfyUI nodes of Robust Erasure: thin V3 classes that translate ComfyUI objects to `erasure_core` calls.
+
+Imported only by ComfyUI (through the repository's root `__init__.py`); never import it from `erasure_core`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+
+from comfy_api.latest import ComfyExtension, io
+
+LOG = logging.getLogger("robust_erasure")
+
+# One module per theme; each exports NODES. A module that fails to import (a missing optional dependency) is
+# logged and skipped, so the rest of the pack still loads.
+THEMES = ("demo", "encoders", "compare", "erase", "probe", "judge", "report")
+
+
+def node_classes() -> list[type[io.ComfyNode]]:
+    nodes: list[type[io.ComfyNode]] = []
+    for theme in THEMES:
+        try:
+            module = importlib.import_module(f".{theme}", __name__)
+        except ModuleNotFoundError as err:
+            if err.name and err.name.endswith(f"nodes.{theme}"):
+                continue  # theme not written yet
+            LOG.exception("Robust Erasure: the %s nodes failed to import", theme)
+            continue
+        except Exception:  # noqa: BLE001 - one broken theme must not hide the others
+            LOG.exception("Robust Erasure: the %s nodes failed to import", theme)
+            continue
+        nodes.extend(module.NODES)
+    return nodes
+
+
+class RobustErasureExtension(ComfyExtension):
+    async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        return node_classes()

@@ -1,0 +1,101 @@
+"""An `erasure_core` SDModel (diffusers UNet, transformers CLIPTextModel) from ComfyUI's MODEL and CLIP.
+
+Training and probes differentiate through the UNet and the text encoder; ComfyUI's own modules are not fit for
+that (inference tensors, in-place adds), so the SDModel holds fresh copies of the effective weights, made
+outside inference mode. The demo model carries its diffusers modules with it (see demo.py) and reuses them.
+"""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+import comfy.model_management
+import comfy.supported_models
+
+from ._comfy import NodeError, clip_text_state, clip_to_text_encoder, sd1_clip_part
+
+
+def _check_sd1_model(model, node: str):
+    if model is None:
+        raise NodeError(f"{node}: no MODEL connected")
+    config = getattr(model.model, "model_config", None)
+    if not isinstance(config, comfy.supported_models.SD15):
+        raise NodeError(
+            f"{node} works on Stable Diffusion 1.x models, but this MODEL is {type(config).__name__} "
+            f"({type(model.model).__name__}). SDXL, SD2, SD3, Flux and other families are not supported."
+        )
+
+
+def _unet_from_comfy(model, node: str):
+    """A diffusers UNet2DConditionModel holding the MODEL's effective (patched) SD1 UNet weights."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, create_unet_diffusers_config_from_ldm
+
+    from erasure_core import loading
+
+    comfy.model_management.load_models_gpu([model])  # applies this MODEL's patches (LoRAs...) to its weights
+    prefix = "model.diffusion_model."
+    with torch.inference_mode(False):
+        tensors = {prefix + k: v.detach().to("cpu", torch.float32, copy=True)
+                   for k, v in model.model.diffusion_model.state_dict().items()}
+        config = json.loads((loading.CONFIG_DIR / "sd1_ldm.json").read_text(encoding="utf-8"))
+        config["model"]["params"]["unet_config"]["params"].update(loading._ldm_unet_params(tensors))
+        unet_config = create_unet_diffusers_config_from_ldm(config, tensors)
+        unet_config["sample_size"] = 64
+        return loading._convert_part(tensors, prefix, convert_ldm_unet_checkpoint, unet_config,
+                                     UNet2DConditionModel, "UNet")
+
+
+def _vae_from_comfy(vae, node: str):
+    """A diffusers AutoencoderKL holding a ComfyUI SD1 VAE's weights."""
+    from diffusers import AutoencoderKL
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+
+    from erasure_core import loading
+
+    prefix = loading.VAE_PREFIX
+    with torch.inference_mode(False):
+        tensors = {prefix + k: v.detach().to("cpu", torch.float32, copy=True)
+                   for k, v in vae.first_stage_model.state_dict().items()}
+        try:
+            config = json.loads((loading.CONFIG_DIR / "sd1_ldm.json").read_text(encoding="utf-8"))
+            config["model"]["params"]["first_stage_config"]["params"]["ddconfig"].update(loading._ldm_vae_params(tensors))
+            vae_config = create_vae_diffusers_config_from_ldm(config, tensors)
+        except Exception as err:  # noqa: BLE001 - any failure here means "not an SD1 VAE"
+            raise NodeError(f"{node}: the VAE is not an SD1-style KL autoencoder ({err})") from err
+        return loading._convert_part(tensors, prefix, convert_ldm_vae_checkpoint, vae_config, AutoencoderKL, "VAE")
+
+
+def sd_model_from_comfy(model, clip, node: str, vae=None):
+    """An SDModel whose UNet is the MODEL's, whose text encoder is the CLIP's (effective weights) and whose VAE
+    is `vae`'s (when given; training needs none, probes that generate images do).
+
+    Everything in it is a fresh, trainable-safe copy; nothing in ComfyUI's objects changes.
+    """
+    from erasure_core.models import SDModel, load_clip_tokenizer, make_scheduler
+
+    _check_sd1_model(model, node)
+    sd1_clip_part(clip, node)
+    with torch.inference_mode(False):
+        text_encoder = clip_to_text_encoder(clip)
+        base = getattr(model.model, "robust_erasure_sd_model", None)
+        if base is not None and not model.patches:
+            unet, scheduler, tokenizer, name = base.unet, base.scheduler, base.tokenizer, base.name
+            diffusers_vae = base.vae if vae is not None and getattr(vae, "robust_erasure_from_demo", False) else None
+        else:
+            unet, scheduler, tokenizer, name = (
+                _unet_from_comfy(model, node), make_scheduler(), load_clip_tokenizer(), "comfyui-model")
+            diffusers_vae = None
+        if vae is not None and diffusers_vae is None:
+            diffusers_vae = _vae_from_comfy(vae, node)
+    width = text_encoder.config.hidden_size
+    if unet.config.cross_attention_dim != width:
+        raise NodeError(f"{node}: the MODEL expects {unet.config.cross_attention_dim}-wide text conditioning but "
+                        f"the CLIP's text encoder is {width} wide; connect the CLIP that belongs to this MODEL")
+    sd_model = SDModel(tokenizer, text_encoder, unet, diffusers_vae, scheduler, name=name, source="comfyui")
+    return sd_model.freeze()
+
+
+__all__ = ["sd_model_from_comfy", "clip_text_state"]

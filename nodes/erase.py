@@ -1,0 +1,206 @@
+"""Robust Erase (AdvUnlearn): erase concepts from a CLIP's text encoder by adversarial training.
+
+The node hands `erasure_core.jobs.erase_to_file` an SDModel of fresh copies (see _sdmodel.py), trains outside
+inference mode, saves the encoder to models/text_encoders, and returns the result as patches on a clone of the
+input CLIP (which stays untouched). Progress drives ComfyUI's bar and a live loss chart on the node; Cancel stops
+at the next step, leaves a resumable checkpoint, and "resume" continues from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+from pathlib import Path
+
+import torch
+
+import folder_paths
+from comfy_api.latest import io
+
+from ._comfy import (
+    NodeError,
+    Progress,
+    clip_with_encoder,
+    raise_if_cancelled,
+    safe_file_stem,
+    should_cancel,
+    text_encoder_output_path,
+    user_errors,
+)
+from ._plots import curves_image
+from ._sdmodel import sd_model_from_comfy
+
+LOG = logging.getLogger("robust_erasure")
+CATEGORY = "Robust Erasure"
+LOSS_EVENT = "robust_erasure.loss"
+
+
+def preset_names() -> list[str]:
+    from erasure_core.presets import PRESETS
+
+    return list(PRESETS)
+
+
+def parse_concepts(text: str) -> list[str]:
+    """One concept per line (blank lines ignored)."""
+    concepts = [line.strip() for line in (text or "").splitlines() if line.strip()]
+    if not concepts:
+        raise NodeError("Robust Erase: give at least one concept to erase (one per line), e.g. 'nudity' or 'Van Gogh'")
+    return concepts
+
+
+def parse_options(text: str) -> dict:
+    """Extra EraseConfig fields as "key=value" pairs (comma- or line-separated), typed like the field's default."""
+    import dataclasses
+
+    from erasure_core.trainer import EraseConfig
+
+    fields = {f.name: f for f in dataclasses.fields(EraseConfig)}
+    out = {}
+    for part in re.split(r"[,\n;]", text or ""):
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            raise NodeError(f"Robust Erase: option {part!r} is not key=value")
+        key, value = (x.strip() for x in part.split("=", 1))
+        if key not in fields:
+            raise NodeError(f"Robust Erase: unknown option {key!r}; options are {', '.join(fields)}")
+        default = fields[key].default
+        try:
+            if isinstance(default, bool):
+                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
+                    raise ValueError(value)
+                out[key] = value.lower() in ("true", "1", "yes")
+            elif isinstance(default, int):
+                out[key] = int(value)
+            elif isinstance(default, float):
+                out[key] = float(value)
+            else:
+                out[key] = value
+        except ValueError:
+            raise NodeError(f"Robust Erase: option {key}={value!r} is not a valid {type(default).__name__}") from None
+    return out
+
+
+def checkpoint_path(concepts, method, preset, iterations, seed, base_hash: str, extra: dict) -> Path:
+    """Where a run's resumable checkpoint lives: output/robust_erasure/checkpoints/<run key>.safetensors.
+
+    The key covers everything that must match for a resume to be valid, so "resume" finds the right file."""
+    key = json.dumps([concepts, method, preset, iterations, seed, base_hash, sorted(extra.items())], default=str)
+    digest = hashlib.sha256(key.encode()).hexdigest()[:12]
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", "_".join(concepts))[:40].strip("_") or "concepts"
+    folder = Path(folder_paths.get_output_directory()) / "robust_erasure" / "checkpoints"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder / f"{stem}_{method}_{digest}.safetensors"
+
+
+def _send_loss(node_id, step, total, logs):
+    try:
+        from server import PromptServer
+
+        PromptServer.instance.send_sync(LOSS_EVENT, {
+            "node": str(node_id), "step": step, "total": total,
+            "unlearn_loss": logs.get("unlearn_loss"), "retain_loss": logs.get("retain_loss"),
+            "attack_loss": logs.get("attack_loss_last"), "adversarial": bool(logs.get("adversarial")),
+        })
+    except Exception:  # noqa: BLE001 - the chart is a nicety; training must not fail because of it
+        LOG.debug("could not send the loss event", exc_info=True)
+
+
+class RobustErase(io.ComfyNode):
+    @classmethod
+    def define_schema(cls):
+        return io.Schema(
+            node_id="RobustErasureErase",
+            display_name="Robust Erase (AdvUnlearn)",
+            category=CATEGORY,
+            description=(
+                "Erases concepts from the CLIP's text encoder: AdvUnlearn (adversarial training against soft "
+                "prompt attacks, robust) or ESD on the text encoder (plain, not robust). Returns an erased copy of "
+                "the CLIP (the input is untouched) and saves the encoder to models/text_encoders. Cancel keeps a "
+                "resumable checkpoint; run again with resume on to continue."
+            ),
+            inputs=[
+                io.Model.Input("model"),
+                io.Clip.Input("clip"),
+                io.String.Input("concepts", multiline=True, default="nudity",
+                                tooltip="One concept per line"),
+                io.Combo.Input("preset", options=preset_names(), default="object"),
+                io.Combo.Input("method", options=["advunlearn", "esd"], default="advunlearn"),
+                io.Int.Input("iterations", default=1000, min=1, max=100000),
+                io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True),
+                io.Boolean.Input("resume", default=False,
+                                 tooltip="Continue a cancelled run with the same settings from its checkpoint"),
+                io.String.Input("file_name", default="", optional=True,
+                                tooltip="Name of the saved encoder (default: from the concepts)"),
+                io.Int.Input("attack_steps", default=-1, min=-1, max=1000, optional=True,
+                             tooltip="Inner attack steps per iteration (-1: the preset's)"),
+                io.Int.Input("warmup_iterations", default=-1, min=-1, max=100000, optional=True,
+                             tooltip="Plain (non-adversarial) iterations first (-1: the preset's)"),
+                io.String.Input("options", default="", multiline=True, optional=True,
+                                tooltip="More settings as key=value, e.g. lr=1e-5, retain_weight=0.5, "
+                                        "num_ddim_steps=50, concept_pool_size=16 (see the README)"),
+            ],
+            outputs=[
+                io.Clip.Output(display_name="erased_clip"),
+                io.String.Output(display_name="encoder_file"),
+                io.Image.Output(display_name="loss_plot"),
+            ],
+            hidden=[io.Hidden.unique_id],
+            is_output_node=True,
+        )
+
+    @classmethod
+    def execute(cls, model, clip, concepts, preset, method, iterations, seed, resume=False, file_name="",
+                attack_steps=-1, warmup_iterations=-1, options="") -> io.NodeOutput:
+        from erasure_core.encoders import encoder_hash
+        from erasure_core.errors import ErasureCancelled
+        from erasure_core.jobs import erase_to_file
+        from erasure_core.trainer import EraseConfig
+
+        node = "Robust Erase"
+        concept_list = parse_concepts(concepts)
+        overrides = {**parse_options(options), "method": method, "iterations": int(iterations), "seed": int(seed)}
+        if attack_steps is not None and attack_steps >= 0:
+            overrides["attack_steps"] = int(attack_steps)
+        if warmup_iterations is not None and warmup_iterations >= 0:
+            overrides["warmup_iterations"] = int(warmup_iterations)
+        auto = re.sub(r"[^A-Za-z0-9_-]+", "_", f"{'_'.join(concept_list)}_{method}")[:80]
+        stem = safe_file_stem(file_name) if file_name and file_name.strip() else safe_file_stem(auto, "concept list")
+        with user_errors(node):
+            config = EraseConfig.from_preset(preset, **overrides)
+            with torch.inference_mode(False):
+                sd_model = sd_model_from_comfy(model, clip, node)
+                ckpt = checkpoint_path(concept_list, method, preset, int(iterations), int(seed),
+                                       encoder_hash(sd_model.text_encoder), overrides)
+                resume_from = ckpt if resume and ckpt.is_file() else None
+                if resume and resume_from is None:
+                    LOG.warning("Robust Erase: resume is on but no checkpoint %s exists; starting fresh", ckpt.name)
+                out_path = text_encoder_output_path(stem)
+                node_id = cls.hidden.unique_id if cls.hidden is not None else None
+                progress = Progress(config.iterations, on_logs=lambda s, t, logs: _send_loss(node_id, s, t, logs))
+                try:
+                    result = erase_to_file(
+                        sd_model, concept_list, config, out_path, progress=progress, should_cancel=should_cancel,
+                        checkpoint_path=ckpt, resume_from=resume_from,
+                    )
+                except ErasureCancelled as err:
+                    LOG.info("Robust Erase: %s", err)
+                    raise_if_cancelled()  # ComfyUI's own interrupt: the queue shows the run as interrupted
+                    raise NodeError(f"{node}: {err}") from err
+        if ckpt.is_file():
+            ckpt.unlink()  # finished: the checkpoint is no longer needed
+        erased = clip_with_encoder(clip, result.text_encoder, node)
+        erased.robust_erasure_metadata = {**result.metadata, "file": out_path.name}
+        history = result.history
+        plot = curves_image(
+            {"unlearn": [h.get("unlearn_loss") for h in history], "retain": [h.get("retain_loss") for h in history],
+             "attack (last step)": [h.get("attack_loss_last") for h in history]},
+            f"{method}: {', '.join(concept_list)}", "iteration")
+        return io.NodeOutput(erased, out_path.name, plot, ui={"text": [out_path.name]})
+
+
+NODES = [RobustErase]
