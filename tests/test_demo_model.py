@@ -1,0 +1,150 @@
+"""The shipped demo model and judge: format, size, loading, generation, judge accuracy; training helpers."""
+
+import random
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from erasure_core.demo import WEIGHTS_DIR, load_demo_model, world
+from erasure_core.demo.judge import DemoJudge
+from erasure_core.errors import ErasureError
+from erasure_core.judges.base import Judge
+from erasure_core.sampling import encode_prompts, generate
+
+SHIPPED = sorted(WEIGHTS_DIR.rglob("*.safetensors"))
+
+
+@pytest.fixture(scope="module")
+def demo_model():
+    return load_demo_model()
+
+
+@pytest.fixture(scope="module")
+def clean_renders():
+    """64 fresh renders (a seed the judge never trained on), with their attributes."""
+    rng = random.Random(987_654)
+    attrs = [world.random_attrs(rng) for _ in range(64)]
+    return world.to_tensor_batch([world.render(a, rng) for a in attrs]), attrs
+
+
+def test_shipped_weights_are_fp16_safetensors_within_20_mb():
+    parts = {p.parent.name for p in SHIPPED}
+    assert {"unet", "text_encoder", "vae", "judge"} <= parts
+    for path in SHIPPED:
+        with safe_open(str(path), "pt") as f:
+            for key in f.keys():
+                tensor = f.get_tensor(key)
+                assert not tensor.is_floating_point() or tensor.dtype == torch.float16, (path, key)
+    total = sum(p.stat().st_size for p in WEIGHTS_DIR.rglob("*") if p.is_file())
+    assert total <= 20_000_000, f"{total / 1e6:.1f} MB shipped"
+
+
+def test_demo_model_is_sd1_shaped(demo_model):
+    te, unet, vae = demo_model.text_encoder.config, demo_model.unet.config, demo_model.vae.config
+    assert demo_model.name == "demo"
+    assert (te.vocab_size, te.max_position_embeddings, te.hidden_act) == (49408, 77, "quick_gelu")
+    assert (te.bos_token_id, te.eos_token_id) == (49406, 49407)
+    assert te.hidden_size == unet.cross_attention_dim
+    assert len(vae.block_out_channels) == 3 and vae.latent_channels == 4 and unet.in_channels == 4
+    assert demo_model.resolution == 64 and demo_model.latent_size == 16
+    assert demo_model.max_length == 77
+    assert vae.scaling_factor != 0.18215  # measured on the demo VAE's own latents
+    sched = demo_model.scheduler.config
+    assert (sched.beta_schedule, sched.prediction_type, sched.num_train_timesteps) == ("scaled_linear", "epsilon", 1000)
+
+
+def test_demo_model_generates_through_the_standard_path(demo_model):
+    cond = encode_prompts(demo_model, ["a red circle on a white background", "a blue star"])
+    images = generate(demo_model, cond, [1, 2], steps=4, guidance=5.0)
+    assert images.shape == (2, 3, 64, 64)
+    assert 0 <= images.min() and images.max() <= 1 and images.std() > 0.05
+
+
+def test_missing_weights_say_how_to_train_them(tmp_path):
+    with pytest.raises(ErasureError, match="erasure_core.demo.train"):
+        load_demo_model(tmp_path)
+
+
+def test_judge_is_accurate_on_fresh_clean_renders(clean_renders):
+    images, attrs = clean_renders
+    predicted = DemoJudge("circle").predict(images)
+    for attribute in world.ATTRIBUTES:
+        correct = sum(p == a[attribute] for p, a in zip(predicted[attribute], attrs))
+        assert correct / len(attrs) >= 0.97, (attribute, correct)
+
+
+def test_judge_flags_its_concept(clean_renders):
+    images, attrs = clean_renders
+    judge = DemoJudge("red")
+    assert isinstance(judge, Judge) and judge.name == "demo-judge"
+    result = judge(images)
+    truth = [a["colour"] == "red" for a in attrs]
+    assert len(result) == 64 and sum(f == t for f, t in zip(result.flags, truth)) >= 62
+    assert all(0 <= s <= 1 for s in result.scores)
+    assert set(result.details[0]) == set(world.ATTRIBUTES)
+    with pytest.raises(ErasureError):
+        DemoJudge("hexagon")
+
+
+def test_export_and_load_round_trip_keeps_every_weight(tmp_path):
+    """Exported fp16 weights load back into the same classes with every key (text_model.* prefix included)."""
+    from erasure_core.demo.architecture import build_text_encoder, build_unet, build_vae
+    from erasure_core.demo.train import export_weights
+
+    torch.manual_seed(0)
+    te, unet, vae = build_text_encoder(), build_unet(), build_vae()
+    export_weights(tmp_path, te, unet, vae)
+    model = load_demo_model(tmp_path)
+    for original, loaded in ((te, model.text_encoder), (unet, model.unet), (vae, model.vae)):
+        a, b = original.state_dict(), loaded.state_dict()
+        assert a.keys() == b.keys()
+        assert all(torch.allclose(a[k].half().float(), b[k]) for k in a)
+
+
+def test_checkpoint_round_trip_restores_optimiser_and_ema(tmp_path):
+    from diffusers.training_utils import EMAModel
+
+    from erasure_core.demo.train import load_checkpoint, save_checkpoint
+
+    def make():
+        torch.manual_seed(0)
+        net = torch.nn.Linear(4, 3)
+        opt = torch.optim.AdamW(net.parameters(), lr=1e-2)
+        return net, opt, EMAModel(list(net.parameters()), decay=0.9)
+
+    net, opt, ema = make()
+    for _ in range(3):
+        net(torch.randn(5, 4)).pow(2).mean().backward()
+        opt.step(), opt.zero_grad(), ema.step(list(net.parameters()))
+    save_checkpoint(tmp_path / "c.safetensors", {"net": net}, opt, ema, {"step": 3})
+    net2, opt2, ema2 = make()
+    meta = load_checkpoint(tmp_path / "c.safetensors", {"net": net2}, opt2, ema2)
+    assert meta["step"] == 3 and ema2.optimization_step == ema.optimization_step
+    assert torch.equal(net.weight, net2.weight)
+    assert all(torch.equal(a, b) for a, b in zip(ema.shadow_params, ema2.shadow_params))
+    x = torch.randn(5, 4)
+    for n, o in ((net, opt), (net2, opt2)):  # one more identical step must give identical weights
+        n(x).pow(2).mean().backward()
+        o.step()
+    assert torch.equal(net.weight, net2.weight)
+
+
+def test_lr_schedule_warms_up_then_decays():
+    from erasure_core.demo.train import lr_factor
+
+    assert lr_factor(0, 0.0, 100, 0.05) == pytest.approx(0.01)
+    assert lr_factor(200, 0.0, 100, 0.05) == pytest.approx(1.0)
+    assert lr_factor(200, 1.0, 100, 0.05) == pytest.approx(0.05)
+    assert lr_factor(200, 0.5, 100, 0.05) == pytest.approx(0.525)
+
+
+def test_loss_weights_boost_high_noise_and_reduce_to_min_snr():
+    from erasure_core.demo.train import loss_weights
+    from erasure_core.models import make_scheduler
+
+    scheduler = make_scheduler()
+    t = torch.tensor([10, 300, 999])
+    boosted, plain = loss_weights(scheduler, t, 5.0, 20.0), loss_weights(scheduler, t, 5.0, 1.0)
+    assert plain[0] < 1 and torch.allclose(plain[1:], torch.ones(2))  # Min-SNR: only low noise is damped
+    assert boosted[0] == plain[0] and boosted[2] == 20.0
