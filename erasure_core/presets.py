@@ -37,6 +37,7 @@ PRESETS: dict[str, dict] = {
         lr=1e-3, iterations=120, warmup_iterations=20, attack_steps=5, attack_k=3, attack_lr=1e-2,
         attack_insertion="prefix", retain_weight=10.0, retain_batch=8, retain_set="shapes_world",
         negative_guidance=1.0, num_ddim_steps=20, guidance=5.0, concept_pool_size=16, retain_pool_size=64,
+        max_unet_batch=8,  # a small UNet on a CPU: one batched pass is much faster than 8 single ones
     ),
 }
 
