@@ -248,6 +248,9 @@ def main(argv: list[str] | None = None) -> int:
     except ErasureError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a path that is not writable, a folder where a file was expected...
+        print(f"error: {err.strerror or err}: {err.filename or ''} (check the paths you gave)", file=sys.stderr)
+        return 2
     return 0
 
 
