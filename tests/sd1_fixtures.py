@@ -153,7 +153,9 @@ def sd15_ldm_meta_state() -> dict:
             block_out_channels=(128, 256, 512, 512), down_block_types=("DownEncoderBlock2D",) * 4,
             up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2, sample_size=512,
         )
-        text_encoder = CLIPTextModel(CLIPTextConfig(hidden_act="quick_gelu"))
+        # SD1's CLIP ViT-L/14 text encoder (transformers' CLIPTextConfig defaults to the 512-wide ViT-B/32).
+        text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
+                                                    num_attention_heads=12, hidden_act="quick_gelu"))
         model = SDModel(None, text_encoder, unet, vae, make_scheduler())
         return ldm_state_from_model(model, clone=False)
 
