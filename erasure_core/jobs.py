@@ -11,8 +11,6 @@ from .models import SDModel
 
 def erasure_metadata(model: SDModel, concepts: list[str], result) -> dict:
     """What an encoder file records about how it was made (read back by `info` and the nodes)."""
-    from .encoders import encoder_hash
-
     config = result.config.to_dict()
     return {
         "concepts": list(concepts),
@@ -21,7 +19,7 @@ def erasure_metadata(model: SDModel, concepts: list[str], result) -> dict:
         "hyperparameters": config,
         "base_model": model.name,
         "base_model_source": str(model.source),
-        "base_encoder_hash": encoder_hash(model.text_encoder),
+        "base_encoder_hash": result.metadata["base_encoder_fingerprint"],
         "unet_evaluations": int(result.unet_evaluations),
         "iterations_done": len(result.history),
         "library": f"robust-erasure {__version__}",

@@ -24,7 +24,6 @@ weights as an uninterrupted one.
 from __future__ import annotations
 
 import copy
-import hashlib
 import json
 import random
 import time
@@ -37,6 +36,7 @@ import torch
 from safetensors import safe_open
 
 from .attacks.soft_prompt import ATTACK_METHODS, SoftPromptConfig, optimize_adversarial_embeddings
+from .encoders import encoder_hash
 from .errors import ErasureCancelled, ErasureDiverged, ErasureError
 from .io import atomic_save_safetensors
 from .latents import LatentPool, PoolSample, UNetRunner, sample_noisy_latents
@@ -208,15 +208,6 @@ class _CancelRequested(Exception):
     """Raised inside an iteration to abandon it; the checkpoint then holds the state before the iteration."""
 
 
-def encoder_fingerprint(text_encoder) -> str:
-    """A short hash of part of the original encoder, so a checkpoint is never resumed on another model."""
-    blocks, final_norm = _encoder_parts(text_encoder)
-    digest = hashlib.sha256()
-    for tensor in (blocks[0].self_attn.q_proj.weight, final_norm.weight, final_norm.bias):
-        digest.update(tensor.detach().float().cpu().numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def erase(
     model: SDModel,
     concepts: list[str],
@@ -266,6 +257,8 @@ class _Trainer:
         model.unet.requires_grad_(False)
         model.text_encoder.requires_grad_(False)
         self.runner = UNetRunner(model.unet)
+        # Identifies the base model's encoder in checkpoints (resume refuses another) and in result metadata.
+        self.base_encoder_hash = encoder_hash(model.text_encoder)
         self._seed_everything(config.seed)
         self.rng = torch.Generator().manual_seed(config.seed)
         self._build_student()
@@ -536,7 +529,7 @@ class _Trainer:
             unet_grad_evaluations=self.runner.grad_evaluations, pool_evaluations=self.pool_evaluations,
             seconds=round(seconds, 3), mixed_precision=self.precision,
             trainable_parameters=sum(p.numel() for _, p in self.named_params),
-            base_encoder_fingerprint=encoder_fingerprint(self.model.text_encoder),
+            base_encoder_fingerprint=self.base_encoder_hash,
             resumed_from_step=self.start_step or None,
         )
         return EraseResult(self.student, self.history, self.config, self.total_evaluations, metadata)
@@ -556,7 +549,7 @@ class _Trainer:
             format=CHECKPOINT_FORMAT, step=step, concepts=self.concepts, config=self.config.to_dict(),
             history=self.history, param_groups=state["param_groups"], current_concept=self.current_concept,
             unet_evaluations=self.total_evaluations, scaler=self.scaler.state_dict(),
-            base_encoder_fingerprint=encoder_fingerprint(self.model.text_encoder),
+            base_encoder_fingerprint=self.base_encoder_hash,
         )
         atomic_save_safetensors(tensors, self.checkpoint_path, metadata)
         self.last_checkpoint = self.checkpoint_path
@@ -588,7 +581,7 @@ class _Trainer:
         differ = sorted(k for k in given if k not in RESUMABLE_CHANGES and saved.get(k) != given[k])
         _check(not differ, f"{path} was made with other settings ({', '.join(differ)}); resume with the same config "
                            f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)")
-        _check(meta["base_encoder_fingerprint"] == encoder_fingerprint(self.model.text_encoder),
+        _check(meta["base_encoder_fingerprint"] == self.base_encoder_hash,
                f"{path} was trained from another text encoder than this model's")
         _check(int(meta["step"]) <= self.config.iterations,
                f"{path} is at iteration {meta['step']}, beyond iterations={self.config.iterations}")
