@@ -28,7 +28,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from erasure_core.demo import world  # noqa: E402
-from erasure_core.demo.run import DemoSettings, run_demo  # noqa: E402
+from erasure_core.demo.run import DemoSettings, align_columns, run_demo  # noqa: E402
 from erasure_core.io import atomic_write_json  # noqa: E402
 from erasure_core.models import load_model  # noqa: E402
 
@@ -49,9 +49,7 @@ def _rows(concept: str, results: dict) -> list[list[str]]:
 
 def _print_table(rows: list[list[str]], probes: list[str]) -> None:
     head = ["concept", "encoder", "pre-ASR", *[f"post {p}" for p in probes], "retain acc"]
-    widths = [max(len(str(r[i])) for r in [head, *rows]) for i in range(len(head))]
-    for row in [head, *rows]:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths)), flush=True)
+    print(align_columns([head, *rows]), flush=True)
 
 
 def main(argv=None) -> None:

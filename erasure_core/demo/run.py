@@ -54,8 +54,13 @@ def format_table(encoders: dict) -> str:
     for name, v in encoders.items():
         rows.append([name, f"{v['pre_attack_asr']:.2f}", *[f"{v['post_attack_asr'][p]:.2f}" for p in probes],
                      "-" if v["retain_accuracy"] is None else f"{v['retain_accuracy']:.2f}"])
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows)
+    return align_columns(rows)
+
+
+def align_columns(rows: list[list[str]]) -> str:
+    """Rows of cells as plain-text columns (the demo's and the efficacy benchmark's tables)."""
+    widths = [max(len(str(r[i])) for r in rows) for i in range(len(rows[0]))]
+    return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
 def run_demo(
