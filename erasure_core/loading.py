@@ -195,11 +195,38 @@ def infer_ldm_config(tensors: Mapping[str, torch.Tensor]) -> dict:
     """An ldm-style "original config" (as in SD's v1-inference.yaml) for this checkpoint: the shipped SD1
     template with every size read off the tensors; fields shapes cannot tell (8 attention heads, the 0.18215
     latent scale, GroupNorm(32)) keep their SD1 values."""
-    config = json.loads((CONFIG_DIR / "sd1_ldm.json").read_text(encoding="utf-8"))
+    config = _ldm_template()
     params = config["model"]["params"]
     params["unet_config"]["params"].update(_ldm_unet_params(tensors))
     params["first_stage_config"]["params"]["ddconfig"].update(_ldm_vae_params(tensors))
     return config
+
+
+def _ldm_template() -> dict:
+    return json.loads((CONFIG_DIR / "sd1_ldm.json").read_text(encoding="utf-8"))
+
+
+def unet_from_ldm_state(tensors: Mapping[str, torch.Tensor], sample_size: int) -> UNet2DConditionModel:
+    """A diffusers UNet from ldm-layout tensors (`model.diffusion_model.*`), every size read off the shapes;
+    strict: a key the SD1 architecture has no place for is an error. Used for single files and ComfyUI MODELs."""
+    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, create_unet_diffusers_config_from_ldm
+
+    config = _ldm_template()
+    config["model"]["params"]["unet_config"]["params"].update(_ldm_unet_params(tensors))
+    unet_config = create_unet_diffusers_config_from_ldm(config, tensors)
+    unet_config["sample_size"] = sample_size
+    return _convert_part(tensors, UNET_PREFIX, convert_ldm_unet_checkpoint, unet_config, UNet2DConditionModel, "UNet")
+
+
+def vae_from_ldm_state(tensors: Mapping[str, torch.Tensor], image_size: int = SD1_IMAGE_SIZE) -> AutoencoderKL:
+    """A diffusers AutoencoderKL from ldm-layout tensors (`first_stage_model.*`), as `unet_from_ldm_state`."""
+    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
+
+    config = _ldm_template()
+    config["model"]["params"]["first_stage_config"]["params"]["ddconfig"].update(_ldm_vae_params(tensors))
+    vae_config = create_vae_diffusers_config_from_ldm(config, tensors)
+    vae_config["sample_size"] = image_size
+    return _convert_part(tensors, VAE_PREFIX, convert_ldm_vae_checkpoint, vae_config, AutoencoderKL, "VAE")
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -240,31 +267,15 @@ def _convert_part(tensors, prefix: str, convert, config: dict, cls, what: str):
     return _module_from_state(cls, config, converted, what)
 
 
-def _latent_size(image_size: int | None, vae_config: dict) -> int:
-    scale = 2 ** (len(vae_config["block_out_channels"]) - 1)
-    return (image_size or SD1_IMAGE_SIZE) // scale
-
-
 def load_single_file(path: str | Path, image_size: int | None = None) -> SDModel:
     """An SDModel from an SD1.x single-file checkpoint (ldm layout). `image_size` (default 512, SD1's native
     size) sets the UNet's sample size, which a single file does not record."""
-    from diffusers.loaders.single_file_utils import (
-        convert_ldm_unet_checkpoint,
-        convert_ldm_vae_checkpoint,
-        create_unet_diffusers_config_from_ldm,
-        create_vae_diffusers_config_from_ldm,
-    )
-
     path = Path(path)
     tensors, _ = read_state_file(path)
     refuse_unless_sd1(detect_family(tensors), tensors, path)
-    ldm_config = infer_ldm_config(tensors)
-    vae_config = create_vae_diffusers_config_from_ldm(ldm_config, tensors)
-    unet_config = create_unet_diffusers_config_from_ldm(ldm_config, tensors)
-    unet_config["sample_size"] = _latent_size(image_size, vae_config)
-    vae_config["sample_size"] = image_size or SD1_IMAGE_SIZE
-    unet = _convert_part(tensors, UNET_PREFIX, convert_ldm_unet_checkpoint, unet_config, UNet2DConditionModel, "UNet")
-    vae = _convert_part(tensors, VAE_PREFIX, convert_ldm_vae_checkpoint, vae_config, AutoencoderKL, "VAE")
+    image_size = image_size or SD1_IMAGE_SIZE
+    vae = vae_from_ldm_state(tensors, image_size)
+    unet = unet_from_ldm_state(tensors, image_size // 2 ** (len(vae.config.block_out_channels) - 1))
     clip_state = normalize_encoder_keys({k: v for k, v in tensors.items() if k.startswith(CLIP_PREFIX)})
     text_encoder = text_encoder_from_state(clip_state, infer_text_config(clip_state), clip_state_dtype(clip_state))
     _check_context(unet, text_encoder, path)

@@ -7,7 +7,6 @@ outside inference mode. The demo model carries its diffusers modules with it (se
 
 from __future__ import annotations
 
-import json
 
 import torch
 
@@ -30,42 +29,26 @@ def _check_sd1_model(model, node: str):
 
 def _unet_from_comfy(model, node: str):
     """A diffusers UNet2DConditionModel holding the MODEL's effective (patched) SD1 UNet weights."""
-    from diffusers import UNet2DConditionModel
-    from diffusers.loaders.single_file_utils import convert_ldm_unet_checkpoint, create_unet_diffusers_config_from_ldm
-
     from erasure_core import loading
 
     comfy.model_management.load_models_gpu([model])  # applies this MODEL's patches (LoRAs...) to its weights
-    prefix = "model.diffusion_model."
     with torch.inference_mode(False):
-        tensors = {prefix + k: v.detach().to("cpu", torch.float32, copy=True)
+        tensors = {loading.UNET_PREFIX + k: v.detach().to("cpu", torch.float32, copy=True)
                    for k, v in model.model.diffusion_model.state_dict().items()}
-        config = json.loads((loading.CONFIG_DIR / "sd1_ldm.json").read_text(encoding="utf-8"))
-        config["model"]["params"]["unet_config"]["params"].update(loading._ldm_unet_params(tensors))
-        unet_config = create_unet_diffusers_config_from_ldm(config, tensors)
-        unet_config["sample_size"] = 64
-        return loading._convert_part(tensors, prefix, convert_ldm_unet_checkpoint, unet_config,
-                                     UNet2DConditionModel, "UNet")
+        return loading.unet_from_ldm_state(tensors, sample_size=64)  # SD1's native 512 px
 
 
 def _vae_from_comfy(vae, node: str):
     """A diffusers AutoencoderKL holding a ComfyUI SD1 VAE's weights."""
-    from diffusers import AutoencoderKL
-    from diffusers.loaders.single_file_utils import convert_ldm_vae_checkpoint, create_vae_diffusers_config_from_ldm
-
     from erasure_core import loading
 
-    prefix = loading.VAE_PREFIX
     with torch.inference_mode(False):
-        tensors = {prefix + k: v.detach().to("cpu", torch.float32, copy=True)
+        tensors = {loading.VAE_PREFIX + k: v.detach().to("cpu", torch.float32, copy=True)
                    for k, v in vae.first_stage_model.state_dict().items()}
         try:
-            config = json.loads((loading.CONFIG_DIR / "sd1_ldm.json").read_text(encoding="utf-8"))
-            config["model"]["params"]["first_stage_config"]["params"]["ddconfig"].update(loading._ldm_vae_params(tensors))
-            vae_config = create_vae_diffusers_config_from_ldm(config, tensors)
+            return loading.vae_from_ldm_state(tensors)
         except Exception as err:  # noqa: BLE001 - any failure here means "not an SD1 VAE"
             raise NodeError(f"{node}: the VAE is not an SD1-style KL autoencoder ({err})") from err
-        return loading._convert_part(tensors, prefix, convert_ldm_vae_checkpoint, vae_config, AutoencoderKL, "VAE")
 
 
 def sd_model_from_comfy(model, clip, node: str, vae=None):
