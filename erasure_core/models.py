@@ -6,12 +6,14 @@ checkpoint, the name "demo" (the embedded shapes-world model) or "tiny" (a rando
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import torch
 from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from .errors import ErasureError
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 TOKENIZER_DIR = DATA_DIR / "clip_tokenizer"
@@ -50,6 +52,7 @@ class SDModel:
     name: str = "model"
     source: str = ""
     extra: dict = field(default_factory=dict)
+    sample_size: int | None = None  # latent side to work at; None: the UNet's native size
 
     @property
     def device(self) -> torch.device:
@@ -67,12 +70,23 @@ class SDModel:
 
     @property
     def latent_size(self) -> int:
-        """The UNet's native latent side (64 for SD1.5 at 512 px)."""
-        return int(self.unet.config.sample_size)
+        """The latent side everything works at: the UNet's native one (64 for SD1.5 at 512 px) unless
+        `at_resolution` chose another."""
+        return int(self.sample_size or self.unet.config.sample_size)
 
     @property
     def resolution(self) -> int:
         return self.latent_size * self.vae_scale_factor
+
+    def at_resolution(self, resolution: int) -> "SDModel":
+        """The same model (same modules, nothing copied) working at `resolution` px square: lower is faster,
+        e.g. 128 px to check an SD1.5 workflow on a CPU. The UNet needs a latent side divisible by its
+        downsampling factor."""
+        step = self.vae_scale_factor * 2 ** (len(self.unet.config.block_out_channels) - 1)
+        if resolution < step or resolution % step:
+            raise ErasureError(f"resolution {resolution} px does not fit model {self.name!r}: use a positive "
+                               f"multiple of {step} px (its native resolution is {self.resolution} px)")
+        return replace(self, sample_size=resolution // self.vae_scale_factor)
 
     @property
     def max_length(self) -> int:
@@ -119,6 +133,17 @@ class SDModel:
 
 def make_scheduler(**overrides) -> DDIMScheduler:
     return DDIMScheduler(**{**SD1_SCHEDULE, **overrides})
+
+
+def denoising_target(scheduler, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+    """What the UNet is trained to output at `add_noise(x0, noise, timesteps)`: the noise for epsilon models
+    (SD 1.x), the velocity for v-prediction models (the demo model, SD 2.x-v)."""
+    kind = scheduler.config.prediction_type
+    if kind == "epsilon":
+        return noise
+    if kind == "v_prediction":
+        return scheduler.get_velocity(x0, noise, timesteps)
+    raise ValueError(f"prediction type {kind!r} is not supported; SD1-family models use 'epsilon' or 'v_prediction'")
 
 
 def build_tiny_model(seed: int = 0, latent_size: int = 8, hidden: int = 32, layers: int = 2) -> SDModel:

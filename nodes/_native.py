@@ -22,6 +22,7 @@ import logging
 import torch
 
 import comfy.latent_formats
+import comfy.model_base
 import comfy.model_management
 import comfy.model_patcher
 import comfy.ops
@@ -124,6 +125,7 @@ def ldm_unet_config(unet) -> dict:
 
 
 _SCHEDULES = {"scaled_linear": "linear", "linear": "sqrt_linear", "squaredcos_cap_v2": "squaredcos_cap_v2"}
+_MODEL_TYPES = {"epsilon": comfy.model_base.ModelType.EPS, "v_prediction": comfy.model_base.ModelType.V_PREDICTION}
 
 
 def _model_config(unet_config: dict, scale_factor: float, scheduler):
@@ -135,7 +137,8 @@ def _model_config(unet_config: dict, scale_factor: float, scheduler):
 
     sc = scheduler.config
     schedule = _SCHEDULES.get(sc.beta_schedule)
-    if schedule is None or sc.get("prediction_type", "epsilon") != "epsilon":
+    model_type = _MODEL_TYPES.get(sc.get("prediction_type", "epsilon"))
+    if schedule is None or model_type is None:
         raise NodeError(f"noise schedule {sc.beta_schedule!r} / {sc.get('prediction_type')!r} is not supported")
 
     class RobustErasureSD1(comfy.supported_models.SD15):
@@ -147,6 +150,9 @@ def _model_config(unet_config: dict, scale_factor: float, scheduler):
             "linear_end": float(sc.beta_end),
             "timesteps": int(sc.num_train_timesteps),
         }
+
+        def model_type(self, state_dict, prefix=""):
+            return model_type
 
     return RobustErasureSD1(unet_config)
 

@@ -7,11 +7,12 @@ outside inference mode. The demo model carries its diffusers modules with it (se
 
 from __future__ import annotations
 
-
 import torch
 
+import comfy.model_base
 import comfy.model_management
 import comfy.supported_models
+from comfy_api.latest import io
 
 from ._comfy import NodeError, clip_text_state, clip_to_text_encoder, sd1_clip_part
 
@@ -25,6 +26,12 @@ def _check_sd1_model(model, node: str):
             f"{node} works on Stable Diffusion 1.x models, but this MODEL is {type(config).__name__} "
             f"({type(model.model).__name__}). SDXL, SD2, SD3, Flux and other families are not supported."
         )
+
+
+def _prediction_type(model) -> str:
+    """The diffusers name of what the MODEL's UNet predicts (SD1 checkpoints: epsilon; v fine-tunes exist)."""
+    v = model.model.model_type == comfy.model_base.ModelType.V_PREDICTION
+    return "v_prediction" if v else "epsilon"
 
 
 def _unet_from_comfy(model, node: str):
@@ -51,9 +58,10 @@ def _vae_from_comfy(vae, node: str):
             raise NodeError(f"{node}: the VAE is not an SD1-style KL autoencoder ({err})") from err
 
 
-def sd_model_from_comfy(model, clip, node: str, vae=None):
+def sd_model_from_comfy(model, clip, node: str, vae=None, resolution: int = 0):
     """An SDModel whose UNet is the MODEL's, whose text encoder is the CLIP's (effective weights) and whose VAE
-    is `vae`'s (when given; training needs none, probes that generate images do).
+    is `vae`'s (when given; training needs none, probes that generate images do), working at `resolution` px
+    (0: the model's native size).
 
     Everything in it is a fresh, trainable-safe copy; nothing in ComfyUI's objects changes.
     """
@@ -66,10 +74,13 @@ def sd_model_from_comfy(model, clip, node: str, vae=None):
         base = getattr(model.model, "robust_erasure_sd_model", None)
         if base is not None and not model.patches:
             unet, scheduler, tokenizer, name = base.unet, base.scheduler, base.tokenizer, base.name
-            diffusers_vae = base.vae if vae is not None and getattr(vae, "robust_erasure_from_demo", False) else None
+            # The demo's own VAE unless another is connected: it is tiny, and it gives the latent scale.
+            from_demo = vae is None or getattr(vae, "robust_erasure_from_demo", False)
+            diffusers_vae = base.vae if from_demo else None
         else:
             unet, scheduler, tokenizer, name = (
-                _unet_from_comfy(model, node), make_scheduler(), load_clip_tokenizer(), "comfyui-model")
+                _unet_from_comfy(model, node), make_scheduler(prediction_type=_prediction_type(model)),
+                load_clip_tokenizer(), "comfyui-model")
             diffusers_vae = None
         if vae is not None and diffusers_vae is None:
             diffusers_vae = _vae_from_comfy(vae, node)
@@ -78,7 +89,16 @@ def sd_model_from_comfy(model, clip, node: str, vae=None):
         raise NodeError(f"{node}: the MODEL expects {unet.config.cross_attention_dim}-wide text conditioning but "
                         f"the CLIP's text encoder is {width} wide; connect the CLIP that belongs to this MODEL")
     sd_model = SDModel(tokenizer, text_encoder, unet, diffusers_vae, scheduler, name=name, source="comfyui")
+    if resolution:
+        sd_model = sd_model.at_resolution(int(resolution))
     return sd_model.freeze()
 
 
-__all__ = ["sd_model_from_comfy", "clip_text_state"]
+def resolution_input():
+    """The optional working resolution of the nodes that sample latents (Erase, Probe, Report)."""
+    return io.Int.Input("resolution", default=0, min=0, max=4096, step=8, optional=True,
+                        tooltip="Work at this many pixels square; 0: the model's native size (512 for SD1.5). "
+                                "Lower is much faster, e.g. 128 to try a workflow on a CPU")
+
+
+__all__ = ["sd_model_from_comfy", "clip_text_state", "resolution_input"]

@@ -30,7 +30,7 @@ from ._comfy import (
     user_errors,
 )
 from ._plots import curves_image
-from ._sdmodel import sd_model_from_comfy
+from ._sdmodel import resolution_input, sd_model_from_comfy
 
 LOG = logging.getLogger("robust_erasure")
 CATEGORY = "Robust Erasure"
@@ -143,6 +143,7 @@ class RobustErase(io.ComfyNode):
                 io.String.Input("options", default="", multiline=True, optional=True,
                                 tooltip="More settings as key=value, e.g. lr=1e-5, retain_weight=0.5, "
                                         "num_ddim_steps=50, concept_pool_size=16 (see the README)"),
+                resolution_input(),
             ],
             outputs=[
                 io.Clip.Output(display_name="erased_clip"),
@@ -155,7 +156,7 @@ class RobustErase(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, clip, concepts, preset, method, iterations, seed, resume=False, file_name="",
-                attack_steps=-1, warmup_iterations=-1, options="") -> io.NodeOutput:
+                attack_steps=-1, warmup_iterations=-1, options="", resolution=0) -> io.NodeOutput:
         from erasure_core.encoders import encoder_hash
         from erasure_core.errors import ErasureCancelled
         from erasure_core.jobs import erase_to_file
@@ -173,9 +174,10 @@ class RobustErase(io.ComfyNode):
         with user_errors(node):
             config = EraseConfig.from_preset(preset, **overrides)
             with torch.inference_mode(False):
-                sd_model = sd_model_from_comfy(model, clip, node)
+                sd_model = sd_model_from_comfy(model, clip, node, resolution=int(resolution or 0))
                 ckpt = checkpoint_path(concept_list, method, preset, int(iterations), int(seed),
-                                       encoder_hash(sd_model.text_encoder), overrides)
+                                       encoder_hash(sd_model.text_encoder),
+                                       {**overrides, "resolution": sd_model.resolution})
                 resume_from = ckpt if resume and ckpt.is_file() else None
                 if resume and resume_from is None:
                     LOG.warning("Robust Erase: resume is on but no checkpoint %s exists; starting fresh", ckpt.name)

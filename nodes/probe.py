@@ -12,7 +12,7 @@ from comfy_api.latest import io
 
 from ._comfy import NodeError, Progress, clip_to_text_encoder, nchw_to_image, raise_if_cancelled, should_cancel, user_errors
 from ._plots import curves_image
-from ._sdmodel import sd_model_from_comfy
+from ._sdmodel import resolution_input, sd_model_from_comfy
 
 CATEGORY = "Robust Erasure"
 # The node's "steps" widget sets this option of each probe (the concept-vector probe has no optimisation loop).
@@ -64,6 +64,7 @@ class AdversarialPromptProbe(io.ComfyNode):
                                 tooltip="More probe options as key=value, e.g. k=3, lr=0.01"),
                 io.Int.Input("generation_steps", default=20, min=1, max=200, optional=True),
                 io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.5, optional=True),
+                resolution_input(),
             ],
             outputs=[
                 io.Conditioning.Output(display_name="adversarial_conditioning"),
@@ -75,7 +76,7 @@ class AdversarialPromptProbe(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, original_clip, clip_under_test, vae, prompt, probe, steps, seed, judge="",
-                options="", generation_steps=20, guidance=7.5) -> io.NodeOutput:
+                options="", generation_steps=20, guidance=7.5, resolution=0) -> io.NodeOutput:
         from erasure_core.attacks.base import GenerationSettings
         from erasure_core.judges.registry import build_judge
 
@@ -87,7 +88,8 @@ class AdversarialPromptProbe(io.ComfyNode):
             judge_obj = build_judge(judge.strip()) if judge and judge.strip() else None
             generation = GenerationSettings(steps=int(generation_steps), guidance=float(guidance))
             with torch.inference_mode(False):
-                sd_model = sd_model_from_comfy(model, original_clip, node, vae=vae)
+                sd_model = sd_model_from_comfy(model, original_clip, node, vae=vae,
+                                               resolution=int(resolution or 0))
                 encoder = clip_to_text_encoder(clip_under_test)
                 total = max(1, int(steps) or 1)
                 bar = Progress(total)

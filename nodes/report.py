@@ -14,7 +14,7 @@ import folder_paths
 from comfy_api.latest import io
 
 from ._comfy import NodeError, Progress, clip_to_text_encoder, raise_if_cancelled, should_cancel, user_errors
-from ._sdmodel import sd_model_from_comfy
+from ._sdmodel import resolution_input, sd_model_from_comfy
 
 CATEGORY = "Robust Erasure"
 
@@ -99,6 +99,7 @@ class RobustnessReport(io.ComfyNode):
                 io.String.Input("retain_prompts", multiline=True, default="", optional=True),
                 io.Int.Input("generation_steps", default=20, min=1, max=200, optional=True),
                 io.Float.Input("guidance", default=7.5, min=0.0, max=30.0, step=0.5, optional=True),
+                resolution_input(),
                 io.String.Input("report_name", default="report", optional=True),
             ],
             outputs=[io.Image.Output(display_name="summary"), io.String.Output(display_name="report_folder")],
@@ -107,7 +108,7 @@ class RobustnessReport(io.ComfyNode):
 
     @classmethod
     def execute(cls, model, original_clip, erased_clip, vae, prompts, judge, probes, seeds, retain_prompts="",
-                generation_steps=20, guidance=7.5, report_name="report") -> io.NodeOutput:
+                generation_steps=20, guidance=7.5, report_name="report", resolution=0) -> io.NodeOutput:
         from erasure_core.attacks.registry import parse_probe_spec
         from erasure_core.evaluate import evaluate
         from erasure_core.judges.registry import build_judge
@@ -128,7 +129,8 @@ class RobustnessReport(io.ComfyNode):
             concept = prompt_list[0]
             probe_list = [parse_probe_spec(spec.strip(), concept=concept) for spec in probes.split(",") if spec.strip()]
             with torch.inference_mode(False):
-                sd_model = sd_model_from_comfy(model, original_clip, node, vae=vae)
+                sd_model = sd_model_from_comfy(model, original_clip, node, vae=vae,
+                                               resolution=int(resolution or 0))
                 erased = clip_to_text_encoder(erased_clip)
                 bar = None
 

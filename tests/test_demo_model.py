@@ -139,12 +139,33 @@ def test_lr_schedule_warms_up_then_decays():
     assert lr_factor(200, 0.5, 100, 0.05) == pytest.approx(0.525)
 
 
-def test_loss_weights_boost_high_noise_and_reduce_to_min_snr():
+def test_loss_weights_keep_high_noise_whole_and_cap_low_noise():
     from erasure_core.demo.train import loss_weights
     from erasure_core.models import make_scheduler
 
-    scheduler = make_scheduler()
+    scheduler = make_scheduler(prediction_type="v_prediction")
     t = torch.tensor([10, 300, 999])
-    boosted, plain = loss_weights(scheduler, t, 5.0, 20.0), loss_weights(scheduler, t, 5.0, 1.0)
-    assert plain[0] < 1 and torch.allclose(plain[1:], torch.ones(2))  # Min-SNR: only low noise is damped
-    assert boosted[0] == plain[0] and boosted[2] == 20.0
+    w = loss_weights(scheduler, t, 5.0)
+    snr = scheduler.alphas_cumprod[t] / (1 - scheduler.alphas_cumprod[t])
+    assert w[0] == pytest.approx(6.0 / (snr[0] + 1))  # low noise: the x0 weight capped at gamma + 1
+    assert w[0] < 0.5 and torch.allclose(w[1:], torch.ones(2))  # high noise: the whole v-MSE counts
+
+
+def test_denoising_target_follows_the_prediction_type():
+    from erasure_core.models import denoising_target, make_scheduler
+
+    x0, noise, t = torch.randn(2, 4, 8, 8), torch.randn(2, 4, 8, 8), torch.tensor([999, 999])
+    assert denoising_target(make_scheduler(), x0, noise, t) is noise
+    v = denoising_target(make_scheduler(prediction_type="v_prediction"), x0, noise, t)
+    assert (v + x0).abs().mean() < 0.1  # at the last step the velocity is about minus the clean latent
+    with pytest.raises(ValueError, match="sample"):
+        denoising_target(make_scheduler(prediction_type="sample"), x0, noise, t)
+
+def test_at_resolution_changes_the_working_size_only(demo_model):
+    small = demo_model.at_resolution(32)
+    assert (small.resolution, small.latent_size) == (32, 8)
+    assert small.unet is demo_model.unet and demo_model.resolution == 64  # same modules, the original unchanged
+    images = generate(small, encode_prompts(small, ["a red circle"]), [0], steps=2, guidance=5.0)
+    assert images.shape == (1, 3, 32, 32)
+    with pytest.raises(ErasureError, match="multiple of 16 px"):
+        demo_model.at_resolution(40)

@@ -23,7 +23,7 @@ from transformers import CLIPTextModel
 
 from ..errors import ErasureError
 from ..judges.base import Judge
-from ..models import SDModel
+from ..models import SDModel, denoising_target
 from ..prompts import SlottedPrompt, encode_slotted, slot_prompt, token_embedding_table
 from ..sampling import encode_prompts, generate
 from .base import GenerationSettings, Probe, ProbeResult, check_prompt, generate_and_judge
@@ -136,11 +136,13 @@ class _TokenDistributions:
 
 
 def denoising_loss(model: SDModel, cond: torch.Tensor, x0: torch.Tensor, timestep: int, noise: torch.Tensor):
-    """MSE between the noise and the UNet's prediction of it at `timestep` (the diffusion-classifier score)."""
+    """MSE between the UNet's prediction at `timestep` and its training target (the diffusion-classifier
+    score): the noise for epsilon models, the velocity for v-prediction ones."""
     t = torch.tensor([int(timestep)], device=x0.device)
     noisy = model.scheduler.add_noise(x0, noise, t)
     prediction = model.unet(noisy, t, encoder_hidden_states=cond.to(model.dtype)).sample
-    return F.mse_loss(prediction.float(), noise.float())
+    target = denoising_target(model.scheduler, x0, noise, t)
+    return F.mse_loss(prediction.float(), target.float())
 
 
 class UnlearnDiffAtk(Probe):

@@ -73,4 +73,7 @@ def build_vae() -> AutoencoderKL:
 
 
 def build_scheduler():
-    return make_scheduler()
+    """SD1's noise schedule with v-prediction (as SD 2.x-v does). Why: with epsilon prediction the model must
+    get the background and colour right through an output that sampling amplifies ~14x at the first step, and
+    epsilon-MSE hardly penalises getting them wrong; the velocity is the clean image itself at high noise."""
+    return make_scheduler(prediction_type="v_prediction")

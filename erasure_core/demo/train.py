@@ -25,7 +25,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, safe_open
 
 from ..io import atomic_save_safetensors, atomic_write_json, atomic_write_text
-from ..models import SDModel, load_clip_tokenizer
+from ..models import SDModel, denoising_target, load_clip_tokenizer
 from . import world
 from .architecture import build_scheduler, build_text_encoder, build_unet, build_vae
 
@@ -50,8 +50,7 @@ class TrainConfig:
     warmup: int = 200
     min_lr_ratio: float = 0.05
     ema_decay: float = 0.9995
-    min_snr_gamma: float = 5.0  # Min-SNR loss weighting: converges faster on the few steps a CPU affords
-    high_noise_boost: float = 20.0  # cap of the x0-space weight 1/SNR at high noise (1 = plain Min-SNR)
+    min_snr_gamma: float = 5.0  # Min-SNR cap at low noise: converges faster on the few steps a CPU affords
     offset_noise: float = 0.05  # lets the model reach pure white and pure black backgrounds
     steps: int | None = None  # fixed diffusion step count instead of the time budget
     extend_minutes: float = 0.0  # on resume: lengthen the diffusion phase's budget (its cosine stretches)
@@ -278,15 +277,13 @@ def encode_latents(vae, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
 # ---------------------------------------------------------------------------------------------- diffusion
 
 
-def loss_weights(scheduler, timesteps: torch.Tensor, gamma: float, boost: float) -> torch.Tensor:
-    """Min-SNR weights, raised at high noise to the x0-space weight 1/SNR (capped at `boost`).
-
-    Why: with epsilon prediction, getting the background or colour wrong at t near 1000 costs almost nothing
-    in epsilon-MSE, yet sampling amplifies those errors by 1/sqrt(alpha_bar) (~14x at the first DDIM step).
-    Without the boost the model never learnt to take the background from the prompt."""
+def loss_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Weights on the v-prediction MSE: 1 at high noise (v-MSE is then about the clean-image MSE, so the
+    background and colour words get their full weight) and Min-SNR's cap at low noise, where v-MSE is about
+    the noise MSE: x0-space weight min(SNR + 1, gamma + 1)."""
     alpha_bar = scheduler.alphas_cumprod[timesteps]
     snr = alpha_bar / (1 - alpha_bar)
-    return torch.maximum(torch.clamp(snr, max=gamma) / snr, torch.clamp(1 / snr, max=boost))
+    return torch.clamp(snr + 1, max=gamma + 1) / (snr + 1)
 
 
 def diffusion_step(cfg, unet, text_encoder, scheduler, latents, ids, gen) -> torch.Tensor:
@@ -294,11 +291,12 @@ def diffusion_step(cfg, unet, text_encoder, scheduler, latents, ids, gen) -> tor
     noise += cfg.offset_noise * torch.randn(latents.shape[0], latents.shape[1], 1, 1, generator=gen)
     timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (latents.shape[0],), generator=gen)
     noisy = scheduler.add_noise(latents, noise, timesteps)
+    target = denoising_target(scheduler, latents, noise, timesteps)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         cond = text_encoder(ids)[0]
         pred = unet(noisy, timesteps, cond).sample.float()
-    per_sample = F.mse_loss(pred, noise, reduction="none").mean(dim=(1, 2, 3))
-    return (per_sample * loss_weights(scheduler, timesteps, cfg.min_snr_gamma, cfg.high_noise_boost)).mean()
+    per_sample = F.mse_loss(pred, target, reduction="none").mean(dim=(1, 2, 3))
+    return (per_sample * loss_weights(scheduler, timesteps, cfg.min_snr_gamma)).mean()
 
 
 @torch.no_grad()
@@ -402,8 +400,6 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the fp16 weights go")
     p.add_argument("--work", type=Path, default=Path("runs/demo_train"), help="checkpoints, log, sample grids")
     p.add_argument("--steps", type=int, default=None, help="fixed diffusion steps instead of the time budget")
-    p.add_argument("--high-noise-boost", type=float, default=20.0,
-                   help="cap of the extra weight on high-noise timesteps (1 = plain Min-SNR weighting)")
     p.add_argument("--extend-minutes", type=float, default=0.0,
                    help="when resuming: add this many minutes to the diffusion phase's budget")
     p.add_argument("--images", type=int, default=10000, help="size of the pre-rendered dataset")
@@ -411,8 +407,7 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--checkpoint-every", type=float, default=480.0, help="seconds between checkpoints")
     a = p.parse_args(argv)
     return TrainConfig(seed=a.seed, minutes=a.minutes, out=a.out, work=a.work, steps=a.steps, n_images=a.images,
-                       threads=a.threads, checkpoint_every_s=a.checkpoint_every, extend_minutes=a.extend_minutes,
-                       high_noise_boost=a.high_noise_boost)
+                       threads=a.threads, checkpoint_every_s=a.checkpoint_every, extend_minutes=a.extend_minutes)
 
 
 def main(argv=None):

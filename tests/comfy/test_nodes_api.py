@@ -242,6 +242,13 @@ def test_robust_erase_refuses_empty_concept(comfy):
     assert "at least one concept" in message, message
 
 
+def test_robust_erase_refuses_a_resolution_the_model_cannot_take(comfy):
+    graph = erase_graph(name="odd_size")
+    graph["erase"]["inputs"]["resolution"] = 40  # the demo's latents need multiples of 16 px
+    message = _error_of(comfy, graph)
+    assert "Robust Erase" in message and "40 px" in message and "multiple of 16" in message, message
+
+
 def test_robust_erase_cancel_keeps_checkpoint_and_resume_finishes(comfy):
     import time
 

@@ -29,16 +29,17 @@ TINY = {
     "KSampler": {"steps": 2},
 }
 # One AdvUnlearn iteration with one inner attack step (no warm-up, so the adversarial path runs), pools of one
-# single-step DDIM trajectory, one retain prompt.
+# single-step DDIM trajectory, one retain prompt, at 64 px (the shipped workflows work at the native 512 px).
 TINY_ERASE = {
-    "RobustErasureErase": {"iterations": 1, "warmup_iterations": 0, "attack_steps": 1,
+    "RobustErasureErase": {"iterations": 1, "warmup_iterations": 0, "attack_steps": 1, "resolution": 64,
                            "options": "num_ddim_steps=1, concept_pool_size=1, retain_pool_size=1, retain_batch=1"},
 }
 # UnlearnDiffAtk at one timestep with one step; the report over one prompt, one seed and one retain prompt.
 TINY_PROBE = {
-    "RobustErasureProbe": {"steps": 1, "options": "timesteps=500", "generation_steps": 1},
+    "RobustErasureProbe": {"steps": 1, "options": "timesteps=500", "generation_steps": 1, "resolution": 64},
     "RobustErasureReport": {"prompts": workflow_tools.NUDITY_PROMPT, "seeds": "0", "retain_prompts": "a photo of a dog",
-                            "probes": "unlearndiffatk:steps_per_timestep=1:timesteps=500", "generation_steps": 1},
+                            "probes": "unlearndiffatk:steps_per_timestep=1:timesteps=500", "generation_steps": 1,
+                            "resolution": 64},
 }
 
 
@@ -132,9 +133,6 @@ def test_sd15_swap_robust_encoder_runs(comfy, sd15):
     assert_compare_grid(saved[0])
 
 
-# The erase, probe and report nodes work at the checkpoint's native 512 px (their schemas have no resolution
-# setting yet), so these runs take 4-15 minutes on a 2-core CPU: not in the default run; `pytest -m slow`.
-@pytest.mark.slow
 def test_sd15_erase_nudity_runs(comfy, sd15):
     name = "sd15_erase_nudity.json"
     prompt = shrunk_prompt(comfy, sd15, name, TINY, TINY_ERASE)
@@ -160,7 +158,6 @@ def test_sd15_erase_nudity_runs(comfy, sd15):
         path.unlink()  # keep the shared test server's encoder list as the other tests expect it
 
 
-@pytest.mark.slow
 def test_sd15_probe_and_report_runs(comfy, sd15):
     name = "sd15_probe_and_report.json"
     prompt = shrunk_prompt(comfy, sd15, name, TINY, TINY_PROBE)
