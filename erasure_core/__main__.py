@@ -16,26 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
+from .cli_common import add_model_args, device_from_name, load_model_from_args
 from .errors import ErasureCancelled, ErasureError
-
-
-def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="demo", help='"demo" (embedded), "tiny", a diffusers folder or an SD1.x file')
-    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1... (default: cuda if available)")
-
-
-def _device(name: str | None) -> str:
-    import torch
-
-    if name:
-        return name
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
-def _load(args):
-    from .models import load_model
-
-    return load_model(args.model, device=_device(args.device))
 
 
 class _CancelOnSigint:
@@ -95,7 +77,7 @@ def cmd_erase(args) -> None:
     ).items() if v is not None}
     preset = args.preset or ("demo" if args.model == "demo" else "object")
     config = EraseConfig.from_preset(preset, **overrides)
-    model = _load(args)
+    model = load_model_from_args(args)
     out = Path(args.out or f"{'_'.join(c.replace(' ', '-') for c in args.concept)}_{config.method}.safetensors")
     checkpoint = Path(args.checkpoint or out.with_suffix(".ckpt.safetensors"))
     bar, progress = _tqdm_progress(config.iterations, f"erase {', '.join(args.concept)} ({config.method})")
@@ -135,7 +117,7 @@ def cmd_info(args) -> None:
 def cmd_swap(args) -> None:
     from .encoders import swap_text_encoder
 
-    model = _load(args)
+    model = load_model_from_args(args)
     pipe = swap_text_encoder(model.pipeline(), args.encoder)
     pipe.save_pretrained(args.out, safe_serialization=True)
     print(f"wrote a diffusers folder with the robust encoder to {args.out}")
@@ -163,7 +145,7 @@ def cmd_evaluate(args) -> None:
 def cmd_demo(args) -> None:
     from .demo.run import run_demo
 
-    run_demo(concept=args.concept, out_dir=Path(args.out), seed=args.seed, device=_device(args.device))
+    run_demo(concept=args.concept, out_dir=Path(args.out), seed=args.seed, device=device_from_name(args.device))
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,7 +153,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("erase", help="erase concept(s) by training the text encoder (AdvUnlearn or ESD)")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--concept", action="append", required=True, help="repeat for several concepts")
     p.add_argument("--preset", default=None,
                    help="nudity, style, object (the paper's defaults) or demo (the embedded model's); "
@@ -201,7 +183,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_info)
 
     p = sub.add_parser("swap", help="write a diffusers folder of --model with the robust encoder in place")
-    _add_model_args(p)
+    add_model_args(p)
     p.add_argument("--encoder", required=True)
     p.add_argument("--out", required=True)
     p.set_defaults(func=cmd_swap)

@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from .cli_common import add_model_args, load_model_from_args
 from .errors import ErasureError
 
 
 def add_probe_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("probe", help="attack one prompt against a text encoder and save what it generates")
-    p.add_argument("--model", default="demo")
-    p.add_argument("--device", default=None)
+    add_model_args(p)
     p.add_argument("--encoder", default=None, help="encoder file under test (default: the model's own)")
     p.add_argument("--prompt", required=True, help="the concept prompt to attack, e.g. 'a photo of a nude person'")
     p.add_argument("--probe", default="soft_prompt",
@@ -26,8 +26,7 @@ def add_probe_parser(sub) -> argparse.ArgumentParser:
 
 def add_evaluate_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="pre/post-attack ASR and utility of encoders over a prompt set")
-    p.add_argument("--model", default="demo")
-    p.add_argument("--device", default=None)
+    add_model_args(p)
     p.add_argument("--encoder", action="append", default=[], metavar="NAME=FILE",
                    help="an encoder to evaluate beside the original; repeat for several")
     p.add_argument("--prompts", default=None, help="CSV with a 'prompt' column (optional seed, guidance, "
@@ -51,10 +50,9 @@ def _add_generation_args(p: argparse.ArgumentParser) -> None:
 
 
 def _model_and_encoder(args, encoder_path):
-    from .__main__ import _load
     from .encoders import load_robust_text_encoder
 
-    model = _load(args)
+    model = load_model_from_args(args)
     if encoder_path is None:
         return model, model.text_encoder
     encoder = load_robust_text_encoder(encoder_path, reference=model.text_encoder)

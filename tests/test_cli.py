@@ -40,6 +40,7 @@ def test_convert_a_transformers_folder_to_our_format(tiny_model, tmp_path):
         (["convert", "x", "--out", "y", "--dtype", "int3"], "--dtype"),
         (["evaluate", "--model", "tiny", "--judge", "nudenet"], "needs prompts"),
         (["evaluate", "--model", "tiny", "--judge", "bogus", "--prompt", "a cat"], "unknown judge"),
+        (["probe", "--model", "tiny", "--prompt", "a cat", "--resolution", "10"], "multiple of 4 px"),
     ],
 )
 def test_user_errors_exit_2_with_a_message(argv, words, capsys):

@@ -23,6 +23,7 @@ _PARTS = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytor
 def _check_weights(folder: Path):
     missing = [f"{part}/{name}" for part, name in _PARTS.items() if not (folder / part / name).is_file()]
     missing += [f"{part}/config.json" for part in _PARTS if not (folder / part / "config.json").is_file()]
+    missing += [] if (folder / "scheduler" / "scheduler_config.json").is_file() else ["scheduler/scheduler_config.json"]
     if missing:
         raise ErasureError(
             f"the demo model's weights are missing from {folder} ({', '.join(missing)}); train them with "
@@ -32,10 +33,10 @@ def _check_weights(folder: Path):
 
 def load_demo_model(weights_dir: str | Path | None = None, dtype: torch.dtype = torch.float32):
     """The demo model as an `SDModel` named "demo" (fp16 weights on disk, `dtype` in memory), offline."""
-    from diffusers import AutoencoderKL, UNet2DConditionModel
+    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextModel
 
-    from ..models import SDModel, load_clip_tokenizer, make_scheduler
+    from ..models import SDModel, load_clip_tokenizer
 
     folder = Path(weights_dir) if weights_dir is not None else WEIGHTS_DIR
     _check_weights(folder)
@@ -47,8 +48,9 @@ def load_demo_model(weights_dir: str | Path | None = None, dtype: torch.dtype = 
     if info["missing_keys"] or info["unexpected_keys"]:  # transformers only warns and leaves weights random
         raise ErasureError(f"the demo text encoder in {folder} does not match its config: missing "
                            f"{sorted(info['missing_keys'])[:5]}, unexpected {sorted(info['unexpected_keys'])[:5]}")
-    model = SDModel(load_clip_tokenizer(), text_encoder, unet, vae, make_scheduler(), name="demo",
-                    source=str(folder))
+    # The shipped schedule, prediction type included (the demo model predicts v, SD 1.x predicts epsilon).
+    scheduler = DDIMScheduler.from_pretrained(str(folder / "scheduler"), **common)
+    model = SDModel(load_clip_tokenizer(), text_encoder, unet, vae, scheduler, name="demo", source=str(folder))
     return model.freeze()
 
 
