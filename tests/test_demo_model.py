@@ -51,7 +51,8 @@ def test_demo_model_is_sd1_shaped(demo_model):
     assert demo_model.max_length == 77
     assert vae.scaling_factor != 0.18215  # measured on the demo VAE's own latents
     sched = demo_model.scheduler.config
-    assert (sched.beta_schedule, sched.prediction_type, sched.num_train_timesteps) == ("scaled_linear", "epsilon", 1000)
+    assert (sched.beta_schedule, sched.num_train_timesteps) == ("scaled_linear", 1000)  # SD1's schedule
+    assert sched.prediction_type == "v_prediction"  # as SD 2.x-v: see architecture.build_scheduler
 
 
 def test_demo_model_generates_through_the_standard_path(demo_model):
@@ -149,6 +150,8 @@ def test_loss_weights_keep_high_noise_whole_and_cap_low_noise():
     snr = scheduler.alphas_cumprod[t] / (1 - scheduler.alphas_cumprod[t])
     assert w[0] == pytest.approx(6.0 / (snr[0] + 1))  # low noise: the x0 weight capped at gamma + 1
     assert w[0] < 0.5 and torch.allclose(w[1:], torch.ones(2))  # high noise: the whole v-MSE counts
+    eps = loss_weights(make_scheduler(), t, 5.0)  # epsilon phase: the published Min-SNR-gamma
+    assert eps[0] == pytest.approx(5.0 / snr[0]) and torch.allclose(eps[1:], torch.ones(2))
 
 
 def test_denoising_target_follows_the_prediction_type():

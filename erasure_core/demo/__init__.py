@@ -27,7 +27,7 @@ def _check_weights(folder: Path):
     if missing:
         raise ErasureError(
             f"the demo model's weights are missing from {folder} ({', '.join(missing)}); train them with "
-            "`python -m erasure_core.demo.train` (about 75 minutes on a shared 2-core CPU)"
+            "`python -m erasure_core.demo.train` (an 80-minute budget by default on a 2-core CPU)"
         )
 
 

@@ -1,4 +1,5 @@
-"""Train the demo model from a seed on a CPU: first the VAE, then the UNet and the text encoder jointly.
+"""Train the demo model from a seed on a CPU: first the VAE, then the UNet and the text encoder jointly, with
+epsilon prediction for the first `--eps-share` of the diffusion phase and v-prediction after it.
 
     python -m erasure_core.demo.train [--seed S] [--minutes M] [--out DIR] [--work DIR]
 
@@ -25,7 +26,7 @@ from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, safe_open
 
 from ..io import atomic_save_safetensors, atomic_write_json, atomic_write_text
-from ..models import SDModel, denoising_target, load_clip_tokenizer
+from ..models import SDModel, denoising_target, load_clip_tokenizer, make_scheduler
 from . import world
 from .architecture import build_scheduler, build_text_encoder, build_unet, build_vae
 
@@ -51,6 +52,11 @@ class TrainConfig:
     min_lr_ratio: float = 0.05
     ema_decay: float = 0.9995
     min_snr_gamma: float = 5.0  # Min-SNR cap at low noise: converges faster on the few steps a CPU affords
+    # Share of the diffusion phase trained with epsilon prediction before the switch to v-prediction (the
+    # shipped model's). Measured here: epsilon learns the shapes fast but never the background and colour
+    # words; v-prediction from scratch learns backgrounds and colours but hardly any shape in the same time;
+    # epsilon first, then v, learnt all of them.
+    eps_share: float = 0.45
     offset_noise: float = 0.05  # lets the model reach pure white and pure black backgrounds
     steps: int | None = None  # fixed diffusion step count instead of the time budget
     extend_minutes: float = 0.0  # on resume: lengthen the diffusion phase's budget (its cosine stretches)
@@ -175,15 +181,16 @@ def _save_text_encoder(text_encoder, folder: Path):
     atomic_save_safetensors(state, folder / "model.safetensors", metadata={"format": "pt"})
 
 
-def export_weights(out: Path, text_encoder=None, unet=None, vae=None, info: dict | None = None):
-    """The shipped layout: a diffusers folder of fp16 safetensors (tokenizer: erasure_core/data)."""
+def export_weights(out: Path, text_encoder=None, unet=None, vae=None, info: dict | None = None, scheduler=None):
+    """The shipped layout: a diffusers folder of fp16 safetensors (tokenizer: erasure_core/data); `scheduler`
+    (default: the shipped model's) records the prediction type the weights were trained for."""
     if vae is not None:
         _save_diffusers_module(vae, out / "vae")
     if unet is not None:
         _save_diffusers_module(unet, out / "unet")
     if text_encoder is not None:
         _save_text_encoder(text_encoder, out / "text_encoder")
-    scheduler = build_scheduler()
+    scheduler = scheduler or build_scheduler()
     (out / "scheduler").mkdir(parents=True, exist_ok=True)
     atomic_write_text(scheduler.to_json_string(), out / "scheduler" / "scheduler_config.json")
     index = {"_class_name": "StableDiffusionPipeline", "text_encoder": ["transformers", "CLIPTextModel"],
@@ -278,11 +285,15 @@ def encode_latents(vae, pixels: torch.Tensor, batch: int = 256) -> torch.Tensor:
 
 
 def loss_weights(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
-    """Weights on the v-prediction MSE: 1 at high noise (v-MSE is then about the clean-image MSE, so the
-    background and colour words get their full weight) and Min-SNR's cap at low noise, where v-MSE is about
-    the noise MSE: x0-space weight min(SNR + 1, gamma + 1)."""
+    """Min-SNR weights for the scheduler's prediction type, in clean-image (x0) terms:
+
+    - epsilon: x0 weight min(SNR, gamma), the published Min-SNR-gamma;
+    - v-prediction: x0 weight min(SNR + 1, gamma + 1), i.e. 1 on the v-MSE at high noise, where v-MSE is
+      about the clean-image MSE: the background and colour words keep their full weight there."""
     alpha_bar = scheduler.alphas_cumprod[timesteps]
     snr = alpha_bar / (1 - alpha_bar)
+    if scheduler.config.prediction_type == "epsilon":
+        return torch.clamp(snr, max=gamma) / snr
     return torch.clamp(snr + 1, max=gamma + 1) / (snr + 1)
 
 
@@ -300,13 +311,13 @@ def diffusion_step(cfg, unet, text_encoder, scheduler, latents, ids, gen) -> tor
 
 
 @torch.no_grad()
-def sample_grid(unet, text_encoder, vae, path: Path, seed: int):
+def sample_grid(unet, text_encoder, vae, scheduler, path: Path, seed: int):
     """16 samples for fixed prompts (DDIM 20, CFG 5) as a PNG, to watch the run."""
     from PIL import Image
 
     from ..sampling import encode_prompts, generate
 
-    model = SDModel(load_clip_tokenizer(), text_encoder, unet, vae, build_scheduler(), name="demo")
+    model = SDModel(load_clip_tokenizer(), text_encoder, unet, vae, scheduler, name="demo")
     prompts = [f"a {c} {s}" for c, s in zip(world.WORLD["colour"] * 4, sum([[s] * 4 for s in world.WORLD["shape"]], []))]
     prompts[1::4] = [p + " on a black background" for p in prompts[1::4]]
     prompts[2::4] = [p + " in outline style" for p in prompts[2::4]]
@@ -322,7 +333,9 @@ def sample_grid(unet, text_encoder, vae, path: Path, seed: int):
 def train_diffusion(cfg: TrainConfig, vae, latents: torch.Tensor, attrs: list[dict]):
     path = cfg.work / "diffusion.safetensors"
     torch.manual_seed(cfg.seed + 2)
-    unet, text_encoder, scheduler = build_unet(), build_text_encoder(), build_scheduler()
+    unet, text_encoder = build_unet(), build_text_encoder()
+    v_scheduler = build_scheduler()
+    eps_scheduler = make_scheduler(prediction_type="epsilon")  # the same SD1 schedule
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=0.01, betas=(0.9, 0.99))
     ema = EMAModel(params, decay=cfg.ema_decay, use_ema_warmup=True, power=0.75)
@@ -340,14 +353,19 @@ def train_diffusion(cfg: TrainConfig, vae, latents: torch.Tensor, attrs: list[di
     log.info("diffusion: budget %.1f min, unet %.2fM, text encoder %.2fM parameters", budget.seconds / 60,
              sum(p.numel() for p in unet.parameters()) / 1e6, sum(p.numel() for p in text_encoder.parameters()) / 1e6)
 
+    def phase_scheduler():
+        """Epsilon prediction for the first `eps_share` of the phase, then v-prediction (see TrainConfig)."""
+        return eps_scheduler if budget.progress(step) < cfg.eps_share else v_scheduler
+
     def checkpoint(final: bool = False):
         save_checkpoint(path, modules, optimizer, ema, {"step": step, "elapsed": budget.elapsed, "budget": budget.seconds})
         ema.store(params)
         ema.copy_to(params)
         info = {"seed": cfg.seed, "diffusion_steps": step, "minutes": round((time.time() - cfg.started) / 60, 1),
                 "final": final, "config": {k: str(v) for k, v in asdict(cfg).items() if k != "started"}}
-        export_weights(cfg.out, text_encoder, unet, vae, info)
-        sample_grid(unet.eval(), text_encoder.eval(), vae, cfg.work / f"samples_{step:06d}.png", cfg.seed)
+        export_weights(cfg.out, text_encoder, unet, vae, info, scheduler=phase_scheduler())
+        sample_grid(unet.eval(), text_encoder.eval(), vae, phase_scheduler(), cfg.work / f"samples_{step:06d}.png",
+                    cfg.seed)
         unet.train(), text_encoder.train()
         ema.restore(params)
         log.info("checkpoint at step %d: %s, weights -> %s", step, path, cfg.out)
@@ -357,7 +375,7 @@ def train_diffusion(cfg: TrainConfig, vae, latents: torch.Tensor, attrs: list[di
         for group in optimizer.param_groups:
             group["lr"] = cfg.lr * lr_factor(step, budget.progress(step), cfg.warmup, cfg.min_lr_ratio)
         idx = torch.randint(len(latents), (cfg.batch,), generator=gen)
-        loss = diffusion_step(cfg, unet, text_encoder, scheduler, latents[idx], captions.batch(idx), gen)
+        loss = diffusion_step(cfg, unet, text_encoder, phase_scheduler(), latents[idx], captions.batch(idx), gen)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -400,6 +418,8 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the fp16 weights go")
     p.add_argument("--work", type=Path, default=Path("runs/demo_train"), help="checkpoints, log, sample grids")
     p.add_argument("--steps", type=int, default=None, help="fixed diffusion steps instead of the time budget")
+    p.add_argument("--eps-share", type=float, default=0.45,
+                   help="share of the diffusion phase trained with epsilon prediction before v-prediction")
     p.add_argument("--extend-minutes", type=float, default=0.0,
                    help="when resuming: add this many minutes to the diffusion phase's budget")
     p.add_argument("--images", type=int, default=10000, help="size of the pre-rendered dataset")
@@ -407,7 +427,8 @@ def parse_args(argv=None) -> TrainConfig:
     p.add_argument("--checkpoint-every", type=float, default=480.0, help="seconds between checkpoints")
     a = p.parse_args(argv)
     return TrainConfig(seed=a.seed, minutes=a.minutes, out=a.out, work=a.work, steps=a.steps, n_images=a.images,
-                       threads=a.threads, checkpoint_every_s=a.checkpoint_every, extend_minutes=a.extend_minutes)
+                       threads=a.threads, checkpoint_every_s=a.checkpoint_every, extend_minutes=a.extend_minutes,
+                       eps_share=a.eps_share)
 
 
 def main(argv=None):
