@@ -125,7 +125,9 @@ def ldm_unet_config(unet) -> dict:
 
 
 _SCHEDULES = {"scaled_linear": "linear", "linear": "sqrt_linear", "squaredcos_cap_v2": "squaredcos_cap_v2"}
-_MODEL_TYPES = {"epsilon": comfy.model_base.ModelType.EPS, "v_prediction": comfy.model_base.ModelType.V_PREDICTION}
+# diffusers prediction_type -> ComfyUI model type
+PREDICTION_MODEL_TYPES = {"epsilon": comfy.model_base.ModelType.EPS,
+                          "v_prediction": comfy.model_base.ModelType.V_PREDICTION}
 
 
 def _model_config(unet_config: dict, scale_factor: float, scheduler):
@@ -137,7 +139,7 @@ def _model_config(unet_config: dict, scale_factor: float, scheduler):
 
     sc = scheduler.config
     schedule = _SCHEDULES.get(sc.beta_schedule)
-    model_type = _MODEL_TYPES.get(sc.get("prediction_type", "epsilon"))
+    model_type = PREDICTION_MODEL_TYPES.get(sc.get("prediction_type", "epsilon"))
     if schedule is None or model_type is None:
         raise NodeError(f"noise schedule {sc.beta_schedule!r} / {sc.get('prediction_type')!r} is not supported")
 

@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import torch
 
-import comfy.model_base
 import comfy.model_management
 import comfy.supported_models
 from comfy_api.latest import io
 
 from ._comfy import NodeError, clip_text_state, clip_to_text_encoder, sd1_clip_part
+from ._native import PREDICTION_MODEL_TYPES
 
 
 def _check_sd1_model(model, node: str):
@@ -30,8 +30,8 @@ def _check_sd1_model(model, node: str):
 
 def _prediction_type(model) -> str:
     """The diffusers name of what the MODEL's UNet predicts (SD1 checkpoints: epsilon; v fine-tunes exist)."""
-    v = model.model.model_type == comfy.model_base.ModelType.V_PREDICTION
-    return "v_prediction" if v else "epsilon"
+    names = {model_type: name for name, model_type in PREDICTION_MODEL_TYPES.items()}
+    return names.get(model.model.model_type, "epsilon")
 
 
 def _unet_from_comfy(model, node: str):

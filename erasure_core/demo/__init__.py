@@ -21,9 +21,8 @@ _PARTS = {"unet": "diffusion_pytorch_model.safetensors", "vae": "diffusion_pytor
 
 
 def _check_weights(folder: Path):
-    missing = [f"{part}/{name}" for part, name in _PARTS.items() if not (folder / part / name).is_file()]
-    missing += [f"{part}/config.json" for part in _PARTS if not (folder / part / "config.json").is_file()]
-    missing += [] if (folder / "scheduler" / "scheduler_config.json").is_file() else ["scheduler/scheduler_config.json"]
+    required = [f"{part}/{name}" for part, name in _PARTS.items()] + [f"{part}/config.json" for part in _PARTS]
+    missing = [path for path in required + ["scheduler/scheduler_config.json"] if not (folder / path).is_file()]
     if missing:
         raise ErasureError(
             f"the demo model's weights are missing from {folder} ({', '.join(missing)}); train them with "
