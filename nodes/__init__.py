@@ -34,6 +34,20 @@ def node_classes() -> list[type[io.ComfyNode]]:
     return nodes
 
 
+def _cpu_wait_policy_hint():
+    """ComfyUI loads torch before any pack, so the pack cannot choose OpenMP's wait policy itself; on a CPU it
+    says once how to start ComfyUI so that training is not slowed many times over (see erasure_core/openmp.py)."""
+    import comfy.model_management
+    import torch
+
+    from erasure_core.openmp import passive_waiting_advice
+
+    advice = passive_waiting_advice()
+    if advice and comfy.model_management.cpu_mode() and torch.get_num_threads() > 1:
+        LOG.info("Robust Erasure: %s", advice)
+
+
 class RobustErasureExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
+        _cpu_wait_policy_hint()  # here, not in on_load: ComfyUI 0.3.75 never calls on_load
         return node_classes()

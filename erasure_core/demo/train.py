@@ -37,7 +37,7 @@ log = logging.getLogger("erasure_core.demo.train")
 @dataclass
 class TrainConfig:
     seed: int = 0
-    minutes: float = 80.0  # whole run: data, VAE, latents, diffusion
+    minutes: float = 90.0  # whole run: data, VAE, latents, diffusion
     out: Path = WEIGHTS_DIR
     work: Path = Path("runs/demo_train")
     n_images: int = 10000
@@ -414,7 +414,7 @@ def run(cfg: TrainConfig):
 def parse_args(argv=None) -> TrainConfig:
     p = argparse.ArgumentParser(prog="python -m erasure_core.demo.train", description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--minutes", type=float, default=80.0, help="wall-clock budget of the whole run")
+    p.add_argument("--minutes", type=float, default=90.0, help="wall-clock budget of the whole run")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the fp16 weights go")
     p.add_argument("--work", type=Path, default=Path("runs/demo_train"), help="checkpoints, log, sample grids")
     p.add_argument("--steps", type=int, default=None, help="fixed diffusion steps instead of the time budget")
