@@ -36,7 +36,9 @@ PRESETS: dict[str, dict] = {
     # Tuned on "circle" against the soft-prompt probe (16 prompts, 1 seed, shipped weights): retain weight 10
     # gave AdvUnlearn pre/post-attack ASR 0.31/0.62 with retain accuracy 0.81 (ESD 0.25/0.81, 0.56); retain
     # weight 3 erased harder (0.19/0.69) but lost utility (retain 0.25). 10 attack steps held the attack
-    # better than 5 on earlier weights, and 150 iterations did not hold it.
+    # better than 5 on earlier weights, and 150 iterations did not hold it. On 32 prompts: 300 iterations gave
+    # 0.31/0.62/0.66 (ESD 0.34/0.78/0.75); 600 iterations did worse (0.47/0.91/0.62), and so did training on
+    # five captions naming the concept besides the bare word (0.72/0.84/0.19).
     "demo": dict(
         lr=3e-3, iterations=300, warmup_iterations=20, attack_steps=10, attack_k=3, attack_lr=1e-2,
         attack_insertion="prefix", retain_weight=10.0, retain_batch=8, retain_set="shapes_world",
