@@ -29,7 +29,9 @@ from erasure_core.demo import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_demo_model  
 from erasure_core.demo.quality import format_table, measure_quality  # noqa: E402
 from erasure_core.io import atomic_write_json  # noqa: E402
 
-BARS = {"shape": 0.90, "colour": 0.90, "style": 0.85}
+# Issue 3's bars; "backgrounds as asked" is read as the colour bar, 0.90 (a 90-minute fresh run reached
+# shape 1.000 but background 0.625, which the table must not call a pass).
+BARS = {"shape": 0.90, "colour": 0.90, "style": 0.85, "background": 0.90}
 
 
 def save_grid(images: torch.Tensor, path: Path, columns: int = 16):
