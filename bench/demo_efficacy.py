@@ -27,10 +27,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from erasure_core.openmp import prefer_passive_waiting  # noqa: E402
-
-prefer_passive_waiting()  # before torch loads: see erasure_core/openmp.py
-
 from erasure_core.demo import world  # noqa: E402
 from erasure_core.demo.run import DemoSettings, align_columns, run_demo  # noqa: E402
 from erasure_core.io import atomic_write_json  # noqa: E402

@@ -19,10 +19,6 @@ from pathlib import Path
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from erasure_core.openmp import prefer_passive_waiting  # noqa: E402
-
-prefer_passive_waiting()  # before torch loads: see erasure_core/openmp.py
-
 import torch  # noqa: E402
 
 from erasure_core.demo import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_demo_model  # noqa: E402

@@ -21,13 +21,9 @@ import sys
 import time
 from pathlib import Path
 
+import torch
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from erasure_core.openmp import prefer_passive_waiting  # noqa: E402
-
-prefer_passive_waiting()  # before torch loads: see erasure_core/openmp.py
-
-import torch  # noqa: E402
 
 from erasure_core.latents import UNetRunner  # noqa: E402
 from erasure_core.models import SDModel, build_tiny_model, load_clip_tokenizer, make_scheduler  # noqa: E402

@@ -16,12 +16,8 @@ import signal
 import sys
 from pathlib import Path
 
-from .openmp import prefer_passive_waiting
-
-prefer_passive_waiting()  # before anything imports torch (see openmp.py)
-
-from .cli_common import add_model_args, device_from_name, load_model_from_args  # noqa: E402
-from .errors import ErasureCancelled, ErasureError  # noqa: E402
+from .cli_common import add_model_args, device_from_name, load_model_from_args
+from .errors import ErasureCancelled, ErasureError
 
 
 class _CancelOnSigint:

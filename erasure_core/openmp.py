@@ -1,29 +1,27 @@
-"""OpenMP's wait policy on a CPU shared with other work.
+"""OpenMP's wait policy on a CPU shared with other work: advice only, because no one setting wins everywhere.
 
-PyTorch's CPU kernels run on OpenMP threads that, by default, spin while they wait for each other. When another
-process keeps one of the cores busy, a spinning thread burns the time slice its partner needs, and every one of
-the thousands of small parallel regions in a training step waits a whole scheduler slice. Measured on a 2-core
-machine with one core busy (5 demo-preset erase iterations plus the latent pool): 27 s with one thread, 32 s with
-two passive threads, and more than 600 s with two spinning threads. Passive waiting is set through the
-environment and is read once, when the OpenMP runtime loads with torch, so entry points call
-`prefer_passive_waiting()` before they import torch. A value the user set is kept.
+PyTorch's CPU kernels run on OpenMP threads that spin for a while when they wait for each other. When another
+process keeps a core busy, a spinning thread burns the time slice its partner needs, and every one of the
+thousands of small parallel regions in a training step stalls. Measured on this 2-core machine, 2 threads,
+`python -m erasure_core erase --model demo`:
+
+- one core busy, 5 iterations plus the latent pool: more than 240 s with the default policy (more than 600 s in
+  an earlier run), 32 s with OMP_WAIT_POLICY=PASSIVE, 45 s with GOMP_SPINCOUNT=1000, 27 s with one thread;
+- idle, 40 iterations: 33-35 s with the default, 65-69 s with PASSIVE, 44-45 s with GOMP_SPINCOUNT=1000.
+
+So passive waiting is the cure beside a busy core and costs twice the time on an idle one: we advise it and do not
+impose it. It is read once, when the OpenMP runtime loads with torch, so it must be set before the process starts
+(ComfyUI imports torch before any node pack).
 """
 
 from __future__ import annotations
 
 import os
-import sys
 
 VARIABLE = "OMP_WAIT_POLICY"
-ADVICE = (f"On a CPU shared with other work, set {VARIABLE}=PASSIVE before starting the process: OpenMP's default "
-          "busy-waiting can make CPU training many times slower there.")
-
-
-def prefer_passive_waiting() -> bool:
-    """Ask OpenMP to sleep instead of spin while waiting, unless the user chose; True if the setting can still
-    take effect (torch not imported yet)."""
-    os.environ.setdefault(VARIABLE, "PASSIVE")
-    return "torch" not in sys.modules
+ADVICE = (f"if other work keeps a core busy, start ComfyUI with {VARIABLE}=PASSIVE: OpenMP's default busy-waiting "
+          "made CPU erasure here more than 7x slower beside a busy core (passive waiting costs about 2x on an idle "
+          "CPU, so it is not the default).")
 
 
 def passive_waiting_advice() -> str | None:

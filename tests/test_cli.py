@@ -49,31 +49,11 @@ def test_user_errors_exit_2_with_a_message(argv, words, capsys):
     assert err.startswith("error: ") and words in err
 
 
-def _cli_environment(extra: dict) -> dict:
-    import os
 
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    return {**env, **extra}
-
-
-@pytest.mark.parametrize("preset, expected", [(None, "PASSIVE"), ("ACTIVE", "ACTIVE")])
-def test_cli_asks_openmp_to_wait_passively_before_torch_loads(preset, expected):
-    """Spinning OpenMP threads made CPU training >20x slower beside a busy core (see erasure_core/openmp.py)."""
-    import subprocess
-    import sys
-
-    probe = "import os, erasure_core.__main__; print(os.environ.get('OMP_WAIT_POLICY'))"
-    env = _cli_environment({"OMP_WAIT_POLICY": preset} if preset else {})
-    out = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, check=True).stdout
-    assert out.strip() == expected
-
-
-def test_passive_waiting_advice_only_without_a_choice(monkeypatch):
+def test_wait_policy_advice_only_without_a_choice(monkeypatch):
     from erasure_core import openmp
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
     assert "OMP_WAIT_POLICY=PASSIVE" in openmp.passive_waiting_advice()
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert openmp.passive_waiting_advice() is None
-    assert openmp.prefer_passive_waiting() is False  # torch is already loaded in this process: too late
-    assert openmp.os.environ["OMP_WAIT_POLICY"] == "ACTIVE"  # the user's choice is kept

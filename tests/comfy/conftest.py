@@ -78,9 +78,7 @@ def comfy(tmp_path_factory) -> ComfyServer:
     _prepare_models(base / "models")
     port = free_port()
     log = base / "comfyui.log"
-    # Passive OpenMP waiting, as the README advises for a shared CPU: the browser test renders beside the server.
-    env = {"OMP_WAIT_POLICY": "PASSIVE", **os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("PYTHONPATH", None)
     cmd = [str(COMFY_PYTHON), str(COMFY_MAIN), "--cpu", "--listen", "127.0.0.1", "--port", str(port),
            "--disable-auto-launch", "--base-directory", str(base), "--preview-method", "none"]
