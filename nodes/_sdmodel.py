@@ -28,10 +28,12 @@ def _check_sd1_model(model, node: str):
         )
 
 
+_PREDICTION_NAMES = {model_type: name for name, model_type in PREDICTION_MODEL_TYPES.items()}
+
+
 def _prediction_type(model) -> str:
     """The diffusers name of what the MODEL's UNet predicts (SD1 checkpoints: epsilon; v fine-tunes exist)."""
-    names = {model_type: name for name, model_type in PREDICTION_MODEL_TYPES.items()}
-    return names.get(model.model.model_type, "epsilon")
+    return _PREDICTION_NAMES.get(model.model.model_type, "epsilon")
 
 
 def _unet_from_comfy(model, node: str):

@@ -49,7 +49,6 @@ def test_user_errors_exit_2_with_a_message(argv, words, capsys):
     assert err.startswith("error: ") and words in err
 
 
-
 def test_wait_policy_advice_only_without_a_choice(monkeypatch):
     from erasure_core import openmp
 

@@ -26,7 +26,8 @@ def _check_weights(folder: Path):
     if missing:
         raise ErasureError(
             f"the demo model's weights are missing from {folder} ({', '.join(missing)}); train them with "
-            "`python -m erasure_core.demo.train` (an 80-minute budget by default on a 2-core CPU)"
+            "`python -m erasure_core.demo.train` (90 minutes by default on one CPU thread; the shipped quality took "
+            "about 2 hours: run it again with --extend-minutes 30 to resume)"
         )
 
 
