@@ -240,8 +240,10 @@ def _decode_metadata(raw: Mapping[str, str], where) -> tuple[dict, dict | None]:
 
 def _read_config_json(folder: Path) -> dict | None:
     path = folder / "config.json"
-    if not path.is_file():
+    if not path.exists():
         return None
+    if not path.is_file():
+        raise ModelFormatError(f"{path} is not a regular file")
     try:
         config = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
@@ -256,7 +258,7 @@ def _read_config_json(folder: Path) -> dict | None:
 
 def _folder_weights(folder: Path) -> Path:
     for name in _FOLDER_WEIGHTS:
-        if (folder / name).is_file():
+        if (folder / name).exists():
             return folder / name
     if (folder / "model.safetensors.index.json").exists() or (folder / "pytorch_model.bin.index.json").exists():
         raise ModelFormatError(f"{folder}: sharded text encoder weights are not supported; merge them first")
@@ -293,6 +295,15 @@ def read_encoder(path: str | Path) -> EncoderFile:
     a published AdvUnlearn folder (config.json + pytorch_model.bin), or a whole diffusers pipeline folder.
     """
     path = Path(path)
+    try:
+        return _read_encoder(path)
+    except ModelFormatError as err:
+        if str(path) in str(err):
+            raise
+        raise ModelFormatError(f"{path}: {err}") from err  # every message names the user's file
+
+
+def _read_encoder(path: Path) -> EncoderFile:
     if path.is_dir():
         folder = path / "text_encoder" if (path / "model_index.json").is_file() else path
         weights = _folder_weights(folder)

@@ -159,6 +159,11 @@ class WeightFile:
                 code = part.get_dtype()
                 specs[key] = TensorSpec(tuple(int(n) for n in part.get_shape()), _SAFETENSORS_DTYPES.get(code, code))
         except (SafetensorError, OSError, ValueError, RuntimeError) as err:
+            if "allocate memory" in str(err):
+                raise ModelFormatError(
+                    f"{self.path} is {self.path.stat().st_size / 2**30:.1f} GiB, more than this machine can map "
+                    "into memory; its header claims tensors no SD 1.x text encoder has, or the file is corrupt."
+                ) from err
             raise ModelFormatError(
                 f"cannot read {self.path} as safetensors ({str(err)[:300]}); the file is truncated, still "
                 "downloading, or not a safetensors file. Download it again."
