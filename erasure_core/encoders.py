@@ -4,9 +4,8 @@ Reading follows one rule: look at the tensors first (names, shapes, dtypes from 
 layout (`layouts.encoder_layout`) and refuse foreign families by shape, check a declared config against the
 tensors with every size bounded by SD1's, check every shape, and only then read the data and check it is finite.
 
-The one layout we write: a `.safetensors` file whose keys are `text_model.*` (what ComfyUI's CLIPLoader detects
-and what transformers 4.x and 5.x both load), fp16 by default, with metadata that carries the CLIPTextConfig, so
-no `config.json` is needed to load it. Swapping and baking an encoder into a model live in `swap.py`.
+We write one layout: `.safetensors` with `text_model.*` keys (what ComfyUI's CLIPLoader detects and transformers
+4.x and 5.x load), fp16 by default, its CLIPTextConfig in the metadata. Swap and bake live in `swap.py`.
 """
 
 from __future__ import annotations
@@ -88,10 +87,7 @@ def normalize_with_layout(state_dict: Mapping[str, torch.Tensor]) -> tuple[dict[
 
 def normalize_encoder_keys(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Canonical `text_model.*` keys from any known encoder layout; `position_ids` buffers are dropped.
-
-    AdvUnlearn's aliases are dropped only when they hold identical tensors. Keys that are not part of a CLIP text
-    encoder, and keys of two layouts in one dict, raise ModelFormatError naming them.
-    """
+    AdvUnlearn's aliases are dropped only when they equal their twins. Foreign keys and mixed layouts raise."""
     return normalize_with_layout(state_dict)[0]
 
 
@@ -121,17 +117,14 @@ def encoder_shape(obj) -> dict:
         cfg = config_fields(obj.to_dict() if isinstance(obj, CLIPTextConfig) else obj)
         return {"width": cfg.get("hidden_size"), "layers": cfg.get("num_hidden_layers"),
                 "vocab": cfg.get("vocab_size"), "positions": cfg.get("max_position_embeddings")}
-    state = obj if isinstance(obj, Mapping) and not _has_tensors(obj) else _as_canonical_state(obj)
+    # Canonical shapes (a header) are taken as they are; tensors in any layout are normalised first.
+    shapes_only = isinstance(obj, Mapping) and not any(isinstance(v, torch.Tensor) for v in obj.values())
+    state = obj if shapes_only else _as_canonical_state(obj)
     dims = encoder_dims({k: shape_of(v) for k, v in state.items()})
     return {k: dims[k] for k in ("width", "layers", "vocab", "positions")}
 
 
-def _has_tensors(obj: Mapping) -> bool:
-    return any(isinstance(v, torch.Tensor) for v in obj.values())
-
-
-def _looks_like_state(obj) -> bool:
-    # A state dict holds tensors, or shapes (tuples) when only a header was read.
+def _looks_like_state(obj) -> bool:  # tensors, or shapes (tuples) when only a header was read
     return isinstance(obj, Mapping) and any(isinstance(v, (torch.Tensor, tuple, torch.Size)) for v in obj.values())
 
 
@@ -338,15 +331,6 @@ def text_encoder_from_state(
     return skeleton.eval()
 
 
-def _resolve_config(encoder: EncoderFile, reference) -> CLIPTextConfig:
-    if encoder.config:
-        config = CLIPTextConfig(**encoder.config)
-        if reference is not None:
-            check_encoder_fits(config, reference)
-        return config
-    return infer_text_config(encoder.state_dict, reference)
-
-
 def as_encoder_file(obj) -> EncoderFile:
     """A checked EncoderFile from a path, an EncoderFile (its tensors checked again) or a state dict."""
     if isinstance(obj, EncoderFile):
@@ -367,7 +351,12 @@ def load_robust_text_encoder(
     from shapes with heads/activation from `reference` (CLIPTextModel or CLIPTextConfig) or the SD1
     convention. If `reference` is given the encoder must fit it (width, depth, vocabulary)."""
     encoder = as_encoder_file(path)
-    return text_encoder_from_state(encoder.state_dict, _resolve_config(encoder, reference), dtype)
+    if not encoder.config:
+        return text_encoder_from_state(encoder.state_dict, infer_text_config(encoder.state_dict, reference), dtype)
+    config = CLIPTextConfig(**encoder.config)
+    if reference is not None:
+        check_encoder_fits(config, reference)
+    return text_encoder_from_state(encoder.state_dict, config, dtype)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -388,10 +377,7 @@ def encoder_hash(text_encoder_or_state_dict) -> str:
 
 
 def _config_of(obj, state: Mapping[str, torch.Tensor]) -> dict:
-    if isinstance(obj, CLIPTextModel):
-        declared = config_fields(obj.config.to_dict())
-    else:
-        declared = obj.config if isinstance(obj, EncoderFile) else None
+    declared = obj.config.to_dict() if isinstance(obj, CLIPTextModel) else getattr(obj, "config", None)
     return config_fields(check_encoder_state(state, declared, "the encoder to save"))
 
 

@@ -240,12 +240,26 @@ def _from_pretrained_strict(cls, folder: Path, subfolder: str):
     return module.eval()
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFormatError(f"cannot read {path}: {err}. The folder is incomplete or corrupt.") from err
+    if not isinstance(value, dict):
+        raise ModelFormatError(f"{path} must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
 def _folder_scheduler(folder: Path) -> DDIMScheduler:
     config_file = folder / "scheduler" / "scheduler_config.json"
     if not config_file.is_file():
         return make_scheduler()
     # Any SD1 scheduler config carries the training noise schedule; DDIM takes the fields it shares.
-    return DDIMScheduler.from_config(json.loads(config_file.read_text(encoding="utf-8")))
+    config = _read_json(config_file)
+    try:
+        return DDIMScheduler.from_config(config)
+    except (TypeError, ValueError) as err:
+        raise ModelFormatError(f"{config_file} is not a valid scheduler config: {err}") from err
 
 
 def _folder_tokenizer(folder: Path):
@@ -270,7 +284,7 @@ def _refuse_folder_family(folder: Path, index: dict) -> None:
 def load_diffusers_folder(folder: str | Path, image_size: int | None = None) -> SDModel:
     """An SDModel from a diffusers StableDiffusionPipeline folder (local files only)."""
     folder = Path(folder)
-    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    index = _read_json(folder / "model_index.json")
     _refuse_folder_family(folder, index)
     text_encoder = load_robust_text_encoder(folder / "text_encoder")
     if text_encoder.config.hidden_size == 1024:
