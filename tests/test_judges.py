@@ -165,13 +165,16 @@ def test_classifier_judge_errors(classifier_folder, tmp_path):
 
 
 def test_server_classifier_folders_come_only_from_the_models_directory(classifier_folder, tmp_path):
-    root = classifier_folder.parent  # as ComfyUI's models/classifiers
-    judge = build_judge(f"classifier:{classifier_folder.name}:cat", classifier_root=root)
-    assert judge.targets and str(classifier_folder.resolve()) in str(judge.describe())
+    import shutil
+
+    root = tmp_path / "models" / "classifiers"  # as ComfyUI's models/classifiers
+    shutil.copytree(classifier_folder, root / "wikiart")
+    judge = build_judge("classifier:wikiart:cat", classifier_root=root)
+    assert judge.targets and judge.describe()["folder"] == str((root / "wikiart").resolve())
     outside = tmp_path / "elsewhere"
     outside.mkdir()
     (root / "link_out").symlink_to(outside, target_is_directory=True)
-    for name in (str(classifier_folder), "/etc", "../" + classifier_folder.name, "link_out", "a/../.."):
+    for name in (str(classifier_folder), "/etc", "../classifiers/wikiart", "link_out", "a/../.."):
         with pytest.raises(ErasureError, match="must be a folder inside"):
             build_judge(f"classifier:{name}:cat", classifier_root=root)
     assert build_judge(f"classifier:{classifier_folder}:cat").targets  # the CLI keeps free paths
