@@ -67,6 +67,7 @@ def _layers(value: str | None):
 
 
 def cmd_erase(args) -> None:
+    from .io import prepare_output
     from .jobs import erase_to_file
     from .trainer import EraseConfig
 
@@ -78,9 +79,13 @@ def cmd_erase(args) -> None:
     ).items() if v is not None}
     preset = args.preset or ("demo" if args.model == "demo" else "object")
     config = EraseConfig.from_preset(preset, **overrides)
-    model = load_model_from_args(args)
     out = Path(args.out or f"{'_'.join(c.replace(' ', '-') for c in args.concept)}_{config.method}.safetensors")
     checkpoint = Path(args.checkpoint or out.with_suffix(".ckpt.safetensors"))
+    if out.suffix.lower() != ".safetensors":
+        raise ErasureError(f"--out must end in .safetensors (encoders are written as safetensors only): {out}")
+    for path in (out, checkpoint):
+        prepare_output(path)  # a bad --out is reported now, not after the training
+    model = load_model_from_args(args)
     bar, progress = _tqdm_progress(config.iterations, f"erase {', '.join(args.concept)} ({config.method})")
     with _CancelOnSigint() as cancel:
         try:

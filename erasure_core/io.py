@@ -90,6 +90,12 @@ def write_error(path: Path, err: BaseException) -> ErasureError:
     return ErasureError(f"cannot write {path}: {why}")
 
 
+def prepare_output(path: str | Path, folder: bool = False) -> None:
+    """Check now that `path` can be written (not a folder, no file in the way; parents created), so a long job
+    does not find out at its end."""
+    _prepare(Path(path), folder)
+
+
 def _prepare(path: Path, folder: bool = False) -> None:
     if path.is_dir() and not folder:
         raise ErasureError(f"cannot write {path}: it is a folder; give a file name such as {path / 'out'}")

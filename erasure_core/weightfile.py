@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import zipfile
 from contextlib import ExitStack
 from pathlib import Path
@@ -234,11 +235,16 @@ def _load_pickle(path: Path, native: str):
 
 
 def _pickle_error(path: Path, err: Exception) -> ModelFormatError:
-    first = (str(err).splitlines() or [""])[0][:300]
+    text = re.sub(r"\x1b\[[0-9;]*m", "", str(err))
+    if "Weights only load failed" in text:
+        # torch's own text goes on to explain how to load the file unsafely: not advice to pass on.
+        why = "it holds Python objects other than tensors, which could run code, so it is not unpickled"
+    else:
+        why = f"{type(err).__name__}: {(text.splitlines() or [''])[0].split('. ')[0][:200]}"
     return ModelFormatError(
-        f"cannot read {path} as a PyTorch weights file ({type(err).__name__}: {first}). It is truncated, corrupt, "
-        "or holds Python objects other than tensors (only weights_only=True loading is allowed). Convert it to "
-        ".safetensors or download it again."
+        f"cannot read {path} as a PyTorch weights file ({why}). It is truncated, corrupt, or not a plain state "
+        "dict of tensors (only weights_only=True loading is allowed). Convert it to .safetensors or download it "
+        "again."
     )
 
 

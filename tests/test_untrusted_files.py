@@ -418,3 +418,27 @@ def test_permission_denied_is_a_clear_error(ours, tmp_path):
     locked.chmod(0)
     with pytest.raises(ErasureError, match="permission denied"):
         read_encoder(locked)
+
+
+def test_erase_refuses_a_bad_out_before_training(tmp_path, capsys):
+    folder = tmp_path / "enc.safetensors"
+    folder.mkdir()
+    start = time.perf_counter()
+    assert main(["erase", "--model", "tiny", "--concept", "cat", "--out", str(folder)]) == 2
+    assert "it is a folder" in capsys.readouterr().err and time.perf_counter() - start < 5
+    assert main(["erase", "--model", "tiny", "--concept", "cat", "--out", str(tmp_path / "enc.pt")]) == 2
+    assert "must end in .safetensors" in capsys.readouterr().err
+
+
+def test_swap_writes_a_folder_atomically_and_replaces_only_its_own_kind(tiny_model, tmp_path, capsys):
+    encoder = save_encoder(tiny_text_encoder(seed=4, width=32), tmp_path / "enc.safetensors")
+    out = tmp_path / "pipeline"
+    for _ in range(2):  # the second run replaces the first's diffusers folder
+        assert main(["swap", "--model", "tiny", "--encoder", str(encoder), "--out", str(out)]) == 0
+    assert (out / "model_index.json").is_file() and sorted(p.name for p in tmp_path.iterdir()) == [
+        "enc.safetensors", "pipeline"]
+    other = tmp_path / "photos"
+    other.mkdir()
+    (other / "holiday.jpg").write_bytes(b"x")
+    assert main(["swap", "--model", "tiny", "--encoder", str(encoder), "--out", str(other)]) == 2
+    assert "holds other files" in capsys.readouterr().err and (other / "holiday.jpg").exists()
