@@ -20,6 +20,7 @@ from typing import Iterable, Mapping, NamedTuple
 import torch
 
 from .errors import ModelFormatError
+from .layouts import short_list
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt")
 WEIGHT_SUFFIXES = (".safetensors",) + PICKLE_SUFFIXES
@@ -53,21 +54,18 @@ def spec_of(tensor: torch.Tensor) -> TensorSpec:
     return TensorSpec(tuple(int(n) for n in tensor.shape), dtype_name(tensor.dtype))
 
 
-def short_list(keys: Iterable[str], limit: int = 8) -> str:
-    keys = sorted(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
+def _dtype_error(where: str, key: str, dtype: str) -> ModelFormatError:
+    return ModelFormatError(
+        f"{where}: tensor {key!r} is {dtype}; weights must be float16, bfloat16, float32 or float64 (an integer, "
+        "boolean or float8 tensor would be silently cast). The file is not a plain weights file."
+    )
 
 
 def check_tensors(tensors: Mapping[str, torch.Tensor], where: str) -> None:
     """Refuse non-float dtypes and NaN/inf values, naming the first offending tensor."""
     for key, tensor in tensors.items():
         if dtype_name(tensor.dtype) not in FLOAT_DTYPES:
-            raise ModelFormatError(
-                f"{where}: tensor {key!r} is {dtype_name(tensor.dtype)}; weights must be float16, bfloat16, "
-                "float32 or float64 (an integer, boolean or float8 tensor would be silently cast). "
-                "The file is not a plain weights file."
-            )
+            raise _dtype_error(where, key, dtype_name(tensor.dtype))
         if tensor.numel() and not bool(torch.isfinite(tensor).all()):
             bad = int((~torch.isfinite(tensor)).sum())
             raise ModelFormatError(
@@ -196,11 +194,9 @@ class WeightFile:
                 f"{self.path} claims {need / 2**30:.1f} GiB of tensors, more than this machine's memory; the "
                 "header is corrupt or the file is not a Stable Diffusion 1.x model."
             )
-        if check:
-            wrong = [k for k in keys if self.specs[k].dtype not in FLOAT_DTYPES]
-            if wrong:
-                k = sorted(wrong)[0]
-                check_tensors({k: torch.zeros(0, dtype=_torch_dtype(self.specs[k].dtype))}, str(self.path))
+        wrong = sorted(k for k in keys if self.specs[k].dtype not in FLOAT_DTYPES)
+        if check and wrong:  # refused from the header, before any data is read
+            raise _dtype_error(str(self.path), wrong[0], self.specs[wrong[0]].dtype)
         try:
             out = {k: self._handle.get_tensor(k) if self._handle is not None else self._tensors[k] for k in keys}
         except (MemoryError, RuntimeError, OSError) as err:
@@ -212,10 +208,6 @@ class WeightFile:
         if check:
             check_tensors(out, str(self.path))
         return out
-
-
-def _torch_dtype(name: str) -> torch.dtype:
-    return getattr(torch, name, torch.uint8)
 
 
 def _load_pickle(path: Path, native: str):
