@@ -117,9 +117,8 @@ def encoder_layout(keys: Iterable[str]) -> EncoderLayout:
     if unexpected:
         found = _foreign_keys_message(unexpected)
         raise ModelFormatError(
-            (f"{found}. {SD1_SUPPORTED} " if found else "")
-            + f"Not a CLIP text encoder state dict: {len(unexpected)} unexpected key(s): {short_list(unexpected)}. "
-            + KNOWN_LAYOUTS
+            f"not a CLIP text encoder state dict: {len(unexpected)} unexpected key(s): {short_list(unexpected)}. "
+            + (f"{found[0].upper()}{found[1:]}. {SD1_SUPPORTED} " if found else "") + KNOWN_LAYOUTS
         )
     if not by_layout:
         raise ModelFormatError("no text encoder weights found (the state dict is empty or holds only buffers)")
