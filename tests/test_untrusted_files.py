@@ -442,3 +442,17 @@ def test_swap_writes_a_folder_atomically_and_replaces_only_its_own_kind(tiny_mod
     (other / "holiday.jpg").write_bytes(b"x")
     assert main(["swap", "--model", "tiny", "--encoder", str(encoder), "--out", str(other)]) == 2
     assert "holds other files" in capsys.readouterr().err and (other / "holiday.jpg").exists()
+
+
+@pytest.mark.parametrize("err, words", [
+    (OSError(28, "No space left on device"), "the disk is full"),
+    (OSError(27, "File too large"), "the disk is full"),
+    (PermissionError(13, "Permission denied"), "permission denied"),
+    (OSError(30, "Read-only file system"), "permission denied"),
+    (IsADirectoryError(21, "Is a directory"), "it is a folder"),
+])
+def test_write_errors_name_the_users_path_and_the_cause(tmp_path, err, words):
+    from erasure_core.io import write_error
+
+    message = str(write_error(tmp_path / "enc.safetensors", err))
+    assert message.startswith(f"cannot write {tmp_path / 'enc.safetensors'}: ") and words in message
