@@ -317,6 +317,8 @@ def load_sd1_from_path(path: str | Path, image_size: int | None = None) -> SDMod
 
 __all__ = [
     "EncoderFile",
+    "FAMILY_DESCRIPTIONS",
+    "SUPPORTED",
     "detect_family",
     "infer_ldm_config",
     "load_diffusers_folder",
