@@ -67,6 +67,7 @@ def _layers(value: str | None):
 
 
 def cmd_erase(args) -> None:
+    from .io import prepare_output
     from .jobs import erase_to_file
     from .trainer import EraseConfig
 
@@ -74,12 +75,17 @@ def cmd_erase(args) -> None:
         method=args.method, iterations=args.iterations, seed=args.seed, lr=args.lr,
         layers=_layers(args.layers), mixed_precision=args.mixed_precision,
         retain_weight=args.retain_weight, attack_steps=args.attack_steps, attack_k=args.attack_k,
+        checkpoint_every=args.checkpoint_every,
     ).items() if v is not None}
     preset = args.preset or ("demo" if args.model == "demo" else "object")
     config = EraseConfig.from_preset(preset, **overrides)
-    model = load_model_from_args(args)
     out = Path(args.out or f"{'_'.join(c.replace(' ', '-') for c in args.concept)}_{config.method}.safetensors")
     checkpoint = Path(args.checkpoint or out.with_suffix(".ckpt.safetensors"))
+    if out.suffix.lower() != ".safetensors":
+        raise ErasureError(f"--out must end in .safetensors (encoders are written as safetensors only): {out}")
+    for path in (out, checkpoint):
+        prepare_output(path)  # a bad --out is reported now, not after the training
+    model = load_model_from_args(args)
     bar, progress = _tqdm_progress(config.iterations, f"erase {', '.join(args.concept)} ({config.method})")
     with _CancelOnSigint() as cancel:
         try:
@@ -115,16 +121,24 @@ def cmd_info(args) -> None:
 
 
 def cmd_swap(args) -> None:
-    from .encoders import swap_text_encoder
+    from .io import atomic_folder, write_error
+    from .swap import swap_text_encoder
 
     model = load_model_from_args(args)
     pipe = swap_text_encoder(model.pipeline(), args.encoder)
-    pipe.save_pretrained(args.out, safe_serialization=True)
+    # Written to a temporary folder first: a full disk or a kill leaves no partial pipeline behind.
+    with atomic_folder(args.out, replaceable=lambda folder: (folder / "model_index.json").is_file()) as tmp:
+        try:
+            pipe.save_pretrained(tmp, safe_serialization=True)
+        except Exception as err:  # noqa: BLE001 - OSError or safetensors' own error for a full disk
+            if isinstance(err, ErasureError) or not (isinstance(err, OSError) or "Safetensor" in type(err).__name__):
+                raise
+            raise write_error(Path(args.out), err) from err
     print(f"wrote a diffusers folder with the robust encoder to {args.out}")
 
 
 def cmd_bake(args) -> None:
-    from .encoders import bake
+    from .swap import bake
 
     bake(args.checkpoint, args.encoder, args.out)
     print(f"wrote {args.out}")
@@ -169,6 +183,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default=None)
     p.add_argument("--out", default=None, help="encoder file to write (.safetensors)")
     p.add_argument("--checkpoint", default=None, help="resumable checkpoint path (default: beside --out)")
+    p.add_argument("--checkpoint-every", type=int, default=None,
+                   help="write the resumable checkpoint every N iterations (0: only on cancel)")
     p.add_argument("--resume", default=None, help="continue from this checkpoint")
     p.set_defaults(func=cmd_erase)
 
@@ -232,6 +248,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except OSError as err:  # a path that is not writable, a folder where a file was expected...
         print(f"error: {err.strerror or err}: {err.filename or ''} (check the paths you gave)", file=sys.stderr)
+        return 2
+    except MemoryError:
+        print("error: out of memory; a file is larger than this machine can hold, or its header is corrupt",
+              file=sys.stderr)
         return 2
     return 0
 

@@ -20,120 +20,29 @@ from .encoders import (
     infer_text_config,
     load_robust_text_encoder,
     normalize_encoder_keys,
-    normalize_with_layout,
-    read_state_file,
     strict_check,
     text_encoder_from_state,
 )
 from .errors import ModelFormatError
+from .layouts import CLIP_PREFIX, FAMILY_DESCRIPTIONS, SUPPORTED, UNET_PREFIX, detect_family, refuse_unless_sd1
 from .models import SDModel, load_clip_tokenizer, make_scheduler
+from .weightfile import check_tensors, read_state_file
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
-UNET_PREFIX = "model.diffusion_model."
 VAE_PREFIX = "first_stage_model."
-CLIP_PREFIX = "cond_stage_model.transformer."
 SD1_IMAGE_SIZE = 512  # SD 1.x's native resolution; a single file does not record it
 
-SUPPORTED = (
-    "Supported: Stable Diffusion 1.4/1.5 and their fine-tunes (any SD1-architecture size), as a diffusers folder "
-    "(model_index.json with unet/, vae/, text_encoder/) or a single-file checkpoint (.safetensors, or .ckpt "
-    "loaded with weights_only=True) with model.diffusion_model.*, first_stage_model.* and "
-    "cond_stage_model.transformer.* keys."
-)
-FAMILY_DESCRIPTIONS = {
-    "sd1": "a Stable Diffusion 1.x checkpoint",
-    "sd1-inpainting": "an SD 1.x inpainting checkpoint (9 UNet input channels): it can take a robust encoder "
-    "through bake, but cannot be used for erasure or generation here",
-    "sd1-variant": "an SD 1.x-like checkpoint whose UNet does not take 4 latent channels",
-    "sd2": "a Stable Diffusion 2.x checkpoint (OpenCLIP ViT-H text encoder, cond_stage_model.model.* keys or a "
-    "1024-wide text context)",
-    "sdxl": "an SDXL checkpoint (conditioner.embedders.* keys: two text encoders)",
-    "sd3": "a Stable Diffusion 3 checkpoint (joint_blocks.* keys)",
-    "flux": "a Flux checkpoint (double_blocks.* keys)",
-    "text-encoder": "a standalone text encoder, not a whole model",
-    "unknown": "no Stable Diffusion 1.x layout",
-}
-
-
-# ----------------------------------------------------------------------------------------------------------------
-# Family detection
-# ----------------------------------------------------------------------------------------------------------------
-
-
-def _shape_of(value) -> tuple | None:
-    if isinstance(value, torch.Tensor):
-        return tuple(value.shape)
-    if isinstance(value, (tuple, list, torch.Size)):
-        return tuple(value)
-    return None
-
-
-def _first_match(keys: Iterable[str], suffix: str, prefix: str = "") -> str | None:
-    return next((k for k in keys if k.startswith(prefix) and k.endswith(suffix)), None)
-
-
-def detect_family(keys_or_state: Mapping | Iterable[str]) -> str:
-    """The model family of a checkpoint's keys (a state dict, a {key: shape} dict, or just the key names).
-
-    Returns one of: "sd1", "sd1-inpainting", "sd1-variant", "sd2", "sdxl", "sd3", "flux", "text-encoder",
-    "unknown". With shapes, SD2 files in CLIP layout (1024-wide context) and inpainting UNets are told apart.
-    """
-    state = keys_or_state if isinstance(keys_or_state, Mapping) else dict.fromkeys(keys_or_state)
-    keys = list(state)
-
-    def has(prefix: str) -> bool:
-        return any(k.startswith(prefix) for k in keys)
-
-    if has("conditioner.embedders."):
-        return "sdxl"
-    if has("cond_stage_model.model."):
-        return "sd2"
-    if any("joint_blocks." in k for k in keys):
-        return "sd3"
-    if any("double_blocks." in k for k in keys):
-        return "flux"
-    if has(UNET_PREFIX + "input_blocks.") and has(CLIP_PREFIX):
-        return _sd1_or_lookalike(state)
-    if _is_encoder_only(state):
-        return "text-encoder"
-    return "unknown"
-
-
-def _sd1_or_lookalike(state: Mapping) -> str:
-    to_k = _first_match(state, "attn2.to_k.weight", UNET_PREFIX)
-    context = _shape_of(state[to_k]) if to_k else None
-    if context is not None and context[-1] == 1024:
-        return "sd2"
-    conv_in = _shape_of(state.get(UNET_PREFIX + "input_blocks.0.0.weight"))
-    if conv_in is not None and conv_in[1] == 9:
-        return "sd1-inpainting"
-    if conv_in is not None and conv_in[1] != 4:
-        return "sd1-variant"
-    return "sd1"
-
-
-def _is_encoder_only(state: Mapping) -> bool:
-    try:
-        normalize_with_layout({k: torch.empty(0) for k in state})
-        return True
-    except ModelFormatError:
-        return False
-
-
-def refuse_unless_sd1(family: str, keys: Iterable[str], path, allow_inpainting: bool = False) -> None:
-    """Raise ModelFormatError saying what was found and what is supported, unless `family` is SD1."""
-    accepted = {"sd1"} | ({"sd1-inpainting", "sd1-variant"} if allow_inpainting else set())
-    if family in accepted:
-        return
-    sample = ", ".join(sorted(keys)[:4])
-    raise ModelFormatError(
-        f"{path}: found {FAMILY_DESCRIPTIONS.get(family, family)} (keys such as {sample}). {SUPPORTED}"
-    )
+# Family detection (`detect_family`, `refuse_unless_sd1`, `SUPPORTED`) lives in `layouts`: it needs names and
+# shapes only, so it runs on a file's header before any data is read.
 
 
 # ----------------------------------------------------------------------------------------------------------------
 # Configs from shapes
 # ----------------------------------------------------------------------------------------------------------------
+
+
+def _first_match(keys: Iterable[str], suffix: str, prefix: str = "") -> str | None:
+    return next((k for k in keys if k.startswith(prefix) and k.endswith(suffix)), None)
 
 
 def _need(tensors: Mapping[str, torch.Tensor], key: str) -> torch.Tensor:
@@ -277,7 +186,9 @@ def load_single_file(path: str | Path, image_size: int | None = None) -> SDModel
     vae = vae_from_ldm_state(tensors, image_size)
     unet = unet_from_ldm_state(tensors, image_size // 2 ** (len(vae.config.block_out_channels) - 1))
     clip_state = normalize_encoder_keys({k: v for k, v in tensors.items() if k.startswith(CLIP_PREFIX)})
-    text_encoder = text_encoder_from_state(clip_state, infer_text_config(clip_state), clip_state_dtype(clip_state))
+    config = infer_text_config(clip_state)  # refuses foreign encoders and misshaped keys, by shape
+    check_tensors(clip_state, f"{path}: text encoder")
+    text_encoder = text_encoder_from_state(clip_state, config, clip_state_dtype(clip_state))
     _check_context(unet, text_encoder, path)
     return SDModel(load_clip_tokenizer(), text_encoder, unet, vae, make_scheduler(), name=path.stem, source=str(path))
 
@@ -329,12 +240,26 @@ def _from_pretrained_strict(cls, folder: Path, subfolder: str):
     return module.eval()
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFormatError(f"cannot read {path}: {err}. The folder is incomplete or corrupt.") from err
+    if not isinstance(value, dict):
+        raise ModelFormatError(f"{path} must hold a JSON object, not {type(value).__name__}")
+    return value
+
+
 def _folder_scheduler(folder: Path) -> DDIMScheduler:
     config_file = folder / "scheduler" / "scheduler_config.json"
     if not config_file.is_file():
         return make_scheduler()
     # Any SD1 scheduler config carries the training noise schedule; DDIM takes the fields it shares.
-    return DDIMScheduler.from_config(json.loads(config_file.read_text(encoding="utf-8")))
+    config = _read_json(config_file)
+    try:
+        return DDIMScheduler.from_config(config)
+    except (TypeError, ValueError) as err:
+        raise ModelFormatError(f"{config_file} is not a valid scheduler config: {err}") from err
 
 
 def _folder_tokenizer(folder: Path):
@@ -359,7 +284,7 @@ def _refuse_folder_family(folder: Path, index: dict) -> None:
 def load_diffusers_folder(folder: str | Path, image_size: int | None = None) -> SDModel:
     """An SDModel from a diffusers StableDiffusionPipeline folder (local files only)."""
     folder = Path(folder)
-    index = json.loads((folder / "model_index.json").read_text(encoding="utf-8"))
+    index = _read_json(folder / "model_index.json")
     _refuse_folder_family(folder, index)
     text_encoder = load_robust_text_encoder(folder / "text_encoder")
     if text_encoder.config.hidden_size == 1024:
@@ -392,6 +317,8 @@ def load_sd1_from_path(path: str | Path, image_size: int | None = None) -> SDMod
 
 __all__ = [
     "EncoderFile",
+    "FAMILY_DESCRIPTIONS",
+    "SUPPORTED",
     "detect_family",
     "infer_ldm_config",
     "load_diffusers_folder",

@@ -14,7 +14,17 @@ from ._comfy import NodeError, image_to_nchw, user_errors
 
 CATEGORY = "Robust Erasure"
 JUDGE_HELP = ("nudenet (the UnlearnDiffAtk preset), nudenet:strict, nudenet:threshold=0.5, "
-              "demo:circle (the demo world's judge), classifier:/path/to/folder:label1,label2")
+              "demo:circle (the demo world's judge), classifier:<folder in models/classifiers>:label1,label2")
+
+
+def server_judge(spec: str):
+    """A judge for a node: classifier folders only from ComfyUI's models/classifiers (never any server path)."""
+    import os
+
+    import folder_paths
+    from erasure_core.judges.registry import build_judge
+
+    return build_judge(spec, classifier_root=os.path.join(folder_paths.models_dir, "classifiers"))
 
 
 def _font(size: int):
@@ -68,14 +78,13 @@ class ConceptJudge(io.ComfyNode):
     @classmethod
     def execute(cls, images, judge) -> io.NodeOutput:
         from erasure_core.judges.nudenet import NudeNetJudge
-        from erasure_core.judges.registry import build_judge
 
         node = "Concept Judge"
         if not (judge or "").strip():
             raise NodeError(f"{node}: no judge given; use one of: {JUDGE_HELP}")
         x = image_to_nchw(images)
         with user_errors(node):
-            judge_obj = build_judge(judge.strip())
+            judge_obj = server_judge(judge.strip())
             raw_boxes = None
             if isinstance(judge_obj, NudeNetJudge):
                 raw_boxes = judge_obj.detections(x)

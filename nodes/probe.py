@@ -78,14 +78,14 @@ class AdversarialPromptProbe(io.ComfyNode):
     def execute(cls, model, original_clip, clip_under_test, vae, prompt, probe, steps, seed, judge="",
                 options="", generation_steps=20, guidance=7.5, resolution=0) -> io.NodeOutput:
         from erasure_core.attacks.base import GenerationSettings
-        from erasure_core.judges.registry import build_judge
+        from .judge import server_judge
 
         node = "Adversarial Prompt Probe"
         if not (prompt or "").strip():
             raise NodeError(f"{node}: the prompt is empty; give the concept prompt to attack")
         with user_errors(node):
             attack = build(probe, prompt.strip(), int(steps), options)
-            judge_obj = build_judge(judge.strip()) if judge and judge.strip() else None
+            judge_obj = server_judge(judge.strip()) if judge and judge.strip() else None
             generation = GenerationSettings(steps=int(generation_steps), guidance=float(guidance))
             with torch.inference_mode(False):
                 sd_model = sd_model_from_comfy(model, original_clip, node, vae=vae,

@@ -111,7 +111,7 @@ class RobustnessReport(io.ComfyNode):
                 generation_steps=20, guidance=7.5, report_name="report", resolution=0) -> io.NodeOutput:
         from erasure_core.attacks.registry import parse_probe_spec
         from erasure_core.evaluate import evaluate
-        from erasure_core.judges.registry import build_judge
+        from .judge import server_judge
 
         node = "Robustness Report"
         prompt_list = _lines(prompts)
@@ -125,7 +125,7 @@ class RobustnessReport(io.ComfyNode):
         folder = Path(folder_paths.get_output_directory()) / "robust_erasure" / "reports"
         out_dir = folder / f"{name}_{time.strftime('%Y%m%d-%H%M%S')}"
         with user_errors(node):
-            judge_obj = build_judge(judge.strip())
+            judge_obj = server_judge(judge.strip())
             concept = prompt_list[0]
             probe_list = [parse_probe_spec(spec.strip(), concept=concept) for spec in probes.split(",") if spec.strip()]
             with torch.inference_mode(False):

@@ -186,6 +186,17 @@ def canonical_state(text_encoder: CLIPTextModel) -> dict:
             for k, v in text_encoder.state_dict().items() if not k.endswith("position_ids")}
 
 
+def advunlearn_training_state(canon: dict) -> dict:
+    """An AdvUnlearn training .pt's state dict: the wrapped model's `text_encoder.text_model.*` keys, plus the
+    wrapper's second registration of the same modules (`embedding.*`, `encoder.*`, `final_layer_norm.*`)."""
+    state = {"text_encoder." + k: v for k, v in canon.items()}
+    state["text_encoder.text_model.embeddings.position_ids"] = torch.arange(77)[None]
+    for key, tensor in list(state.items()):
+        rest = key.removeprefix("text_encoder.text_model.")
+        state[rest.replace("embeddings.", "embedding.", 1) if rest.startswith("embeddings.") else rest] = tensor
+    return state
+
+
 def write_encoder_layouts(text_encoder: CLIPTextModel, folder: Path) -> dict[str, Path]:
     """One file or folder per supported layout, all holding `text_encoder`'s fp32 weights."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -209,11 +220,8 @@ def write_encoder_layouts(text_encoder: CLIPTextModel, folder: Path) -> dict[str
     torch.save({**canon, "text_model.embeddings.position_ids": torch.arange(77)[None]},
                str(paths["advunlearn_folder"] / "pytorch_model.bin"))
 
-    # AdvUnlearn training .pt: the wrapped model's keys plus the wrapper's aliases of the same tensors.
-    training = {"text_encoder." + k: v for k, v in canon.items()}
-    training.update(bare)
     paths["advunlearn_pt"] = folder / "TextEncoder-text_encoder_full-epoch_999.pt"
-    torch.save(training, str(paths["advunlearn_pt"]))
+    torch.save(advunlearn_training_state(canon), str(paths["advunlearn_pt"]))
 
     paths["sd1_text_encoder_old"] = folder / "old_sd1_clip.safetensors"
     save_file({"cond_stage_model.transformer." + k: v for k, v in bare.items()}, str(paths["sd1_text_encoder_old"]))

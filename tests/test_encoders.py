@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import re
 import json
 
 import pytest
@@ -14,7 +15,6 @@ from transformers import CLIPTextConfig
 from erasure_core import __version__
 from erasure_core.encoders import (
     EncoderFile,
-    bake,
     check_encoder_fits,
     convert_encoder,
     describe_encoder,
@@ -24,11 +24,11 @@ from erasure_core.encoders import (
     read_encoder,
     save_encoder,
     state_dict_from_text_encoder,
-    swap_text_encoder,
 )
 from erasure_core.errors import ModelFormatError
 from erasure_core.loading import load_sd1_from_path
-from sd1_fixtures import canonical_state, tiny_sd1, tiny_text_encoder, write_encoder_layouts, write_single_file
+from erasure_core.swap import bake, swap_text_encoder
+from sd1_fixtures import advunlearn_training_state, canonical_state, tiny_sd1, tiny_text_encoder, write_encoder_layouts, write_single_file
 
 FC1 = "text_model.encoder.layers.0.mlp.fc1.weight"  # what ComfyUI's CLIPLoader looks for
 
@@ -95,18 +95,28 @@ def test_published_folder_config_is_used(layouts):
 
 def test_normalize_drops_position_ids_and_identical_aliases(sd1):
     canon = canonical_state(sd1.text_encoder)
-    mixed = {"text_encoder." + k: v for k, v in canon.items()}
-    mixed.update({k.removeprefix("text_model."): v.clone() for k, v in canon.items()})
-    mixed["text_encoder.text_model.embeddings.position_ids"] = torch.arange(77)[None]
-    assert_same_state(canon, normalize_encoder_keys(mixed))
+    training = {k: v.clone() for k, v in advunlearn_training_state(canon).items()}
+    assert "embedding.token_embedding.weight" in training and "encoder.layers.1.mlp.fc2.bias" in training
+    assert_same_state(canon, normalize_encoder_keys(training))
 
 
-def test_differing_aliases_are_an_error(sd1):
-    canon = canonical_state(sd1.text_encoder)
-    mixed = {"text_encoder." + k: v for k, v in canon.items()}
-    mixed["final_layer_norm.weight"] = canon["text_model.final_layer_norm.weight"] + 1
-    with pytest.raises(ModelFormatError, match="final_layer_norm.weight.*different tensors"):
-        normalize_encoder_keys(mixed)
+@pytest.mark.parametrize("alias", ["final_layer_norm.weight", "embedding.token_embedding.weight",
+                                   "encoder.layers.0.mlp.fc1.bias"])
+def test_differing_aliases_are_an_error(sd1, tmp_path, alias):
+    training = {k: v.clone() for k, v in advunlearn_training_state(canonical_state(sd1.text_encoder)).items()}
+    training[alias][0] += 1
+    with pytest.raises(ModelFormatError, match=f"different tensors.*{re.escape(alias)}"):
+        normalize_encoder_keys(training)
+    torch.save(training, str(tmp_path / "training.pt"))
+    with pytest.raises(ModelFormatError, match=f"different tensors.*{re.escape(alias)}"):
+        read_encoder(tmp_path / "training.pt")
+
+
+def test_alias_without_its_twin_is_an_error(sd1):
+    training = advunlearn_training_state(canonical_state(sd1.text_encoder))
+    del training["text_encoder.text_model.final_layer_norm.bias"]
+    with pytest.raises(ModelFormatError, match="final_layer_norm.bias.*no text_encoder.text_model"):
+        normalize_encoder_keys(training)
 
 
 def test_unexpected_keys_are_named(sd1):

@@ -162,3 +162,19 @@ def test_classifier_judge_errors(classifier_folder, tmp_path):
         ClassifierJudge(classifier_folder, ["gogh van"])
     with pytest.raises(ErasureError, match="close matches: \\['Van Gogh'\\]"):
         ClassifierJudge(classifier_folder, ["Van"])
+
+
+def test_server_classifier_folders_come_only_from_the_models_directory(classifier_folder, tmp_path):
+    import shutil
+
+    root = tmp_path / "models" / "classifiers"  # as ComfyUI's models/classifiers
+    shutil.copytree(classifier_folder, root / "wikiart")
+    judge = build_judge("classifier:wikiart:cat", classifier_root=root)
+    assert judge.targets and judge.describe()["folder"] == str((root / "wikiart").resolve())
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    (root / "link_out").symlink_to(outside, target_is_directory=True)
+    for name in (str(classifier_folder), "/etc", "../classifiers/wikiart", "link_out", "a/../.."):
+        with pytest.raises(ErasureError, match="must be a folder inside"):
+            build_judge(f"classifier:{name}:cat", classifier_root=root)
+    assert build_judge(f"classifier:{classifier_folder}:cat").targets  # the CLI keeps free paths

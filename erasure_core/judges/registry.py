@@ -60,7 +60,25 @@ def _nudenet(parts: list[str], spec: str) -> Judge:
     return NudeNetJudge(preset, classes.split(",") if classes else None, threshold)
 
 
-def _classifier(parts: list[str], spec: str) -> Judge:
+def _classifier_folder(folder: str, root, spec: str) -> str:
+    """`folder` itself (the CLI), or, for a server (`root` given), a folder under `root` named without a path:
+    a shared ComfyUI server must not let a workflow load arbitrary folders from its disk."""
+    if root is None:
+        return folder
+    from pathlib import Path
+
+    root = Path(root).resolve()
+    name = folder.strip()
+    resolved = (root / name).resolve()
+    if not name or Path(name).is_absolute() or ".." in Path(name).parts or root not in resolved.parents:
+        raise ErasureError(
+            f"judge spec {spec!r}: on this server a classifier must be a folder inside {root}; give its name "
+            f"(e.g. classifier:wikiart_vit:label), not a path"
+        )
+    return str(resolved)
+
+
+def _classifier(parts: list[str], spec: str, root=None) -> Judge:
     from .classifier import ClassifierJudge
 
     positional, options = _options(parts)
@@ -71,6 +89,7 @@ def _classifier(parts: list[str], spec: str) -> Judge:
         raise ErasureError(f"judge spec {spec!r}: topk must be a positive integer")
     _reject_unknown(options, spec)
     folder, labels = positional
+    folder = _classifier_folder(folder, root, spec)
     return ClassifierJudge(folder, [label for label in labels.split(",") if label.strip()], top_k=int(top_k))
 
 
@@ -109,12 +128,15 @@ def demo_retain_check(judge):
 BUILDERS = {"nudenet": _nudenet, "classifier": _classifier, "demo": _demo}
 
 
-def build_judge(spec: str) -> Judge:
-    """A judge from a spec string (see the module docstring)."""
+def build_judge(spec: str, classifier_root=None) -> Judge:
+    """A judge from a spec string (see the module docstring). With `classifier_root` (the ComfyUI nodes: the
+    server's models/classifiers), a classifier spec names a folder inside it; without (the CLI), any path."""
     if not isinstance(spec, str) or not spec.strip():
         raise ErasureError(f"empty judge spec; {SPEC_HELP}")
     kind, *parts = spec.strip().split(":")
     builder = BUILDERS.get(kind.strip().lower())
     if builder is None:
         raise ErasureError(f"unknown judge {kind!r} in spec {spec!r}; {SPEC_HELP}")
+    if builder is _classifier:
+        return _classifier(parts, spec, classifier_root)
     return builder(parts, spec)
