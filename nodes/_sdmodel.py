@@ -11,9 +11,10 @@ import torch
 
 import comfy.model_management
 import comfy.supported_models
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
-from ._comfy import NodeError, clip_text_state, clip_to_text_encoder, sd1_clip_part
+from ._clip_encoder import clip_text_state, clip_to_text_encoder, sd1_clip_part
+from ._errors import NodeError
 from ._native import PREDICTION_MODEL_TYPES
 
 
