@@ -17,7 +17,7 @@ import torch
 
 import comfy.float
 import comfy.lora
-import comfy.utils
+import comfy.model_patcher
 
 
 def effective_weights(patcher, prefix: str) -> dict[str, torch.Tensor]:
@@ -37,6 +37,6 @@ def effective_weights(patcher, prefix: str) -> dict[str, torch.Tensor]:
                 weight = comfy.lora.calculate_weight(patches, weight, key)
                 # What the legacy patcher then stores: the result in the weight's own dtype (fp16 for SD1 text
                 # encoders on a CPU), so the two readings agree bit for bit.
-                weight = comfy.float.stochastic_rounding(weight, base.dtype, seed=comfy.utils.string_to_seed(key))
+                weight = comfy.float.stochastic_rounding(weight, base.dtype, seed=comfy.model_patcher.string_to_seed(key))
             out[key] = weight.to(torch.float32, copy=True)
     return out

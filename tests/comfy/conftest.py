@@ -13,7 +13,6 @@ the reason, when the install is missing.
 from __future__ import annotations
 
 import os
-import re
 import subprocess
 import sys
 import time
@@ -21,21 +20,12 @@ from pathlib import Path
 
 import pytest
 
+from comfy_install import COMFY_DIR, COMFY_MAIN, COMFY_PYTHON, COMFY_VERSION, REPO, installed_version
 from comfy_server import ComfyServer, free_port
 
-REPO = Path(__file__).resolve().parents[2]
-COMFY_VERSION = os.environ.get("COMFYUI_VERSION", "0.3.75")
-COMFY_DIR = Path(os.environ.get("COMFYUI_DIR") or REPO / ".cache" / f"comfyui-{COMFY_VERSION}")
-COMFY_MAIN = COMFY_DIR / "ComfyUI" / "main.py"
-COMFY_PYTHON = COMFY_DIR / "venv" / "bin" / "python"
 TESTKIT = Path(__file__).resolve().parent / "testkit"
 PACK_NAME = "robust-erasure"
 START_TIMEOUT = float(os.environ.get("COMFY_START_TIMEOUT", "180"))
-
-
-def installed_version() -> str | None:
-    match = re.search(r'__version__ = "([^"]+)"', (COMFY_MAIN.parent / "comfyui_version.py").read_text())
-    return match.group(1) if match else None
 
 
 def _installed() -> str | None:
