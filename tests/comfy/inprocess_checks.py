@@ -1,7 +1,7 @@
 """Checks of the pack's ComfyUI bridge that need ComfyUI's objects in hand rather than its HTTP API.
 
 Run by tests/comfy/test_bridge_inprocess.py with the ComfyUI install's own Python:
-    python inprocess_checks.py COMFYUI_DIR REPO CHECK      (CHECK: unet | weights)
+    python inprocess_checks.py COMFYUI_DIR REPO CHECK      (CHECK: unet | weights | pyproject)
 It imports ComfyUI as its main.py does for --cpu (no server), imports this repository as a package (as ComfyUI's
 custom-node loader does), builds what it needs INSIDE torch.inference_mode() as ComfyUI's executor does, and
 prints one JSON line of findings; the pytest side asserts on them.
@@ -160,7 +160,22 @@ def check_weights(nodes) -> dict:
     return found
 
 
+def check_pyproject(repo: str) -> dict:
+    """The pack's pyproject.toml as ComfyUI's own reader (comfy_config, kept in sync with the Comfy Registry's
+    comfy-cli types) sees it."""
+    from comfy_config import config_parser
+
+    config = config_parser.extract_node_configuration(repo)
+    return {"name": config.project.name, "version": config.project.version,
+            "repository": config.project.urls.repository, "publisher": config.tool_comfy.publisher_id,
+            "display_name": config.tool_comfy.display_name, "web": config.tool_comfy.web,
+            "requires_comfyui": config.project.supported_comfyui_version, "os": config.project.supported_os}
+
+
 if __name__ == "__main__":
     comfy_dir, repo, check = sys.argv[1:4]
     nodes = setup(comfy_dir, repo)
-    print("RESULT " + json.dumps({"unet": check_unet, "weights": check_weights}[check](nodes)))
+    if check == "pyproject":
+        print("RESULT " + json.dumps(check_pyproject(repo)))
+    else:
+        print("RESULT " + json.dumps({"unet": check_unet, "weights": check_weights}[check](nodes)))

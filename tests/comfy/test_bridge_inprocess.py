@@ -1,6 +1,6 @@
 """The pack's ComfyUI bridge with ComfyUI's objects in hand (tests/comfy/inprocess_checks.py, run by the ComfyUI
-install's own Python, no server): the UNet adaptor against diffusers, and the CLIP's effective weights when the
-patches are not written into the weights."""
+install's own Python, no server): the UNet adaptor against diffusers, the CLIP's effective weights when the
+patches are not written into the weights, and the pack's pyproject.toml as ComfyUI reads it."""
 
 from __future__ import annotations
 
@@ -55,3 +55,11 @@ def test_clip_weights_read_from_patches_not_from_loaded_weights():
     # weights (the silent bug), the pack's reading the patched ones.
     assert found["dynamic_old_is_base"] and not found["dynamic_old_is_patched"], found
     assert found["dynamic_new_is_patched"], found
+
+
+def test_pyproject_reads_as_the_comfy_registry_requires():
+    found = run_check("pyproject")
+    # Required by the registry spec: name, version, Repository URL, PublisherId; and the web folder ComfyUI serves.
+    assert found["name"] == "robust-erasure" and found["version"].count(".") == 2, found
+    assert found["repository"].startswith("https://github.com/") and found["publisher"], found
+    assert found["web"] == "web" and found["requires_comfyui"] == ">=0.3.75" and found["os"] == ["OS Independent"]
