@@ -62,6 +62,12 @@ def check_unet(nodes) -> dict:
         out = net(x, t, encoder_hidden_states=c).sample.float()
         (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
         results[name] = (out.detach(), c.grad.detach())
+    unet.enable_gradient_checkpointing()  # recomputed in the backward pass: the same gradient
+    c = cond.clone().requires_grad_(True)
+    out = unet(x, t, encoder_hidden_states=c).sample.float()
+    (out * torch.linspace(-1, 1, out.numel()).reshape(out.shape)).sum().backward()
+    unet.disable_gradient_checkpointing()
+    found["checkpointed_grad_max_diff"] = float((c.grad - results["comfy"][1]).abs().max())
     (ref, ref_grad), (got, got_grad) = results["diffusers"], results["comfy"]
     found.update(
         output_scale=float(ref.abs().max()), output_max_diff=float((ref - got).abs().max()),
