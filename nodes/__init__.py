@@ -8,7 +8,10 @@ from __future__ import annotations
 import importlib
 import logging
 
-from comfy_api.latest import ComfyExtension, io
+# A numbered API version, as ComfyUI's V3 migration guide advises (docs.comfy.org/custom-nodes/v3_migration):
+# `comfy_api.latest` is the version still being developed (0.28.2 marks it STABLE = False) and may change without
+# warning; v0_0_2 exists in every server we test (0.3.75 and 0.28.2) and only moves behind a new number.
+from comfy_api.v0_0_2 import ComfyExtension, io
 
 LOG = logging.getLogger("robust_erasure")
 
@@ -49,5 +52,7 @@ def _cpu_wait_policy_hint():
 
 class RobustErasureExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        _cpu_wait_policy_hint()  # here, not in on_load: ComfyUI 0.3.75 never calls on_load
+        # Here rather than in on_load: 0.28.2 calls ComfyExtension.on_load, but 0.3.75 never does, and both
+        # call get_node_list once at start-up.
+        _cpu_wait_policy_hint()
         return node_classes()

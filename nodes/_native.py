@@ -33,7 +33,7 @@ import comfy.supported_models_base
 import comfy.utils
 import folder_paths
 
-from ._comfy import NodeError
+from ._errors import NodeError
 
 LOG = logging.getLogger("robust_erasure")
 

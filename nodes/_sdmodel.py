@@ -1,19 +1,22 @@
-"""An `erasure_core` SDModel (diffusers UNet, transformers CLIPTextModel) from ComfyUI's MODEL and CLIP.
+"""An `erasure_core` SDModel from ComfyUI's MODEL, CLIP and VAE.
 
-Training and probes differentiate through the UNet and the text encoder; ComfyUI's own modules are not fit for
-that (inference tensors, in-place adds), so the SDModel holds fresh copies of the effective weights, made
-outside inference mode. The demo model carries its diffusers modules with it (see demo.py) and reuses them.
+The UNet is ComfyUI's own module behind a diffusers-style adaptor (`_model_unet.ComfyUNet`): one UNet in
+memory, in ComfyUI's dtype, under ComfyUI's model management. The text encoder is a transformers CLIPTextModel
+holding the CLIP's effective weights (ComfyUI's CLIP layers add in place, so autograd cannot run through them);
+the VAE, needed only by probes that generate images, a diffusers copy of ComfyUI's (SD1.5: 84M parameters).
+The demo model carries its diffusers modules with it (see demo.py) and reuses them.
 """
 
 from __future__ import annotations
 
 import torch
 
-import comfy.model_management
 import comfy.supported_models
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
-from ._comfy import NodeError, clip_text_state, clip_to_text_encoder, sd1_clip_part
+from ._clip_encoder import clip_to_text_encoder, sd1_clip_part
+from ._errors import NodeError
+from ._model_unet import ComfyUNet
 from ._native import PREDICTION_MODEL_TYPES
 
 
@@ -36,17 +39,6 @@ def _prediction_type(model) -> str:
     return _PREDICTION_NAMES.get(model.model.model_type, "epsilon")
 
 
-def _unet_from_comfy(model, node: str):
-    """A diffusers UNet2DConditionModel holding the MODEL's effective (patched) SD1 UNet weights."""
-    from erasure_core import loading
-
-    comfy.model_management.load_models_gpu([model])  # applies this MODEL's patches (LoRAs...) to its weights
-    with torch.inference_mode(False):
-        tensors = {loading.UNET_PREFIX + k: v.detach().to("cpu", torch.float32, copy=True)
-                   for k, v in model.model.diffusion_model.state_dict().items()}
-        return loading.unet_from_ldm_state(tensors, sample_size=64)  # SD1's native 512 px
-
-
 def _vae_from_comfy(vae, node: str):
     """A diffusers AutoencoderKL holding a ComfyUI SD1 VAE's weights."""
     from erasure_core import loading
@@ -65,7 +57,8 @@ def sd_model_from_comfy(model, clip, node: str, vae=None, resolution: int = 0):
     is `vae`'s (when given; training needs none, probes that generate images do), working at `resolution` px
     (0: the model's native size).
 
-    Everything in it is a fresh, trainable-safe copy; nothing in ComfyUI's objects changes.
+    Nothing in ComfyUI's objects changes value: the text encoder and VAE are fresh copies, and the UNet is
+    ComfyUI's own module, frozen (its inference-mode tensors re-created as normal ones, same values).
     """
     from erasure_core.models import SDModel, load_clip_tokenizer, make_scheduler
 
@@ -81,7 +74,7 @@ def sd_model_from_comfy(model, clip, node: str, vae=None, resolution: int = 0):
             diffusers_vae = base.vae if from_demo else None
         else:
             unet, scheduler, tokenizer, name = (
-                _unet_from_comfy(model, node), make_scheduler(prediction_type=_prediction_type(model)),
+                ComfyUNet(model), make_scheduler(prediction_type=_prediction_type(model)),
                 load_clip_tokenizer(), "comfyui-model")
             diffusers_vae = None
         if vae is not None and diffusers_vae is None:
@@ -103,4 +96,4 @@ def resolution_input():
                                 "Lower is much faster, e.g. 128 to try a workflow on a CPU")
 
 
-__all__ = ["sd_model_from_comfy", "clip_text_state", "resolution_input"]
+__all__ = ["sd_model_from_comfy", "resolution_input"]

@@ -9,9 +9,9 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
-from ._comfy import NodeError
+from ._errors import NodeError
 
 CATEGORY = "Robust Erasure"
 UI_KEY = "robust_erasure_compare"

@@ -5,9 +5,9 @@ from __future__ import annotations
 import functools
 import logging
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
-from ._comfy import user_errors
+from ._errors import user_errors
 from ._native import native_parts
 
 LOG = logging.getLogger("robust_erasure")

@@ -5,17 +5,11 @@ from __future__ import annotations
 import json
 
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
-from ._comfy import (
-    TEXT_ENCODERS,
-    clip_to_text_encoder,
-    clip_with_encoder,
-    sd1_clip_part,
-    text_encoder_input_path,
-    text_encoder_output_path,
-    user_errors,
-)
+from ._clip_encoder import clip_to_text_encoder, clip_with_encoder, sd1_clip_part
+from ._errors import user_errors
+from ._paths import TEXT_ENCODERS, text_encoder_input_path, text_encoder_output_path
 
 CATEGORY = "Robust Erasure"
 

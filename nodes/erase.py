@@ -17,18 +17,11 @@ from pathlib import Path
 import torch
 
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
-from ._comfy import (
-    NodeError,
-    Progress,
-    clip_with_encoder,
-    raise_if_cancelled,
-    safe_file_stem,
-    should_cancel,
-    text_encoder_output_path,
-    user_errors,
-)
+from ._clip_encoder import clip_with_encoder
+from ._errors import NodeError, Progress, raise_if_cancelled, should_cancel, user_errors
+from ._paths import safe_file_stem, text_encoder_output_path
 from ._plots import curves_image
 from ._sdmodel import resolution_input, sd_model_from_comfy
 

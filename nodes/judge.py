@@ -8,9 +8,10 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
-from comfy_api.latest import io, ui
+from comfy_api.v0_0_2 import io, ui
 
-from ._comfy import NodeError, image_to_nchw, user_errors
+from ._errors import NodeError, user_errors
+from ._images import image_to_nchw
 
 CATEGORY = "Robust Erasure"
 JUDGE_HELP = ("nudenet (the UnlearnDiffAtk preset), nudenet:strict, nudenet:threshold=0.5, "

@@ -8,9 +8,11 @@ from __future__ import annotations
 
 import torch
 
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
-from ._comfy import NodeError, Progress, clip_to_text_encoder, nchw_to_image, raise_if_cancelled, should_cancel, user_errors
+from ._clip_encoder import clip_to_text_encoder
+from ._errors import NodeError, Progress, raise_if_cancelled, should_cancel, user_errors
+from ._images import nchw_to_image
 from ._plots import curves_image
 from ._sdmodel import resolution_input, sd_model_from_comfy
 

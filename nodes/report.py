@@ -11,9 +11,10 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 
 import folder_paths
-from comfy_api.latest import io
+from comfy_api.v0_0_2 import io
 
-from ._comfy import NodeError, Progress, clip_to_text_encoder, raise_if_cancelled, should_cancel, user_errors
+from ._clip_encoder import clip_to_text_encoder
+from ._errors import NodeError, Progress, raise_if_cancelled, should_cancel, user_errors
 from ._sdmodel import resolution_input, sd_model_from_comfy
 
 CATEGORY = "Robust Erasure"

@@ -1,4 +1,8 @@
-"""A real ComfyUI 0.3.75 server for the node-pack tests (installed by tests/comfy/install_comfyui.sh).
+"""A real ComfyUI server for the node-pack tests (installed by tests/comfy/install_comfyui.sh).
+
+The server is the version COMFYUI_VERSION names (0.3.75 by default, or 0.28.2), from
+<repo>/.cache/comfyui-<version>, or the install COMFYUI_DIR names (its version must match COMFYUI_VERSION when
+both are set). `bash scripts/test.sh` runs these tests once per version.
 
 The server runs from the install's own venv on a free 127.0.0.1 port with --cpu, in a throw-away base directory
 (models/, custom_nodes/, input/, output/, temp/, user/), with this repository and tests/comfy/testkit symlinked
@@ -16,12 +20,9 @@ from pathlib import Path
 
 import pytest
 
+from comfy_install import COMFY_DIR, COMFY_MAIN, COMFY_PYTHON, COMFY_VERSION, REPO, installed_version
 from comfy_server import ComfyServer, free_port
 
-REPO = Path(__file__).resolve().parents[2]
-COMFY_DIR = Path(os.environ.get("COMFYUI_DIR", REPO / ".cache" / "comfyui"))
-COMFY_MAIN = COMFY_DIR / "ComfyUI" / "main.py"
-COMFY_PYTHON = COMFY_DIR / "venv" / "bin" / "python"
 TESTKIT = Path(__file__).resolve().parent / "testkit"
 PACK_NAME = "robust-erasure"
 START_TIMEOUT = float(os.environ.get("COMFY_START_TIMEOUT", "180"))
@@ -29,8 +30,13 @@ START_TIMEOUT = float(os.environ.get("COMFY_START_TIMEOUT", "180"))
 
 def _installed() -> str | None:
     if not (COMFY_DIR / ".installed").is_file() or not COMFY_MAIN.is_file() or not COMFY_PYTHON.is_file():
-        return f"ComfyUI is not installed in {COMFY_DIR}: run `bash tests/comfy/install_comfyui.sh`"
+        return (f"ComfyUI {COMFY_VERSION} is not installed in {COMFY_DIR}: run "
+                f"`COMFYUI_VERSION={COMFY_VERSION} bash tests/comfy/install_comfyui.sh`")
     return None
+
+
+def pytest_report_header(config):
+    return f"ComfyUI: {COMFY_VERSION} in {COMFY_DIR}"
 
 
 def pytest_collection_modifyitems(config, items):
@@ -70,6 +76,9 @@ def comfy(tmp_path_factory) -> ComfyServer:
     reason = _installed()
     if reason:
         pytest.skip(reason)
+    found = installed_version()
+    if "COMFYUI_VERSION" in os.environ and found != COMFY_VERSION:
+        pytest.fail(f"COMFYUI_VERSION={COMFY_VERSION} but {COMFY_DIR} holds ComfyUI {found}")
     base = tmp_path_factory.mktemp("comfy_base")
     nodes_dir = base / "custom_nodes"
     nodes_dir.mkdir()
@@ -94,6 +103,7 @@ def comfy(tmp_path_factory) -> ComfyServer:
                 pytest.fail(f"ComfyUI did not answer /system_stats in {START_TIMEOUT} s:\n{server.log_tail()}")
             time.sleep(0.5)
         server.start_seconds = time.monotonic() - started
+        server.version = found
         yield server
     finally:
         process.terminate()

@@ -168,6 +168,26 @@ def build_ui(nodes: list[dict], object_info: dict, title: str = "") -> dict:
     }
 
 
+def graph_essence(workflow: dict, own_prefix: str = "RobustErasure") -> dict:
+    """What a UI workflow means, for comparing one generated on another ComfyUI version: every node's type,
+    title, widget values and linked inputs, every link, and the output sockets of OUR nodes; a stock node's
+    outputs only where they are linked. So a socket a stock node gained upstream and the graph does not use
+    (SaveImage and PreviewImage got an IMAGE output in 0.28.2) changes nothing, while a change to our nodes'
+    inputs or outputs, to a widget's place or value, or to a link does."""
+    nodes = {}
+    for node in workflow["nodes"]:
+        outputs = [(o["name"], o["type"], sorted(o.get("links") or [])) for o in node.get("outputs", [])]
+        if not node["type"].startswith(own_prefix):
+            outputs = [o for o in outputs if o[2]]
+        nodes[node["id"]] = {
+            "type": node["type"], "title": node.get("title"), "mode": node.get("mode", 0),
+            "widgets": node.get("widgets_values"),
+            "inputs": [(i["name"], i["type"], i.get("link")) for i in node.get("inputs", [])],
+            "outputs": outputs,
+        }
+    return {"nodes": nodes, "links": sorted(map(tuple, workflow.get("links", []))), "extra": workflow.get("extra")}
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # The shipped workflows
 # ---------------------------------------------------------------------------------------------------------------

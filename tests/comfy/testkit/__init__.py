@@ -7,6 +7,7 @@ V1 style on purpose: independent of the pack's V3 code.
 """
 
 import hashlib
+import inspect
 import json
 import os
 
@@ -28,7 +29,13 @@ ANY = AnyType("*")
 
 
 def effective_text_state(clip):
-    clip.load_model()  # applies this clone's patches to the shared module
+    """The CLIP's weights as ComfyUI's legacy patcher writes them in, read independently of the pack's own
+    reading (which computes them from the patches). Since 0.28.2 a CLIP may hold a ModelPatcherDynamic (NVIDIA
+    GPUs), which applies patches in the forward pass and leaves the weights at their base values; a clone with
+    dynamic VRAM disabled writes them in on load. 0.3.75's clone() has no such switch and is always legacy."""
+    if "disable_dynamic" in inspect.signature(clip.clone).parameters:
+        clip = clip.clone(disable_dynamic=True)
+    clip.load_model()  # the legacy patcher writes this clone's patches into the shared module
     return {k: v.detach().float().cpu().clone() for k, v in clip.cond_stage_model.state_dict().items()
             if ".transformer.text_model." in k}
 

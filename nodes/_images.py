@@ -1,0 +1,20 @@
+"""ComfyUI IMAGE tensors [N, H, W, C] <-> `erasure_core` image batches [N, 3, H, W]."""
+
+from __future__ import annotations
+
+import torch
+
+
+def image_to_nchw(image: torch.Tensor) -> torch.Tensor:
+    """ComfyUI IMAGE [N, H, W, C] in [0, 1] -> erasure_core images [N, 3, H, W] float32."""
+    if image.ndim == 3:
+        image = image[None]
+    x = image[..., :3].permute(0, 3, 1, 2).float()
+    if x.shape[1] == 1:
+        x = x.expand(-1, 3, -1, -1)
+    return x.contiguous()
+
+
+def nchw_to_image(images: torch.Tensor) -> torch.Tensor:
+    """erasure_core images [N, 3, H, W] -> ComfyUI IMAGE [N, H, W, 3] float32 in [0, 1]."""
+    return images.detach().float().clamp(0, 1).permute(0, 2, 3, 1).contiguous().cpu()
