@@ -2,7 +2,16 @@
 
 The same function is AdvUnlearn's inner attack during training and the robustness probe afterwards; the
 caller supplies the objective (a function of the encoder's output, to MINIMISE). The embeddings live in the
-word-embedding space (what the token table holds), with no norm ball, as in AdvUnlearn.
+word-embedding space (what the token table holds).
+
+Budget: `epsilon` bounds each adversarial token's L2 norm by epsilon x the token table's typical (median) row
+norm; every step is followed by a projection onto that ball, and so is the initial point. None = unbounded, as in
+the public AdvUnlearn code. Why a budget: in a pre-layer-norm CLIP one large-norm slot writes its own output row
+almost regardless of the trained weights (on the demo model, an unbounded encoder-only attack copying the
+original's concept rows brought the concept back in 9/16 prompts; with norms <= 0.5 x typical, 2/16), so an
+unbounded attack measures nothing a text-encoder method can defend.
+`restarts` runs the attack from that many starts (the first from `init` when given) and keeps the one whose
+final objective is lowest.
 
 Methods:
 - "pgd": Adam steps on the embeddings (what the public AdvUnlearn code calls PGD; there is no projection
@@ -35,6 +44,8 @@ class SoftPromptConfig:
     method: str = "pgd"
     init: str = "random_vocab"
     insertion: str = "prefix"
+    epsilon: float | None = None  # L2 bound per token, in units of the token table's median row norm
+    restarts: int = 1
 
     def validate(self) -> "SoftPromptConfig":
         if self.method not in ATTACK_METHODS:
@@ -44,13 +55,39 @@ class SoftPromptConfig:
         if self.k < 1 or self.steps < 0 or self.lr <= 0:
             raise ErasureError(f"attack needs k >= 1, steps >= 0 and lr > 0 (got k={self.k}, steps={self.steps}, "
                                f"lr={self.lr})")
+        if self.epsilon is not None and not self.epsilon > 0:
+            raise ErasureError(f"attack epsilon must be > 0 (or None for unbounded), got {self.epsilon}")
+        if self.restarts < 1:
+            raise ErasureError(f"attack restarts must be >= 1, got {self.restarts}")
         return self
 
 
 @dataclass
 class SoftPromptResult:
     embeds: torch.Tensor  # [k, D], detached
-    losses: list[float] = field(default_factory=list)  # objective before each step
+    losses: list[float] = field(default_factory=list)  # objective before each step (of the kept restart)
+    final_loss: float | None = None  # objective at `embeds` (computed when restarts > 1)
+    radius: float | None = None  # the absolute L2 bound per token, None = unbounded
+
+
+def typical_token_norm(text_encoder) -> float:
+    """The median L2 norm of the token table's rows: the unit of an attack budget."""
+    table = token_embedding_table(text_encoder).detach().float()
+    return float(table.norm(dim=-1).median())
+
+
+def attack_radius(text_encoder, epsilon: float | None) -> float | None:
+    """epsilon (relative to the typical token norm) -> the absolute L2 bound; None stays unbounded."""
+    return None if epsilon is None else float(epsilon) * typical_token_norm(text_encoder)
+
+
+def project_to_ball(embeds: torch.Tensor, radius: float | None) -> torch.Tensor:
+    """Each row scaled down onto the L2 ball of `radius` if it lies outside (in place; returns it)."""
+    if radius is not None:
+        with torch.no_grad():
+            norms = embeds.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            embeds.mul_(torch.clamp(radius / norms, max=1.0))
+    return embeds
 
 
 def random_vocab_embeddings(text_encoder, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -60,8 +97,8 @@ def random_vocab_embeddings(text_encoder, k: int, generator: torch.Generator | N
     return table[ids.to(table.device)].detach().clone().float()
 
 
-def _initial_embeddings(text_encoder, config, init, generator):
-    if config.init == "previous" and init is not None:
+def _initial_embeddings(text_encoder, config, init, generator, restart=0):
+    if config.init == "previous" and init is not None and restart == 0:
         if init.shape[0] != config.k:
             raise ErasureError(f"previous embeddings have {init.shape[0]} tokens, the attack uses k={config.k}")
         return init.detach().clone().float()
@@ -78,13 +115,30 @@ def optimize_adversarial_embeddings(
 ) -> SoftPromptResult:
     """Minimise `objective(cond)` over the slot embeddings of `slotted`; cond [1, L, D] is the encoder's output.
 
-    `init` [k, D] is used when `config.init == "previous"`; otherwise (or when it is None) the embeddings of
-    k random vocabulary tokens. Returns the embeddings after the last step and the objective before each step.
+    `init` [k, D] is used when `config.init == "previous"` (for the first restart); otherwise (or when it is None)
+    the embeddings of k random vocabulary tokens. Every point is kept inside the `config.epsilon` budget. Returns
+    the embeddings after the last step (of the best restart) and the objective before each step.
     """
     config.validate()
     if slotted.k != config.k:
         raise ErasureError(f"prompt has {slotted.k} adversarial slots but the attack uses k={config.k}")
-    embeds = _initial_embeddings(text_encoder, config, init, generator).requires_grad_(True)
+    radius = attack_radius(text_encoder, config.epsilon)
+    best = None
+    for restart in range(config.restarts):
+        start = _initial_embeddings(text_encoder, config, init, generator, restart)
+        embeds, losses = _optimize_once(text_encoder, slotted, objective, config, project_to_ball(start, radius),
+                                        radius)
+        if config.restarts == 1:
+            return SoftPromptResult(embeds, losses, None, radius)
+        with torch.no_grad():
+            final = float(objective(encode_slotted(text_encoder, slotted, adv_embeds=embeds)))
+        if best is None or final < best.final_loss:
+            best = SoftPromptResult(embeds, losses, final, radius)
+    return best
+
+
+def _optimize_once(text_encoder, slotted, objective, config, embeds, radius):
+    embeds = embeds.requires_grad_(True)
     optimizer = torch.optim.Adam([embeds], lr=config.lr) if config.method == "pgd" else None
     losses = []
     for _ in range(config.steps):
@@ -94,7 +148,8 @@ def optimize_adversarial_embeddings(
         (grad,) = torch.autograd.grad(loss, [embeds])
         losses.append(float(loss.detach()))
         _step(embeds, grad, optimizer, config.lr)
-    return SoftPromptResult(embeds.detach().clone(), losses)
+        project_to_ball(embeds, radius)
+    return embeds.detach().clone(), losses
 
 
 def _step(embeds, grad, optimizer, lr):
