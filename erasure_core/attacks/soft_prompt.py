@@ -129,8 +129,8 @@ def optimize_adversarial_embeddings(
     best = None
     for restart in range(config.restarts):
         start = _initial_embeddings(text_encoder, config, init, generator, restart)
-        embeds, losses = _optimize_once(text_encoder, slotted, objective, config, project_to_ball(start, radius),
-                                        radius)
+        embeds, losses = _optimize_once(lambda e: encode_slotted(text_encoder, slotted, adv_embeds=e), objective,
+                                        config, project_to_ball(start, radius), radius)
         if config.restarts == 1:
             return SoftPromptResult(embeds, losses, None, radius)
         with torch.no_grad():
@@ -140,16 +140,56 @@ def optimize_adversarial_embeddings(
     return best
 
 
-def _optimize_once(text_encoder, slotted, objective, config, embeds, radius):
+def optimize_adversarial_embeddings_batch(
+    text_encoder,
+    input_ids: torch.Tensor,
+    positions: list[int],
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    config: SoftPromptConfig,
+    generators: list[torch.Generator],
+) -> list[SoftPromptResult]:
+    """Many prompts attacked at once: `input_ids` [B, L] share the slot `positions`; `objective(cond [B, L, D])`
+    returns one loss per prompt [B], each depending on its own row only.
+
+    The problem is separable, so this equals B separate runs: the gradient of the summed losses with respect to
+    prompt b's tokens is that of prompt b's loss alone, Adam and sign steps act element by element and the
+    projection row by row. Prompt b draws its starting tokens from `generators[b]`; with restarts, each prompt
+    keeps its own best restart. One batched encoder/UNet call per step instead of B is what makes the
+    efficacy benchmark affordable (`bench/demo_efficacy.py`).
+    """
+    config.validate()
+    if len(positions) != config.k:
+        raise ErasureError(f"prompts have {len(positions)} adversarial slots but the attack uses k={config.k}")
+    if len(generators) != input_ids.shape[0]:
+        raise ErasureError(f"{input_ids.shape[0]} prompts need as many generators, got {len(generators)}")
+    radius = attack_radius(text_encoder, config.epsilon)
+
+    def encode(embeds):
+        return encode_slotted(text_encoder, input_ids, positions, embeds)
+
+    best: list[SoftPromptResult | None] = [None] * len(generators)
+    for _ in range(config.restarts):
+        start = torch.stack([random_vocab_embeddings(text_encoder, config.k, g) for g in generators])
+        embeds, losses = _optimize_once(encode, objective, config, project_to_ball(start, radius), radius)
+        with torch.no_grad():
+            final = objective(encode(embeds)).detach().float().reshape(-1)
+        for b in range(len(generators)):
+            if best[b] is None or float(final[b]) < best[b].final_loss:
+                best[b] = SoftPromptResult(embeds[b].clone(), [step[b] for step in losses], float(final[b]), radius)
+    return best
+
+
+def _optimize_once(encode, objective, config, embeds, radius):
+    """Optimise `embeds` ([k, D], or [B, k, D] with one loss per prompt); returns (embeds, losses per step)."""
     embeds = embeds.requires_grad_(True)
     optimizer = torch.optim.Adam([embeds], lr=config.lr) if config.method == "pgd" else None
     losses = []
     for _ in range(config.steps):
-        loss = objective(encode_slotted(text_encoder, slotted, adv_embeds=embeds))
-        if not torch.isfinite(loss):
-            raise ErasureError(f"the attack objective became {loss.item()} at step {len(losses) + 1}")
-        (grad,) = torch.autograd.grad(loss, [embeds])
-        losses.append(float(loss.detach()))
+        loss = objective(encode(embeds))
+        if not torch.isfinite(loss).all():
+            raise ErasureError(f"the attack objective became {loss.detach().tolist()} at step {len(losses) + 1}")
+        (grad,) = torch.autograd.grad(loss.sum(), [embeds])
+        losses.append(loss.detach().float().tolist())
         _step(embeds, grad, optimizer, config.lr)
         project_to_ball(embeds, radius)
     return embeds.detach().clone(), losses
