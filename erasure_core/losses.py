@@ -8,7 +8,8 @@ Notation (all noise predictions of the ONE frozen UNet at the same noisy latent 
 ESD's negative-guidance target points AWAY from the concept:
     target = eps_uncond - eta * (eps_concept - eps_uncond)
 and unlearning makes the student match it. The retain loss keeps the trained encoder's predictions on
-unrelated prompts equal to the original encoder's.
+unrelated prompts equal to the original encoder's, and the anchor loss does the same for the empty prompt
+(classifier-free guidance's unconditional branch, which a pipeline encodes with the erased encoder).
 """
 
 from __future__ import annotations
@@ -36,3 +37,9 @@ def attack_loss(student: torch.Tensor, concept_teacher: torch.Tensor) -> torch.T
     """The inner attack's objective (to minimise): MSE between the prediction with the adversarial prompt and
     the ORIGINAL model's prediction for the concept, i.e. how well the attack brings the concept back."""
     return F.mse_loss(student.float(), concept_teacher.detach().float())
+
+
+def anchor_loss(student_uncond: torch.Tensor, original_uncond: torch.Tensor) -> torch.Tensor:
+    """MSE between the trained encoder's prediction for "" and the original's: keeps classifier-free guidance's
+    unconditional branch where it was (unanchored, it drifted 16x the concept's own signal on the demo model)."""
+    return F.mse_loss(student_uncond.float(), original_uncond.detach().float())

@@ -9,7 +9,6 @@ body or clothing words (so the encoder is not asked to keep what it must forget)
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from .errors import ErasureError
@@ -67,10 +66,3 @@ def load_retain_prompts(name: str) -> list[str]:
                            "or pass your own list as retain_prompts")
     lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
     return [line for line in lines if line and not line.startswith("#")]
-
-
-def filter_retain_prompts(prompts: list[str], concepts: list[str]) -> list[str]:
-    """Drop retain prompts that mention a concept being erased: retaining it would fight the unlearning."""
-    # Whole words only: erasing "red" must not drop "a colored pencil".
-    patterns = [re.compile(rf"\b{re.escape(c.lower().strip())}\b") for c in concepts if c.strip()]
-    return [p for p in prompts if not any(pattern.search(p.lower()) for pattern in patterns)]
