@@ -27,9 +27,9 @@ class EraseConfig:
     every training and attack step.
 
     Options not in the paper:
-    - anchor_weight: weight of the empty-prompt anchor, MSE(UNet(x_t, t, E(""), UNet(x_t, t, E0(""))) on the
-      unlearning points. Classifier-free guidance encodes "" with the erased encoder, so E("") is part of the
-      erasure; 0 leaves it free, as the public code does.
+    - anchor_weight: weight of the empty-prompt anchor, ||E("") - E0("")||^2 / ||E0("")||^2 (losses.anchor_loss).
+      Classifier-free guidance encodes "" with the erased encoder, so E("") is part of the erasure; 0 leaves it
+      free, as the public code does.
     - plain_weight: after warm-up, the unlearning loss of the plain concept prompt is added (with this weight)
       to that of the attacked prompt, so the plain prompt keeps being trained; 0 = the paper (attacked only).
     - concept_batch / attack_batch: pool points per unlearning step / per inner attack step (the paper: 1).

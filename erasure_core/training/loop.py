@@ -9,7 +9,7 @@ Per iteration (see shared notes, advunlearn-method.md):
    `attack_restart_every` refreshes;
 3. unlearning loss on `concept_batch` points: the trained encoder's prediction for the attacked prompt (and,
    with `plain_weight`, for the plain prompt too) must match ESD's negative-guidance target; anchor loss: its
-   prediction for "" must match the original's; retain loss: on unrelated prompts it must match the original;
+   encoding of "" must stay the original's; retain loss: on unrelated prompts it must match the original;
 4. one Adam step on the selected encoder parameters.
 
 Cost choices (the public code's waste, not repeated): ONE frozen UNet serves as teacher and as the network
@@ -262,7 +262,7 @@ class _Trainer:
             logs.setdefault("unlearn_loss", plain)
         if config.anchor_weight > 0:
             logs["anchor_loss"] = self._backward(step, "anchor", config.anchor_weight, lambda: anchor_loss(
-                self._predict(points, self.uncond_ids), points.eps_uncond))
+                encode_slotted(self.student, self.uncond_ids), self.uncond))
         logs["retain_loss"] = self._retain_step(step) if self._uses_retain else None
         self.scaler.step(self.optimizer)
         self.scaler.update()
