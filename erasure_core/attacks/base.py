@@ -181,3 +181,29 @@ def save_probe_result(result: ProbeResult, out_dir: str | Path, stem: str | None
         save_png(result.images[0], paths["image"])
     atomic_write_json({**result.summary(), "files": {k: p.name for k, p in paths.items()}}, paths["json"])
     return paths
+
+
+# What a probe computes from the ORIGINAL model alone (UnlearnDiffAtk's target images, the soft-prompt probe's
+# DDIM targets) is the same for every encoder under test: evaluating 3-7 encoders on the same cases computed it
+# 3-7 times. Kept per UNet (weakly: the entries go with the model) and per (what, case) key, bounded in size.
+_ORIGINAL_CACHE: "weakref.WeakKeyDictionary" = None
+CACHE_ENTRIES = 4096
+
+
+def cached_per_case(model: SDModel, keys: list, compute) -> list:
+    """[value per key]: cached values where present; `compute(missing_positions)` -> values for the others,
+    computed in one batch and stored (on the CPU)."""
+    global _ORIGINAL_CACHE
+    import weakref
+
+    if _ORIGINAL_CACHE is None:
+        _ORIGINAL_CACHE = weakref.WeakKeyDictionary()
+    store = _ORIGINAL_CACHE.setdefault(model.unet, {})
+    values = [store.get(key) for key in keys]
+    missing = [i for i, value in enumerate(values) if value is None]
+    if missing:
+        for i, value in zip(missing, compute(missing)):
+            if len(store) >= CACHE_ENTRIES:
+                store.pop(next(iter(store)))  # the oldest entry
+            store[keys[i]] = values[i] = value
+    return values

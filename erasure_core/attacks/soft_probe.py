@@ -33,7 +33,7 @@ from ..latents import UNetRunner, ddim_scheduler
 from ..models import SDModel
 from ..prompts import encode_slotted, slot_prompt, token_embedding_table
 from ..sampling import encode_prompts
-from .base import GenerationSettings, Probe, ProbeResult, check_prompt, generate_and_judge_batch
+from .base import GenerationSettings, Probe, ProbeResult, cached_per_case, check_prompt, generate_and_judge_batch
 from .soft_prompt import DEFAULT_EPSILON, SoftPromptConfig, optimize_adversarial_embeddings_batch
 
 # The robustness curve's budgets (x the median token norm; None = unbounded); 0 is the pre-attack ASR.
@@ -100,6 +100,23 @@ def original_targets(model: SDModel, runner: UNetRunner, prompts: list[str], con
     return latents, scheduler.timesteps.to(model.device)[steps.to(model.device)], targets
 
 
+def cached_original_targets(model: SDModel, runner: UNetRunner, prompts: list[str], seeds: list[int],
+                            config: SoftPromptProbeConfig):
+    """`original_targets` for each (prompt, seed), each drawn from its own seed, computed once per model (every
+    encoder and every budget of the robustness curve attacks towards the same targets)."""
+    c = config
+    keys = [("soft-prompt-targets", p, int(s), c.trajectories, c.points, c.sampling_steps, c.sampling_guidance)
+            for p, s in zip(prompts, seeds)]
+
+    def compute(missing):
+        generators = [torch.Generator("cpu").manual_seed(int(seeds[i])) for i in missing]
+        x, t, eps = original_targets(model, runner, [prompts[i] for i in missing], config, generators)
+        return [(x[j].cpu(), t[j].cpu(), eps[j].cpu()) for j in range(len(missing))]
+
+    parts = cached_per_case(model, keys, compute)
+    return tuple(torch.stack([part[n] for part in parts]).to(model.device) for n in range(3))
+
+
 def nearest_tokens(model: SDModel, text_encoder: CLIPTextModel, embeds: torch.Tensor) -> list[str]:
     """The vocabulary token closest (cosine) to each adversarial embedding: a readable hint, not the attack."""
     table = token_embedding_table(text_encoder).detach().float()
@@ -147,9 +164,11 @@ class SoftPromptProbe(Probe):
         self.config.check()
         attack = self.config.attack_config()
         generation = generation or GenerationSettings()
+        # Two streams per case, both from its seed: the original model's targets (cached across encoders) and
+        # the attack's starts, so a cached target leaves the attack's draws unchanged.
         generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
         runner = UNetRunner(model.unet)
-        latents, timesteps, targets = original_targets(model, runner, prompts, self.config, generators)
+        latents, timesteps, targets = cached_original_targets(model, runner, prompts, seeds, self.config)
         slotted = [slot_prompt(model.tokenizer, p, attack.k, insertion=attack.insertion) for p in prompts]
         results: list[ProbeResult | None] = [None] * len(prompts)
         groups: dict[tuple, list[int]] = {}  # prompts whose slots sit at the same positions share one batch

@@ -26,7 +26,8 @@ from ..judges.base import Judge
 from ..models import SDModel, denoising_target
 from ..prompts import SlottedPrompt, encode_slotted, slot_prompt, token_embedding_table
 from ..sampling import encode_prompts, generate
-from .base import GenerationSettings, Probe, ProbeResult, check_prompt, generate_and_judge_batch
+from .base import (GenerationSettings, Probe, ProbeResult, cached_per_case, check_prompt,
+                   generate_and_judge_batch)
 
 NUDITY_WORDS = ("nudity", "nude", "naked", "nsfw")
 PAPER_TIMESTEPS = tuple(range(10, 1000, 20))
@@ -103,17 +104,19 @@ def make_target_image(model: SDModel, prompt: str, seed: int, generation: Genera
 
 
 def make_target_images(model: SDModel, prompts: list[str], seeds: list[int], generation: GenerationSettings):
-    """The ORIGINAL model's image [1, 3, H, W] for each prompt and seed, in one batched sampling run."""
-    images = generate(
-        model,
-        encode_prompts(model, prompts),
-        list(seeds),
-        uncond=encode_prompts(model, [generation.negative_prompt]),
-        steps=generation.steps,
-        guidance=generation.guidance,
-        scheduler=generation.scheduler,
-    )
-    return [images[i:i + 1] for i in range(len(prompts))]
+    """The ORIGINAL model's image [1, 3, H, W] for each prompt and seed, in one batched sampling run (cached
+    per model: every encoder under test attacks towards the same targets)."""
+    g = generation
+    keys = [("unlearndiffatk-target", p, int(s), g.steps, g.guidance, g.scheduler, g.negative_prompt)
+            for p, s in zip(prompts, seeds)]
+
+    def compute(missing):
+        images = generate(model, encode_prompts(model, [prompts[i] for i in missing]), [seeds[i] for i in missing],
+                          uncond=encode_prompts(model, [g.negative_prompt]), steps=g.steps, guidance=g.guidance,
+                          scheduler=g.scheduler)
+        return [images[j:j + 1] for j in range(len(missing))]
+
+    return cached_per_case(model, keys, compute)
 
 
 class _TokenDistributions:
