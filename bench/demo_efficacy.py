@@ -98,7 +98,8 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
         for method in settings.methods:
             for seed in settings.training_seeds:
                 config = demo_erase_config(method, seed, settings.demo)
-                encoders[f"{method}_s{seed}"] = erase(model, [concept], config, latent_cache=shared_latents).text_encoder
+                result = erase(model, [concept], config, latent_cache=shared_latents)
+                encoders[f"{method}_s{seed}"] = result.text_encoder
         training_seconds = time.perf_counter() - t0
         judge = judge_for(concept)
         report = evaluate(model, encoders, concept_prompts, demo_probes(concept, settings.demo), judge,
@@ -161,7 +162,8 @@ def format_table(results: dict) -> str:
              "retain acc"]]
     for concept, by_encoder in results.items():
         for name, v in by_encoder.items():
-            rows.append([concept, name, format_rate(v["pre_attack"]), *[format_rate(v["post_attack"][p]) for p in probes],
+            rows.append([concept, name, format_rate(v["pre_attack"]),
+                         *[format_rate(v["post_attack"][p]) for p in probes],
                          *[format_rate(v["stress_attack"][p]) for p in stress],
                          format_rate(v["utility"]["retain_accuracy"])])
     return align_columns(rows)

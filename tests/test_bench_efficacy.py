@@ -39,9 +39,9 @@ def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
     demo.probes["unlearndiffatk"].update(timesteps=(500,), steps_per_timestep=1)
     demo.probes["concept_vector"].update(strengths=(1.0,))
     demo.curve_epsilons = (0.5, 1.0, None)
+    half_right = lambda images, prompts: [True, False] * (len(prompts) // 2)  # noqa: E731
     efficacy = bench.measure(tiny_model, settings, tmp_path, judge_for=lambda concept: RedJudge(),
-                             retain_check_for=lambda judge: (lambda images, prompts: [True, False] * (len(prompts) // 2)),
-                             log=lambda msg: None)
+                             retain_check_for=lambda judge: half_right, log=lambda msg: None)
     on_disk = json.loads((tmp_path / "efficacy.json").read_text())
     assert on_disk["results"] == json.loads(json.dumps(efficacy["results"]))
     cell = on_disk["results"]["circle"]

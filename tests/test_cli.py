@@ -54,6 +54,7 @@ def test_wait_policy_advice_only_without_a_choice(monkeypatch):
     from erasure_core import openmp
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     assert "OMP_WAIT_POLICY=PASSIVE" in openmp.passive_waiting_advice()
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert openmp.passive_waiting_advice() is None
