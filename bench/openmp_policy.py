@@ -40,7 +40,7 @@ if {threads}:
     torch.set_num_threads({threads})
 from erasure_core.models import load_model
 from erasure_core.trainer import EraseConfig, erase
-model = load_model("demo")
+model = load_model({model!r})
 config = EraseConfig.from_preset("demo", method="esd", seed=0, iterations={iterations})
 start = time.perf_counter()
 erase(model, ["circle"], config)
@@ -48,13 +48,14 @@ print("SECONDS", time.perf_counter() - start, "THREADS", torch.get_num_threads()
 """
 
 
-def run_once(env_extra: dict, busy: bool, iterations: int, threads: int, timeout: float) -> float | None:
+def run_once(env_extra: dict, busy: bool, iterations: int, threads: int, timeout: float,
+             model: str = "demo") -> float | None:
     """Seconds the workload took (None if it ran past `timeout`)."""
     env = {k: v for k, v in os.environ.items() if k not in OPENMP_VARIABLES}
     env.update(env_extra, HF_HUB_OFFLINE="1")
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
-        code = WORKLOAD.format(root=str(ROOT), iterations=iterations, threads=threads)
+        code = WORKLOAD.format(root=str(ROOT), iterations=iterations, threads=threads, model=model)
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=timeout)
         if out.returncode:
             raise RuntimeError(f"workload failed: {out.stderr[-2000:]}")
@@ -74,29 +75,34 @@ def main(argv=None) -> None:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--timeout", type=float, default=900, help="seconds before a run counts as '> timeout'")
     parser.add_argument("--policies", default=",".join(POLICIES))
+    parser.add_argument("--conditions", default="idle,busy", help="idle, busy or both")
+    parser.add_argument("--model", default="demo", help="demo (the measurement) or tiny (to try the script)")
     parser.add_argument("--json", default=None, help="also write the figures here")
     args = parser.parse_args(argv)
 
     load = os.getloadavg() if hasattr(os, "getloadavg") else None
     print(f"{os.cpu_count()} CPUs; load average before the run: {load}; workload: {args.iterations} ESD iterations "
-          "on the demo model", flush=True)
+          f"on the {args.model} model", flush=True)
+    conditions = [c for c in ("idle", "busy") if c in args.conditions.split(",")]
     rows = {}
     for name in args.policies.split(","):
         rows[name] = {}
-        for condition, busy in (("idle", False), ("busy", True)):
-            times = [run_once(POLICIES[name], busy, args.iterations, args.threads, args.timeout)
-                     for _ in range(args.repeats)]
+        for condition in conditions:
+            times = [run_once(POLICIES[name], condition == "busy", args.iterations, args.threads, args.timeout,
+                              args.model) for _ in range(args.repeats)]
             done = [t for t in times if t is not None]
             rows[name][condition] = {"seconds": times, "median": statistics.median(done) if done else None}
             shown = "-" if not done else f"{statistics.median(done):.1f}"
             print(f"{name:26s} {condition}: {shown} s  (runs: {times})", flush=True)
-    print(f"\n| policy | idle (s) | beside a busy process (s) |\n|---|---|---|")
+    heads = {"idle": "idle (s)", "busy": "beside a busy process (s)"}
+    print("\n| policy | " + " | ".join(heads[c] for c in conditions) + " |")
+    print("|---" * (len(conditions) + 1) + "|")
     for name, row in rows.items():
-        cell = lambda c: "> timeout" if row[c]["median"] is None else f"{row[c]['median']:.1f}"  # noqa: E731
-        print(f"| {name} | {cell('idle')} | {cell('busy')} |")
+        cell = lambda c: f"> {args.timeout:g}" if row[c]["median"] is None else f"{row[c]['median']:.1f}"  # noqa: E731
+        print(f"| {name} | " + " | ".join(cell(c) for c in conditions) + " |")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"load_before": load, "iterations": args.iterations,
+        Path(args.json).write_text(json.dumps({"load_before": load, "iterations": args.iterations, "model": args.model,
                                                "time": time.time(), "rows": rows}, indent=2))
 
 
