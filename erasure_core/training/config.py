@@ -56,7 +56,7 @@ class EraseConfig:
     attack_insertion: str = "prefix"
     attack_every: int = 1
     attack_epsilon: float | None = DEFAULT_EPSILON
-    attack_restart_every: int = 0
+    attack_restart_every: int = 10
     attack_restarts: int = 1
     attack_batch: int = 1
     concept_batch: int = 1
