@@ -40,6 +40,7 @@ from erasure_core.openmp import apply_default_wait_policy  # noqa: E402
 
 apply_default_wait_policy()  # before torch loads (erasure_core/openmp.py)
 
+from erasure_core.attacks.soft_probe import CURVE_EPSILONS  # noqa: E402
 from erasure_core.demo import world  # noqa: E402
 from erasure_core.demo.run import METHODS, DemoSettings, align_columns, demo_erase_config, demo_probes  # noqa: E402
 from erasure_core.io import atomic_write_json  # noqa: E402
@@ -57,7 +58,8 @@ class BenchSettings:
     training_seeds: tuple[int, ...] = (0, 1, 2)
     methods: tuple[str, ...] = METHODS
     prompt_seed: int = 0  # draws the prompts (the same for every method and training seed)
-    demo: DemoSettings = field(default_factory=DemoSettings)
+    # The demo's sizes and probes, with the full robustness curve (0.5, 1, 2, 4 x and unbounded).
+    demo: DemoSettings = field(default_factory=lambda: DemoSettings(curve_epsilons=CURVE_EPSILONS))
 
     @property
     def cases(self) -> int:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from erasure_core.attacks.soft_prompt import DEFAULT_EPSILON
 from erasure_core.demo.run import DemoSettings, run_demo
 from erasure_core.errors import ErasureError
 
@@ -46,7 +47,7 @@ def test_report_json_has_the_promised_fields(demo_report):
         # The robustness curve: epsilon 0 is the pre-attack ASR, the default budget is the headline soft-prompt
         # probe, unbounded is the stress probe, in increasing order of budget.
         curve = entry["robustness_curve"]
-        assert [p["epsilon"] for p in curve] == [0.0, 0.5, 1.0, 2.0, 4.0, None]
+        assert [p["epsilon"] for p in curve] == [0.0, DEFAULT_EPSILON, 4.0, None]
         assert curve[0]["rate"] == entry["pre_attack_asr"] and curve[0]["n"] == 2
         by_probe = {p["probe"]: p["rate"] for p in curve}
         assert by_probe["soft_prompt"] == entry["post_attack_asr"]["soft_prompt"]
