@@ -11,6 +11,10 @@ demo's ESD stage:
 | GOMP_SPINCOUNT=10000        | 31 s      | 132 s                   |
 | OMP_WAIT_POLICY=PASSIVE     | 65-69 s   | (32 s for a 5-iteration erase where the default took > 240 s) |
 
+On a heavily loaded machine (this shared one, load average 5-10 on 2 cores: `bench/openmp_policy.py --model tiny
+--iterations 1 --conditions idle`, one run each) the default took > 200 s, GOMP_SPINCOUNT=10000 78 s and PASSIVE
+30 s: the more the CPU is oversubscribed, the more passive waiting wins.
+
 A short spin keeps the idle speed (a waiting thread still catches the next parallel region while it spins) and
 stops most of the stalls beside a busy core; passive waiting is the cure there but costs 2x on an idle CPU. So
 the command line (`python -m erasure_core`) and the benchmarks start with GOMP_SPINCOUNT=10000 unless the user
