@@ -4,6 +4,7 @@ seeds, headline probes, the stress probe and the robustness curve, with 95% Wils
     python bench/demo_efficacy.py                  # full: 8 concepts, 64 prompts x 4 seeds, 3 training seeds
     python bench/demo_efficacy.py --quick          # 2 concepts, 32 prompts x 4 seeds, 1 training seed
     python bench/demo_efficacy.py --device cuda    # the same on a GPU
+    python bench/demo_efficacy.py --quick --probe-option soft_prompt:points=2 --curve 1,none   # cheaper probes
 
 For each concept: erase it with every method at every training seed (the demo preset), then evaluate the
 original and all erased encoders in ONE `evaluate` call on the same cases (prompts x generation seeds), so the
@@ -184,6 +185,19 @@ def format_curves(results: dict) -> str:
     return align_columns(rows)
 
 
+def _apply_probe_option(demo: DemoSettings, spec: str) -> None:
+    """'soft_prompt:points=2:steps=20' -> demo.probes["soft_prompt"] updated, typed by the probe's config."""
+    from erasure_core.attacks.registry import PROBES, _convert
+    from erasure_core.errors import ErasureError
+
+    name, *parts = spec.split(":")
+    if name not in PROBES or not parts or any("=" not in p for p in parts):
+        raise ErasureError(f"--probe-option takes PROBE:KEY=VALUE with PROBE one of {', '.join(PROBES)}, got {spec!r}")
+    for part in parts:
+        key, value = (t.strip() for t in part.split("=", 1))
+        demo.probes.setdefault(name, {})[key] = _convert(PROBES[name][1], key, value)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 concepts, 128 cases, 1 training seed")
@@ -192,6 +206,9 @@ def main(argv=None) -> None:
     parser.add_argument("--generation-seeds", default=None, help="e.g. 0,1,2,3")
     parser.add_argument("--training-seeds", default=None, help="e.g. 0,1,2")
     parser.add_argument("--batch-size", type=int, default=None, help="cases generated/attacked at once")
+    parser.add_argument("--probe-option", action="append", default=[], metavar="PROBE:KEY=VALUE[:KEY=VALUE]",
+                        help="change a probe's setting, e.g. soft_prompt:points=2:steps=20 (repeatable)")
+    parser.add_argument("--curve", default=None, help="the curve's budgets, e.g. 0.5,1,2,4,none (none = unbounded)")
     parser.add_argument("--device", default=None, help="cpu, cuda... (default: cuda if available)")
     parser.add_argument("--out", default="out/efficacy")
     args = parser.parse_args(argv)
@@ -211,6 +228,11 @@ def main(argv=None) -> None:
         settings.training_seeds = ints(args.training_seeds)
     if args.batch_size:
         settings.demo = replace(settings.demo, batch_size=args.batch_size)
+    for spec in args.probe_option:
+        _apply_probe_option(settings.demo, spec)
+    if args.curve:
+        settings.demo = replace(settings.demo, curve_epsilons=tuple(
+            None if e.strip().lower() == "none" else float(e) for e in args.curve.split(",")))
     for concept in settings.concepts:
         world.attribute_of(concept)  # refuses unknown values before any training
     print(f"{settings.cases} cases per cell and training seed; {len(settings.training_seeds)} training seed(s)",
@@ -225,4 +247,10 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from erasure_core.errors import ErasureError
+
+    try:
+        main()
+    except ErasureError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
