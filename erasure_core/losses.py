@@ -8,8 +8,8 @@ Notation (all noise predictions of the ONE frozen UNet at the same noisy latent 
 ESD's negative-guidance target points AWAY from the concept:
     target = eps_uncond - eta * (eps_concept - eps_uncond)
 and unlearning makes the student match it. The retain loss keeps the trained encoder's predictions on
-unrelated prompts equal to the original encoder's, and the anchor loss keeps the encoding of the empty prompt where it was
-(classifier-free guidance's unconditional branch, which a pipeline encodes with the erased encoder).
+unrelated prompts equal to the original encoder's, and the anchor loss keeps the encoding of the empty prompt
+where it was (classifier-free guidance's unconditional branch, which a pipeline encodes with the erased encoder).
 """
 
 from __future__ import annotations

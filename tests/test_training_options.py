@@ -122,9 +122,9 @@ def test_alignment_is_one_for_the_concept_itself_and_zero_for_the_empty_prompt(t
 def test_retain_selection_drops_the_prompts_whose_alignment_exceeds_the_bound(tiny_model):
     conds = encode_prompts(tiny_model, RETAIN).float()
     # The trainer measures alignment with its own seed (config seed + 2,000,003) on the pool settings.
-    alignment = concept_alignment(tiny_model, UNetRunner(tiny_model.unet), encode_prompts(tiny_model, ["nudity"]).float(),
-                                  encode_prompts(tiny_model, [""]).float(), conds, num_inference_steps=8,
-                                  guidance=3.0, seed=2_000_003)[:, 0]
+    concept, uncond = (encode_prompts(tiny_model, [p]).float() for p in ("nudity", ""))
+    alignment = concept_alignment(tiny_model, UNetRunner(tiny_model.unet), concept, uncond, conds,
+                                  num_inference_steps=8, guidance=3.0, seed=2_000_003)[:, 0]
     bound = float(alignment.median())
     result = erase(tiny_model, ["nudity"], _config(retain_max_alignment=bound))
     expected = [p for p, a in zip(RETAIN, alignment.tolist()) if a > bound]

@@ -30,7 +30,8 @@ DIAGNOSTIC_POINTS = 4
 class Diagnostics:
     def __init__(self, model, config, concept_conds, uncond, uncond_ids, plain_slots, original_encoder):
         self.model, self.config = model, config
-        self.concept_conds, self.uncond, self.uncond_ids, self.plain_slots = concept_conds, uncond, uncond_ids, plain_slots
+        self.concept_conds, self.uncond = concept_conds, uncond
+        self.uncond_ids, self.plain_slots = uncond_ids, plain_slots
         self.original = dict(original_encoder.named_parameters())
         self.runner = UNetRunner(model.unet)
         self.points = None
