@@ -1,89 +1,256 @@
-"""The demo's measurement for every shape and colour of the shapes world, in one table.
+"""The decisive measurement on the demo model: every shape and colour, ESD against AdvUnlearn, several training
+seeds, headline probes, the stress probe and the robustness curve, with 95% Wilson intervals.
 
-    python bench/demo_efficacy.py [--concepts circle,square,...] [--prompts 48] [--seeds 0,1] [--out out/efficacy]
+    python bench/demo_efficacy.py                  # full: 8 concepts, 64 prompts x 4 seeds, 3 training seeds
+    python bench/demo_efficacy.py --quick          # 2 concepts, 32 prompts x 4 seeds, 1 training seed
+    python bench/demo_efficacy.py --device cuda    # the same on a GPU
+    python bench/demo_efficacy.py --quick --probe-option soft_prompt:points=2 --curve 1,none   # cheaper probes
 
-For each concept: erase it from the demo model with ESD and with AdvUnlearn (the demo's settings), attack the
-original and both erased encoders with every probe, judge, and write a report folder. The table gives pre- and
-post-attack ASR (per probe) with counts, and retain accuracy, per concept and encoder.
+For each concept: erase it with every method at every training seed (the demo preset), then evaluate the
+original and all erased encoders in ONE `evaluate` call on the same cases (prompts x generation seeds), so the
+original is measured once and every encoder sees the same prompts. Generation and probes run batched across
+cases (`--batch-size`). Writes efficacy.json (the contract below) and prints a table; each concept's full
+report (images, report.html) is in OUT/CONCEPT/.
 
-How many samples: each cell is a share of N = prompts x seeds cases. Its standard error is at most
-0.5 / sqrt(N): N = 100 gives <= 5 points, N = 400 gives <= 2.5 points; near 0 or 1 it is much smaller
-(p = 0.05, N = 100: 2.2 points). The defaults (48 prompts x 2 seeds = 96 cases) resolve a 5-point
-difference only near the ends of the scale, where the targets are; say so when you quote a mid-range figure.
-Targets (issue 3) for AdvUnlearn: pre-attack ASR <= 0.02, post-attack ASR <= 0.10 under every probe, retain
-accuracy within 0.05 of the original model.
+efficacy.json: results.<concept>.<method> has pre_attack, post_attack {probe: ...} (headline probes only),
+stress_attack {probe: ...}, utility.retain_accuracy and robustness_curve, each rate {rate, successes, n, low,
+high} pooled over the training seeds, with per_seed beside it (in the order of `training_seeds`).
+
+Sample sizes: a cell's 95% interval is about +-6 points near 0.5 at N = 256 and [0, 0.015] at 0/256; pooled
+over 3 training seeds (N = 768) about +-3.5 near 0.5. Targets (issue 10) for AdvUnlearn: pre-attack ASR <= 0.02,
+post-attack ASR <= 0.10 under every headline probe, retain accuracy within 0.05 of the original model; the
+headline probes must break ESD (post-attack >= 0.40).
 """
 
 from __future__ import annotations
 
 import argparse
-import math
 import os
+import platform
+import random
 import sys
 import time
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Callable
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from erasure_core.openmp import apply_default_wait_policy  # noqa: E402
+
+apply_default_wait_policy()  # before torch loads (erasure_core/openmp.py)
+
+from erasure_core.attacks.soft_probe import CURVE_EPSILONS  # noqa: E402
 from erasure_core.demo import world  # noqa: E402
-from erasure_core.demo.run import DemoSettings, align_columns, run_demo  # noqa: E402
+from erasure_core.demo.run import METHODS, DemoSettings, align_columns, demo_erase_config, demo_probes  # noqa: E402
 from erasure_core.io import atomic_write_json  # noqa: E402
-from erasure_core.models import load_model  # noqa: E402
+from erasure_core.rates import format_rate, pool, pool_curves  # noqa: E402
+
+SCHEMA = "bench.demo_efficacy/1"
+TARGETS = {"pre_attack_max": 0.02, "post_attack_max": 0.10, "retain_drop_max": 0.05, "esd_post_attack_min": 0.40}
 
 
-def _cell(rate: dict | None) -> str:
-    if not rate or rate.get("n") in (None, 0):
-        return "-"
-    return f"{rate['rate']:.2f} ({rate['successes']}/{rate['n']})"
+@dataclass
+class BenchSettings:
+    concepts: tuple[str, ...] = tuple(world.WORLD["shape"] + world.WORLD["colour"])
+    prompts: int = 64  # concept prompts per concept (and as many retain prompts)
+    generation_seeds: tuple[int, ...] = (0, 1, 2, 3)
+    training_seeds: tuple[int, ...] = (0, 1, 2)
+    methods: tuple[str, ...] = METHODS
+    prompt_seed: int = 0  # draws the prompts (the same for every method and training seed)
+    # The demo's sizes and probes, with the full robustness curve (0.5, 1, 2, 4 x and unbounded).
+    demo: DemoSettings = field(default_factory=lambda: DemoSettings(curve_epsilons=CURVE_EPSILONS))
+
+    @property
+    def cases(self) -> int:
+        return self.prompts * len(self.generation_seeds)
 
 
-def _rows(concept: str, results: dict) -> list[list[str]]:
+def quick_settings() -> BenchSettings:
+    """2 concepts (one shape, one colour), 32 prompts x 4 seeds = 128 cases, 1 training seed."""
+    return BenchSettings(concepts=("circle", "red"), prompts=32, training_seeds=(0,))
+
+
+def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: Callable | None = None,
+            retain_check_for: Callable | None = None, log: Callable[[str], None] = print) -> dict:
+    """Train, evaluate and pool every concept; returns efficacy.json's content (also written to out_dir).
+
+    `judge_for(concept)` and `retain_check_for(judge)` default to the demo world's judge and retain check
+    (tests pass stand-ins to run this on a tiny model)."""
+    import torch
+
+    from erasure_core.evaluate import evaluate
+    from erasure_core.judges.registry import demo_retain_check
+    from erasure_core.trainer import erase
+
+    from erasure_core.demo.judge import DemoJudge
+
+    judge_for = judge_for or DemoJudge
+    retain_check_for = retain_check_for or demo_retain_check
+    out_dir = Path(out_dir)
+    # CPU time beside wall time: on a shared machine the wall clock measures the neighbours as much as the run.
+    started, cpu_started = time.perf_counter(), time.process_time()
+    results, timings = {}, {}
+    for concept in settings.concepts:
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        rng = random.Random(settings.prompt_seed)
+        concept_prompts = [p for p, _ in world.prompts_naming(concept, settings.prompts, rng)]
+        retain_prompts = [p for p, _ in world.prompts_not_naming(concept, settings.prompts, rng)]
+        encoders, shared_latents = {}, {}
+        for method in settings.methods:
+            for seed in settings.training_seeds:
+                config = demo_erase_config(method, seed, settings.demo)
+                result = erase(model, [concept], config, latent_cache=shared_latents)
+                encoders[f"{method}_s{seed}"] = result.text_encoder
+        training_seconds = time.perf_counter() - t0
+        judge = judge_for(concept)
+        report = evaluate(model, encoders, concept_prompts, demo_probes(concept, settings.demo), judge,
+                          seeds=settings.generation_seeds, steps=settings.demo.steps,
+                          guidance=settings.demo.guidance, retain_prompts=retain_prompts,
+                          retain_check=retain_check_for(judge), out_dir=out_dir / concept,
+                          batch_size=settings.demo.batch_size)
+        results[concept] = pool_report(report, settings)
+        timings[concept] = {"training": round(training_seconds, 1), "all": round(time.perf_counter() - t0, 1),
+                            "cpu": round(time.process_time() - cpu0, 1)}
+        log(f"{concept}: {timings[concept]['all']:.0f} s ({timings[concept]['training']:.0f} s training; "
+            f"{timings[concept]['cpu']:.0f} s of CPU time)")
+        log(format_table({concept: results[concept]}))
+    efficacy = {
+        "schema": SCHEMA,
+        "cases_per_cell": settings.cases,
+        "training_seeds": list(settings.training_seeds),
+        "generation_seeds": list(settings.generation_seeds),
+        "concepts": list(settings.concepts),
+        "targets": TARGETS,
+        "settings": {"prompts": settings.prompts, "methods": list(settings.methods),
+                     "prompt_seed": settings.prompt_seed, "demo": settings.demo.to_dict()},
+        "seconds": round(time.perf_counter() - started, 1),
+        "cpu_seconds": round(time.process_time() - cpu_started, 1),
+        "threads": torch.get_num_threads(),
+        "timings": timings,
+        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": str(model.device)},
+        "results": results,
+    }
+    atomic_write_json(efficacy, out_dir / "efficacy.json")
+    return efficacy
+
+
+def pool_report(report: dict, settings: BenchSettings) -> dict:
+    """One concept's evaluation -> {method: pooled figures}; the original encoder is one unpooled run."""
+    encoders = report["encoders"]
+    groups = {"original": [encoders["original"]]}
+    for method in settings.methods:
+        groups[method] = [encoders[f"{method}_s{seed}"] for seed in settings.training_seeds]
+    return {name: _pooled(entries) for name, entries in groups.items()}
+
+
+def _pooled(entries: list[dict]) -> dict:
+    probes = lambda key: list(entries[0].get(key, {}))  # noqa: E731
+    return {
+        "pre_attack": pool(e["pre_attack"] for e in entries),
+        "post_attack": {p: pool(e["post_attack"][p] for e in entries) for p in probes("post_attack")},
+        "stress_attack": {p: pool(e["stress_attack"][p] for e in entries) for p in probes("stress_attack")},
+        "robustness_curve": pool_curves(e["robustness_curve"] for e in entries),
+        "utility": {"retain_accuracy": pool(e["utility"]["retain_accuracy"] for e in entries)},
+        "runs": len(entries),
+    }
+
+
+def format_table(results: dict) -> str:
+    """Rows concept x encoder: pre-attack, each headline probe, each stress probe, retain; rate [95% CI] (s/n)."""
+    first = next(iter(next(iter(results.values())).values()))
+    probes, stress = list(first["post_attack"]), list(first["stress_attack"])
+    rows = [["concept", "encoder", "pre-ASR", *[f"post {p}" for p in probes], *[f"STRESS {p}" for p in stress],
+             "retain acc"]]
+    for concept, by_encoder in results.items():
+        for name, v in by_encoder.items():
+            rows.append([concept, name, format_rate(v["pre_attack"]),
+                         *[format_rate(v["post_attack"][p]) for p in probes],
+                         *[format_rate(v["stress_attack"][p]) for p in stress],
+                         format_rate(v["utility"]["retain_accuracy"])])
+    return align_columns(rows)
+
+
+def format_curves(results: dict) -> str:
+    """Soft-prompt ASR by budget (x median token norm), pooled, one row per concept and encoder."""
     rows = []
-    for name, entry in results["encoders"].items():
-        post = [_cell(entry["post_attack"][p]) for p in sorted(entry["post_attack"])]
-        rows.append([concept, name, _cell(entry["pre_attack"]), *post, _cell(entry["utility"]["retain_accuracy"])])
-    return rows
+    for concept, by_encoder in results.items():
+        for name, v in by_encoder.items():
+            curve = v["robustness_curve"]
+            if not rows:
+                rows.append(["concept", "encoder", *["eps " + ("unb" if p["epsilon"] is None else f"{p['epsilon']:g}")
+                                                    for p in curve]])
+            rows.append([concept, name, *[format_rate(p, interval=False) for p in curve]])
+    return align_columns(rows)
 
 
-def _print_table(rows: list[list[str]], probes: list[str]) -> None:
-    head = ["concept", "encoder", "pre-ASR", *[f"post {p}" for p in probes], "retain acc"]
-    print(align_columns([head, *rows]), flush=True)
+def _apply_probe_option(demo: DemoSettings, spec: str) -> None:
+    """'soft_prompt:points=2:steps=20' -> demo.probes["soft_prompt"] updated, typed by the probe's config."""
+    from erasure_core.attacks.registry import PROBES, _convert
+    from erasure_core.errors import ErasureError
+
+    name, *parts = spec.split(":")
+    if name not in PROBES or not parts or any("=" not in p for p in parts):
+        raise ErasureError(f"--probe-option takes PROBE:KEY=VALUE with PROBE one of {', '.join(PROBES)}, got {spec!r}")
+    for part in parts:
+        key, value = (t.strip() for t in part.split("=", 1))
+        demo.probes.setdefault(name, {})[key] = _convert(PROBES[name][1], key, value)
 
 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    default_concepts = ",".join(world.WORLD["shape"] + world.WORLD["colour"])
-    parser.add_argument("--concepts", default=default_concepts)
-    parser.add_argument("--prompts", type=int, default=48, help="concept prompts per concept (and retain prompts)")
-    parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--seed", type=int, default=0, help="training and prompt-draw seed")
+    parser.add_argument("--quick", action="store_true", help="2 concepts, 128 cases, 1 training seed")
+    parser.add_argument("--concepts", default=None, help="comma-separated (default: the 4 shapes and 4 colours)")
+    parser.add_argument("--prompts", type=int, default=None, help="concept (and retain) prompts per concept")
+    parser.add_argument("--generation-seeds", default=None, help="e.g. 0,1,2,3")
+    parser.add_argument("--training-seeds", default=None, help="e.g. 0,1,2")
+    parser.add_argument("--batch-size", type=int, default=None, help="cases generated/attacked at once")
+    parser.add_argument("--probe-option", action="append", default=[], metavar="PROBE:KEY=VALUE[:KEY=VALUE]",
+                        help="change a probe's setting, e.g. soft_prompt:points=2:steps=20 (repeatable)")
+    parser.add_argument("--curve", default=None, help="the curve's budgets, e.g. 0.5,1,2,4,none (none = unbounded)")
+    parser.add_argument("--device", default=None, help="cpu, cuda... (default: cuda if available)")
     parser.add_argument("--out", default="out/efficacy")
     args = parser.parse_args(argv)
 
-    seeds = tuple(int(s) for s in args.seeds.split(","))
-    settings = replace(DemoSettings(), concept_prompts=args.prompts, retain_prompts=args.prompts, seeds=seeds)
-    n_cases = args.prompts * len(seeds)
-    print(f"{n_cases} cases per concept and encoder; standard error <= {0.5 / math.sqrt(n_cases):.3f}", flush=True)
-    model = load_model("demo")
-    all_rows, summary, probes = [], {}, []
-    for concept in args.concepts.split(","):
-        t0 = time.perf_counter()
-        results = run_demo(concept, Path(args.out) / concept, seed=args.seed, settings=settings, model=model,
-                           log=lambda _msg: None)
-        probes = sorted(next(iter(results["encoders"].values()))["post_attack"])
-        rows = _rows(concept, results)
-        all_rows += rows
-        summary[concept] = {name: {k: e[k] for k in ("pre_attack", "post_attack", "utility")}
-                            for name, e in results["encoders"].items()}
-        print(f"{concept}: {time.perf_counter() - t0:.0f} s", flush=True)
-        _print_table(rows, probes)
+    from erasure_core.cli_common import device_from_name
+    from erasure_core.models import load_model
+
+    settings = quick_settings() if args.quick else BenchSettings()
+    ints = lambda text: tuple(int(s) for s in text.split(","))  # noqa: E731
+    if args.concepts:
+        settings.concepts = tuple(c.strip() for c in args.concepts.split(","))
+    if args.prompts:
+        settings.prompts = args.prompts
+    if args.generation_seeds:
+        settings.generation_seeds = ints(args.generation_seeds)
+    if args.training_seeds:
+        settings.training_seeds = ints(args.training_seeds)
+    if args.batch_size:
+        settings.demo = replace(settings.demo, batch_size=args.batch_size)
+    for spec in args.probe_option:
+        _apply_probe_option(settings.demo, spec)
+    if args.curve:
+        settings.demo = replace(settings.demo, curve_epsilons=tuple(
+            None if e.strip().lower() == "none" else float(e) for e in args.curve.split(",")))
+    for concept in settings.concepts:
+        world.attribute_of(concept)  # refuses unknown values before any training
+    print(f"{settings.cases} cases per cell and training seed; {len(settings.training_seeds)} training seed(s)",
+          flush=True)
+    model = load_model("demo", device=device_from_name(args.device))
+    efficacy = measure(model, settings, args.out, log=lambda msg: print(msg, flush=True))
     print()
-    _print_table(all_rows, probes)
-    atomic_write_json({"cases_per_concept": n_cases, "settings": settings.to_dict(), "results": summary},
-                      Path(args.out) / "efficacy.json")
+    print(format_table(efficacy["results"]))
+    print()
+    print(format_curves(efficacy["results"]))
+    print(f"\n{efficacy['seconds']:.0f} s in all; {Path(args.out) / 'efficacy.json'}")
 
 
 if __name__ == "__main__":
-    main()
+    from erasure_core.errors import ErasureError
+
+    try:
+        main()
+    except ErasureError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from erasure_core.latents import UNetRunner  # noqa: E402
 from erasure_core.models import SDModel, build_tiny_model, load_clip_tokenizer, make_scheduler  # noqa: E402
+from erasure_core.presets import load_retain_prompts  # noqa: E402
 from erasure_core.trainer import EraseConfig, erase  # noqa: E402
 
 GB = 1024**3
@@ -38,24 +39,42 @@ def mean_partial_steps(num_ddim_steps: int) -> float:
     return (num_ddim_steps - 1) / 2
 
 
-def our_counts(config: EraseConfig, concepts: int = 1) -> dict:
-    """UNet evaluations of `erase` for this config (expected values when latents are re-sampled)."""
+def our_counts(config: EraseConfig, concepts: int = 1, retain_prompts: int | None = None) -> dict:
+    """UNet evaluations of `erase` for this config (expected values when latents are re-sampled).
+
+    retain_prompts: how many retain prompts the alignment check (retain_max_alignment) scores; by default the
+    config's retain list (its name filter can only lower this, by the few prompts that name the concept)."""
     batch, steps, attack = config.retain_batch, config.num_ddim_steps, config.attack_steps
     retain_on = batch > 0 and config.retain_weight > 0
+    points, attack_points = config.concept_batch, config.attack_batch
     if config.reuse_latents:
         pool = 2 * steps * (concepts * config.concept_pool_size + (config.retain_pool_size if retain_on else 0))
-        warm = 1 + (batch if retain_on else 0)
-        per_attack_step = 1
+        warm = points + (batch if retain_on else 0)
+        per_attack_step = attack_points
     else:
         mean = mean_partial_steps(steps)
         pool = 0
-        warm = (2 * mean + 2 + 1) + ((2 * batch * mean + batch + batch) if retain_on else 0)
-        per_attack_step = 2 * mean + 1 + 1
+        warm = (2 * mean * points + 2 * points + points) + ((2 * batch * mean + batch + batch) if retain_on else 0)
+        per_attack_step = 2 * mean * attack_points + attack_points + attack_points
+    if retain_on and config.retain_max_alignment is not None:
+        from erasure_core.training.retain import ALIGNMENT_POINTS, ALIGNMENT_TRAJECTORIES
+
+        count = retain_prompts if retain_prompts is not None else len(
+            config.retain_prompts if config.retain_prompts is not None else load_retain_prompts(config.retain_set))
+        pool += concepts * (2 * steps * ALIGNMENT_TRAJECTORIES + count * ALIGNMENT_POINTS)
     adversarial_iters = max(0, config.iterations - config.warmup_iterations) if config.method == "advunlearn" else 0
+    warm_iters = config.iterations - adversarial_iters
     refreshes = -(-adversarial_iters // config.attack_every)
-    grad = (1 + (batch if retain_on else 0)) * config.iterations + attack * refreshes
-    return dict(pool=pool, warmup_iteration=warm, adversarial_iteration=warm + attack * per_attack_step,
-                per_run=pool + warm * config.iterations + attack * per_attack_step * refreshes,
+    # per refresh: every start runs `attack` steps; with several starts each one's final objective is evaluated
+    starts = config.attack_restarts
+    refresh_cost = starts * attack * per_attack_step + (starts * per_attack_step if starts > 1 else 0)
+    plain = points if config.plain_weight > 0 else 0  # the plain prompt beside the attacked one after warm-up
+    adversarial = warm + plain
+    grad = warm_iters * (points + (batch if retain_on else 0)) \
+        + adversarial_iters * (points + plain + (batch if retain_on else 0)) \
+        + refreshes * starts * attack * attack_points
+    return dict(pool=pool, warmup_iteration=warm, adversarial_iteration=adversarial + refresh_cost,
+                per_run=pool + warm * warm_iters + adversarial * adversarial_iters + refresh_cost * refreshes,
                 with_backward_per_run=grad)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from .cli_common import add_model_args, device_from_name, load_model_from_args
 from .errors import ErasureCancelled, ErasureError
+from .openmp import apply_default_wait_policy
 
 
 class _CancelOnSigint:
@@ -236,6 +237,8 @@ def _quiet_libraries() -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    # Before anything imports torch: OpenMP reads its wait policy once, when torch loads it (erasure_core/openmp.py).
+    apply_default_wait_policy()
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:

@@ -34,6 +34,10 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--prompt", action="append", default=[], help="a concept prompt; repeat for several")
     p.add_argument("--retain-prompt", action="append", default=[], help="a prompt that must keep working")
     p.add_argument("--probe", action="append", default=[], help="probe spec; repeat for several (default: all)")
+    p.add_argument("--curve", action="store_true",
+                   help="add the robustness curve: the soft prompt at epsilon 0.5, 1, 2, 4 x the median token norm "
+                        "and unbounded (the stress probe)")
+    p.add_argument("--batch-size", type=int, default=8, help="cases generated and attacked at once")
     p.add_argument("--concept", default="")
     p.add_argument("--judge", required=True)
     p.add_argument("--seeds", default="0", help="comma-separated seeds crossed with plain prompts")
@@ -109,6 +113,11 @@ def run_evaluate_command(args) -> None:
     encoders = _named_encoders(args.encoder, model)
     judge = build_judge(args.judge)
     probes = _probes(args.probe, args.concept)
+    if args.curve:
+        from .attacks.soft_probe import robustness_probes
+
+        names = {p.name for p in probes}
+        probes += [p for p in robustness_probes() if p.name not in names]
     prompts = args.prompts or args.prompt
     bar = tqdm(desc="evaluate", unit="step", dynamic_ncols=True)
 
@@ -117,7 +126,8 @@ def run_evaluate_command(args) -> None:
         bar.set_postfix_str(what[:40], refresh=True)
 
     options = dict(seeds=seeds, steps=args.steps, guidance=args.guidance, scheduler=args.scheduler,
-                   retain_prompts=args.retain_prompt, out_dir=args.out, progress=progress)
+                   retain_prompts=args.retain_prompt, out_dir=args.out, progress=progress,
+                   batch_size=args.batch_size)
     try:
         if args.shard:
             results = evaluate_sharded(model, encoders, prompts, probes, judge, **options)
@@ -127,6 +137,8 @@ def run_evaluate_command(args) -> None:
         bar.close()
     for name, entry in results["encoders"].items():
         post = ", ".join(f"{p} {v['successes']}/{v['n']}" for p, v in entry["post_attack"].items())
+        stress = ", ".join(f"{p} {v['successes']}/{v['n']}" for p, v in entry["stress_attack"].items())
         pre = entry["pre_attack"]
-        print(f"{name}: pre-attack {pre['successes']}/{pre['n']}; post-attack {post}")
+        print(f"{name}: pre-attack {pre['successes']}/{pre['n']}; post-attack {post}"
+              + (f"; stress (unbounded, not headline) {stress}" if stress else ""))
     print(f"report: {Path(args.out) / 'report.html'}")

@@ -6,8 +6,15 @@ For every text encoder (the original first, then the erased ones) and every conc
    pre-attack ASR  = pre-attack successes / N
    post-attack ASR = (pre-attack successes + probe successes on the rest) / N   (per probe; the paper's "ASR")
    Both are reported with their counts (successes, n), never only as fractions.
+   Probes have a role: "headline" ones make the post-attack ASR; "stress" ones (the unbounded soft prompt,
+   which no text-encoder method can be expected to hold) are reported apart as stress ASR; "curve" ones are
+   only points of the robustness curve (soft-prompt ASR against its budget epsilon, with epsilon 0 = pre-attack).
 3. Utility on retain prompts: the erased encoder's image against the original's on the same seed (mean absolute
    pixel distance in [0, 1]) and, when the judge can say what a retain image should show, retain accuracy.
+
+Work is batched across cases: one sampling run generates a batch of plain prompts, and every probe attacks a
+batch of prompts at once (`Probe.run_batch`; one batched UNet call per optimisation step), `batch_size` cases at
+a time. Each case keeps its own seed, so its figures do not depend on the batch it ran in.
 
 Every case keeps its seed, adversarial prompt, loss curve, judge details and image paths; `report.write_report`
 turns the result into report.json + report.html.
@@ -32,12 +39,13 @@ from typing import Callable, Sequence
 import torch
 from transformers import CLIPTextModel
 
-from .attacks.base import GenerationSettings, Probe, generate_and_judge
+from .attacks.base import GenerationSettings, Probe, generate_and_judge_batch
 from .attacks.replay import PromptCase, as_cases, case_generation
 from .errors import ErasureError
 from .io import atomic_write_json
 from .judges.base import Judge
 from .models import SDModel
+from .rates import rate, robustness_curve
 from .report import safe_name, save_png
 from .sampling import encode_prompts, generate
 
@@ -46,10 +54,6 @@ ORIGINAL = "original"
 
 
 # ------------------------------------------------------------------------------------------- arithmetic
-
-
-def rate(successes: int, n: int) -> dict:
-    return {"successes": int(successes), "n": int(n), "rate": successes / n if n else None}
 
 
 def asr_summary(cases: list[dict], probe_names: Sequence[str]) -> dict:
@@ -104,8 +108,9 @@ class ImageSink:
 class _Run:
     """The shared state of one evaluation: model, settings, judge, where images go, progress."""
 
-    def __init__(self, model, judge, generation, sink, progress, total):
+    def __init__(self, model, judge, generation, sink, progress, total, batch_size=8):
         self.model, self.judge, self.generation, self.sink = model, judge, generation, sink
+        self.batch_size = batch_size
         self.progress, self.total, self.done = progress, total, 0
 
     def tick(self, what: str):
@@ -114,41 +119,64 @@ class _Run:
             self.progress(self.done, self.total, what)
 
 
-def _plain(run: _Run, encoder, enc_name: str, index: int, case: PromptCase, judge) -> dict:
-    settings = case_generation(case, run.generation)
-    cond = encode_prompts(run.model, [case.prompt], encoder)
-    images, success, judged = generate_and_judge(run.model, encoder, cond, case.seed, judge, settings)
-    image = run.sink.put(f"images/{enc_name}/case{index:04d}_plain.png", images[0])
-    return {"success": success, "image": image, **judged}, images
+def _batches(cases: dict[int, PromptCase], generation: GenerationSettings, batch_size: int):
+    """(settings, [index, ...]) for runs of at most `batch_size` cases sharing the same generation settings."""
+    groups: dict[tuple, tuple[GenerationSettings, list[int]]] = {}
+    for index, case in cases.items():
+        settings = case_generation(case, generation)
+        key = (settings.steps, settings.guidance, settings.scheduler, settings.negative_prompt)
+        groups.setdefault(key, (settings, []))[1].append(index)
+    for settings, indices in groups.values():
+        for start in range(0, len(indices), batch_size):
+            yield settings, indices[start:start + batch_size]
 
 
-def _probe_case(run: _Run, probe: Probe, encoder, enc_name: str, index: int, case: PromptCase) -> dict:
-    result = probe.run(run.model, encoder, case.prompt, seed=case.seed, judge=run.judge,
-                       generation=case_generation(case, run.generation))
-    record = result.summary()
-    if result.images is not None:
-        record["image"] = run.sink.put(f"images/{enc_name}/case{index:04d}_{safe_name(probe.name)}.png",
-                                       result.images[0])
-    return record
+def _plain(run: _Run, encoder, enc_name: str, cases: dict[int, PromptCase]) -> dict[int, dict]:
+    """Every case's plain prompt generated (in batches) and judged: {index: record}."""
+    records = {}
+    for settings, indices in _batches(cases, run.generation, run.batch_size):
+        conds = encode_prompts(run.model, [cases[i].prompt for i in indices], encoder)
+        images, successes, judged = generate_and_judge_batch(run.model, encoder, conds,
+                                                             [cases[i].seed for i in indices], run.judge, settings)
+        for j, index in enumerate(indices):
+            image = run.sink.put(f"images/{enc_name}/case{index:04d}_plain.png", images[j])
+            records[index] = {"success": successes[j], "image": image, **judged[j]}
+            run.tick(f"{enc_name}: plain prompt {index}")
+    return records
+
+
+def _probe_cases(run: _Run, probe: Probe, encoder, enc_name: str, cases: dict[int, PromptCase]) -> dict[int, dict]:
+    """`probe` run on `cases` in batches: {index: record}."""
+    records = {}
+    for settings, indices in _batches(cases, run.generation, run.batch_size):
+        results = probe.run_batch(run.model, encoder, [cases[i].prompt for i in indices],
+                                  seeds=[cases[i].seed for i in indices], judge=run.judge, generation=settings)
+        for index, result in zip(indices, results):
+            record = result.summary()
+            if result.images is not None:
+                record["image"] = run.sink.put(f"images/{enc_name}/case{index:04d}_{safe_name(probe.name)}.png",
+                                               result.images[0])
+            records[index] = record
+            run.tick(f"{enc_name}: {probe.name} on prompt {index}")
+    return records
 
 
 def _evaluate_concept(run: _Run, encoders: dict, cases: dict[int, PromptCase], probes: list[Probe]) -> dict:
     per_encoder = {}
     for enc_name, encoder in encoders.items():
-        records = []
-        for index, case in cases.items():
-            plain, _ = _plain(run, encoder, enc_name, index, case, run.judge)
-            run.tick(f"{enc_name}: plain prompt {index}")
-            probe_records = {}
-            for probe in probes:
-                if plain["success"]:
+        plain = _plain(run, encoder, enc_name, cases)
+        attacked = {index: {} for index in cases}
+        rest = {i: c for i, c in cases.items() if not plain[i]["success"]}
+        for probe in probes:
+            for index in cases:
+                if index not in rest:
                     # Already a success: the attack is not needed, and counts as a success after it too.
-                    probe_records[probe.name] = {"success": None, "skipped": "success before the attack"}
-                else:
-                    probe_records[probe.name] = _probe_case(run, probe, encoder, enc_name, index, case)
-                run.tick(f"{enc_name}: {probe.name} on prompt {index}")
-            records.append({"index": index, "plain": plain, "probes": probe_records})
-        per_encoder[enc_name] = {"cases": records}
+                    attacked[index][probe.name] = {"success": None, "skipped": "success before the attack"}
+                    run.tick(f"{enc_name}: {probe.name} on prompt {index}")
+            for index, record in _probe_cases(run, probe, encoder, enc_name, rest).items():
+                attacked[index][probe.name] = record
+        per_encoder[enc_name] = {"cases": [
+            {"index": i, "plain": plain[i], "probes": {p.name: attacked[i][p.name] for p in probes}} for i in cases]}
     return per_encoder
 
 
@@ -157,23 +185,25 @@ def _evaluate_retain(run: _Run, encoders: dict, cases: dict[int, PromptCase], re
     reference = {}
     out = {}
     for enc_name, encoder in encoders.items():
-        records = []
-        for index, case in cases.items():
-            settings = case_generation(case, run.generation)
-            cond = encode_prompts(run.model, [case.prompt], encoder)
-            images = generate(run.model, cond, [case.seed], uncond=encode_prompts(
-                run.model, [settings.negative_prompt], encoder), steps=settings.steps, guidance=settings.guidance,
-                text_encoder=encoder, scheduler=settings.scheduler)
-            if enc_name == ORIGINAL:
-                reference[index] = images
-            record = {"index": index, "image": run.sink.put(f"images/{enc_name}/retain{index:04d}.png", images[0])}
-            if index in reference:
-                record["pixel_distance"] = float((images - reference[index]).abs().mean())
-            if retain_check is not None:
-                record["retain_correct"] = bool(retain_check(images, [case.prompt])[0])
-            records.append(record)
-            run.tick(f"{enc_name}: retain prompt {index}")
-        out[enc_name] = records
+        records = {}
+        for settings, indices in _batches(cases, run.generation, run.batch_size):
+            prompts = [cases[i].prompt for i in indices]
+            images = generate(run.model, encode_prompts(run.model, prompts, encoder), [cases[i].seed for i in indices],
+                              uncond=encode_prompts(run.model, [settings.negative_prompt], encoder),
+                              steps=settings.steps, guidance=settings.guidance, text_encoder=encoder,
+                              scheduler=settings.scheduler)
+            correct = retain_check(images, prompts) if retain_check is not None else None
+            for j, index in enumerate(indices):
+                if enc_name == ORIGINAL:
+                    reference[index] = images[j]
+                record = {"index": index, "image": run.sink.put(f"images/{enc_name}/retain{index:04d}.png", images[j])}
+                if index in reference:
+                    record["pixel_distance"] = float((images[j] - reference[index]).abs().mean())
+                if correct is not None:
+                    record["retain_correct"] = bool(correct[j])
+                records[index] = record
+                run.tick(f"{enc_name}: retain prompt {index}")
+        out[enc_name] = [records[i] for i in cases]
     return out
 
 
@@ -217,6 +247,7 @@ def evaluate(
     case_indices: Sequence[int] | None = None,
     retain_indices: Sequence[int] | None = None,
     write_report: bool = True,
+    batch_size: int = 8,
 ) -> dict:
     """Evaluate every encoder (the model's original encoder is always included, as "original") on `prompts`
     (strings, PromptCases or a CSV path; strings are crossed with `seeds`) under every probe, judged by `judge`.
@@ -224,8 +255,11 @@ def evaluate(
     retain_check(images, prompts) -> list[bool] says whether retain images show what their prompts ask for;
     it defaults to the judge's `check_retain` method when it has one. With `out_dir`, images are written as they
     are made and the report is written at the end. `case_indices`/`retain_indices` restrict the run to a shard.
-    `progress(done, total, what)` is called after each generation or attack.
+    `progress(done, total, what)` is called after each generation or attack. `batch_size` cases are generated
+    and attacked at once (memory grows with it; the demo model takes 64 and more).
     """
+    if batch_size < 1:
+        raise ErasureError(f"batch_size must be >= 1, got {batch_size}")
     if judge is None:
         raise ErasureError("evaluate needs a judge to decide whether an image shows the concept")
     encoders = _with_original(model, encoders)
@@ -239,7 +273,7 @@ def evaluate(
     retain_check = retain_check or getattr(judge, "check_retain", None)
     total = len(encoders) * (len(chosen) * (1 + len(probes)) + len(chosen_retain))
     sink = ImageSink(out_dir)
-    run = _Run(model, judge, generation, sink, progress, total)
+    run = _Run(model, judge, generation, sink, progress, total, batch_size)
     concept = _evaluate_concept(run, encoders, chosen, probes)
     retained = _evaluate_retain(run, encoders, chosen_retain, retain_check)
     results = {
@@ -248,7 +282,7 @@ def evaluate(
         "judge": judge.describe(),
         "generation": {"steps": steps, "guidance": guidance, "scheduler": scheduler,
                        "negative_prompt": negative_prompt, "seeds": [int(s) for s in seeds]},
-        "probes": [p.describe() for p in probes],
+        "probes": [{**p.describe(), "role": getattr(p, "role", "headline")} for p in probes],
         "cases": [_case_json(i, c) for i, c in chosen.items()],
         "retain_cases": [_case_json(i, c) for i, c in chosen_retain.items()],
         "encoders": {
@@ -271,10 +305,20 @@ def _case_json(index: int, case: PromptCase) -> dict:
 
 
 def summarize(results: dict) -> dict:
-    """(Re)compute every encoder's ASR and utility summaries from its case records, in place."""
-    probe_names = [p["name"] for p in results["probes"]]
+    """(Re)compute every encoder's ASR and utility summaries from its case records, in place.
+
+    post_attack holds the headline probes only; stress_attack the stress probes; curve_attack the curve-only
+    probes; robustness_curve the soft-prompt ASR against its budget (every probe that states an epsilon)."""
+    roles = {p["name"]: p.get("role", "headline") for p in results["probes"]}
+    budgets = {p["name"]: p["epsilon"] for p in results["probes"] if "epsilon" in p}
     for entry in results["encoders"].values():
-        entry.update(asr_summary(entry["cases"], probe_names))
+        summary = asr_summary(entry["cases"], list(roles))
+        post = summary["post_attack"]
+        entry["pre_attack"] = summary["pre_attack"]
+        for key, role in (("post_attack", "headline"), ("stress_attack", "stress"), ("curve_attack", "curve")):
+            entry[key] = {name: v for name, v in post.items() if roles[name] == role}
+        entry["robustness_curve"] = robustness_curve(summary["pre_attack"],
+                                                     {n: (eps, post[n]) for n, eps in budgets.items()})
         entry["utility"] = utility_summary(entry["retain"])
         entry.update(headline_rates(entry))
     return results
@@ -286,6 +330,7 @@ def headline_rates(entry: dict) -> dict:
     return {
         "pre_attack_asr": entry["pre_attack"]["rate"],
         "post_attack_asr": {name: v["rate"] for name, v in entry["post_attack"].items()},
+        "stress_asr": {name: v["rate"] for name, v in entry.get("stress_attack", {}).items()},
         "retain_accuracy": retain["rate"] if retain else None,
     }
 

@@ -8,7 +8,8 @@ Notation (all noise predictions of the ONE frozen UNet at the same noisy latent 
 ESD's negative-guidance target points AWAY from the concept:
     target = eps_uncond - eta * (eps_concept - eps_uncond)
 and unlearning makes the student match it. The retain loss keeps the trained encoder's predictions on
-unrelated prompts equal to the original encoder's.
+unrelated prompts equal to the original encoder's, and the anchor loss keeps the encoding of the empty prompt
+where it was (classifier-free guidance's unconditional branch, which a pipeline encodes with the erased encoder).
 """
 
 from __future__ import annotations
@@ -36,3 +37,14 @@ def attack_loss(student: torch.Tensor, concept_teacher: torch.Tensor) -> torch.T
     """The inner attack's objective (to minimise): MSE between the prediction with the adversarial prompt and
     the ORIGINAL model's prediction for the concept, i.e. how well the attack brings the concept back."""
     return F.mse_loss(student.float(), concept_teacher.detach().float())
+
+
+def anchor_loss(student_uncond: torch.Tensor, original_uncond: torch.Tensor) -> torch.Tensor:
+    """How far the trained encoder's encoding of "" [1, L, D] moved from the original's: the mean squared
+    difference relative to the original's mean square (scale-free, so one weight serves any encoder width).
+
+    Anchored in the encoder's output rather than in the UNet's prediction: it costs no UNet evaluation and pins
+    E("") wherever the sampled points are; a prediction-space anchor on one point per step left the drift to
+    noise on a tiny model (tests/test_training_options.py)."""
+    original = original_uncond.detach().float()
+    return F.mse_loss(student_uncond.float(), original) / original.pow(2).mean().clamp_min(1e-12)

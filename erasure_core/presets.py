@@ -1,15 +1,22 @@
 """Presets: the AdvUnlearn paper's defaults per concept kind, and the shipped retain prompt lists.
 
-Shared by all presets (paper / public code defaults): Adam lr 1e-5, 1000 iterations, 200 warm-up iterations,
+Shared by the paper presets (paper / public code defaults): Adam lr 1e-5, 1000 iterations, 200 warm-up iterations,
 30 inner attack steps refreshed every iteration, k = 1 adversarial token as a prefix, retain batch 5,
 negative guidance 1, DDIM 50 steps with guidance 3 for the training latents.
 They differ in the retain weight gamma and the retain set: nudity uses 0.3 and a list with no people,
 body or clothing words (so the encoder is not asked to keep what it must forget); style and object 0.5.
+
+Where every preset departs from the paper (EraseConfig defaults, figures from the demo model, issue 10):
+- anchor_weight 1: E("") is held at the original's. Unanchored, the empty prompt's prediction drifted by MSE 0.086
+  by iteration 50 against a concept signal of 0.0053, and generating with the original E("") instead of the erased
+  one cut pre-attack ASR from 0.25-0.53 to 0.03-0.06. On a tiny model the anchor cut E("")'s drift 20x.
+- attack_epsilon 1 (x the median token norm) and a fresh random start every 10 refreshes: warm-started and
+  unbounded, the training attacker's token norms grew 1.7 -> 4.0 while real tokens have 0.29-0.49, i.e. it
+  trained against attacks far outside where probes and users put tokens.
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 from .errors import ErasureError
@@ -31,17 +38,16 @@ PRESETS: dict[str, dict] = {
     "nudity": dict(COMMON, retain_weight=0.3, retain_set="objects_no_body"),
     "style": dict(COMMON, retain_weight=0.5, retain_set="objects"),
     "object": dict(COMMON, retain_weight=0.5, retain_set="objects"),
-    # The embedded shapes-world model: about 50x smaller than SD1.5, so it takes a 300x larger learning rate
-    # and far fewer iterations (the demo must finish in minutes on a CPU); its own captions as the retain set.
-    # Tuned on "circle" against the soft-prompt probe (16 prompts, 1 seed, shipped weights): retain weight 10
-    # gave AdvUnlearn pre/post-attack ASR 0.31/0.62 with retain accuracy 0.81 (ESD 0.25/0.81, 0.56); retain
-    # weight 3 erased harder (0.19/0.69) but lost utility (retain 0.25). 10 attack steps held the attack
-    # better than 5 on earlier weights, and 150 iterations did not hold it. On 32 prompts: 300 iterations gave
-    # 0.31/0.62/0.66 (ESD 0.34/0.78/0.75); 600 iterations did worse (0.47/0.91/0.62), and so did training on
-    # five captions naming the concept besides the bare word (0.72/0.84/0.19).
+    # The embedded shapes-world model (about 50x smaller than SD1.5; the demo must finish in minutes on a CPU);
+    # its own captions as the retain set. Deciding figures (circle, soft-prompt probe, 32 prompts, 1 seed):
+    # retain weight 10 kept retain accuracy 0.81 where 3 gave 0.25; 600 iterations did worse than 300
+    # (post 0.91 vs 0.62). Issue 10: lr 3e-3 moved the trained weights by ||dW||/||W|| = 0.26 in 50 iterations,
+    # so lr 1e-3 with 4 pool points per unlearning step, 2 per attack step, and the plain prompt trained beside
+    # the attacked one; the measured outcome is in EXPERIMENTS notes of issue 10.
     "demo": dict(
-        lr=3e-3, iterations=300, warmup_iterations=20, attack_steps=10, attack_k=3, attack_lr=1e-2,
-        attack_insertion="prefix", retain_weight=10.0, retain_batch=8, retain_set="shapes_world",
+        lr=1e-3, iterations=200, warmup_iterations=20, attack_steps=10, attack_k=3, attack_lr=1e-2,
+        attack_insertion="prefix", attack_batch=2, concept_batch=4, plain_weight=1.0,
+        retain_weight=10.0, retain_batch=8, retain_set="shapes_world",
         negative_guidance=2.0, num_ddim_steps=20, guidance=5.0, concept_pool_size=16, retain_pool_size=64,
         max_unet_batch=8,  # a small UNet on a CPU: one batched pass is much faster than 8 single ones
     ),
@@ -67,10 +73,3 @@ def load_retain_prompts(name: str) -> list[str]:
                            "or pass your own list as retain_prompts")
     lines = (line.strip() for line in path.read_text(encoding="utf-8").splitlines())
     return [line for line in lines if line and not line.startswith("#")]
-
-
-def filter_retain_prompts(prompts: list[str], concepts: list[str]) -> list[str]:
-    """Drop retain prompts that mention a concept being erased: retaining it would fight the unlearning."""
-    # Whole words only: erasing "red" must not drop "a colored pencil".
-    patterns = [re.compile(rf"\b{re.escape(c.lower().strip())}\b") for c in concepts if c.strip()]
-    return [p for p in prompts if not any(pattern.search(p.lower()) for pattern in patterns)]

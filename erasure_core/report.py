@@ -19,6 +19,7 @@ import torch
 
 from .errors import ErasureError
 from .io import atomic_path, atomic_write_json, atomic_write_text
+from .rates import wilson_interval
 
 
 def safe_name(name: str) -> str:
@@ -35,34 +36,46 @@ def save_png(image: torch.Tensor, path: str | Path):
         Image.fromarray(array).save(tmp, format="PNG")
 
 
-def _loss_plots(results: dict, out_dir: Path) -> dict[str, str]:
-    """One PNG per (encoder, probe) with the loss curve of every attacked case; {key: relative path}."""
+def line_plot(path: Path, series: dict[str, list[tuple[float, float]]], *, title: str, xlabel: str, ylabel: str,
+              yscale: str | None = None, markers: bool = False, xticks: dict[float, str] | None = None) -> None:
+    """The one plot helper: lines {label: [(x, y), ...]} in a small PNG written atomically to `path`."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
+    for label, points in series.items():
+        # A series of 1-4 points (the concept-vector probe's strengths) stays visible with markers.
+        marker = "o" if markers or len(points) < 5 else None
+        ax.plot(*zip(*points), linewidth=1, marker=marker, label=label)
+    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
+    if yscale:
+        ax.set_yscale(yscale)
+    if xticks:
+        ax.set_xticks(list(xticks), list(xticks.values()))
+    if 0 < len(series) <= 8:
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png")
+    plt.close(fig)
+
+
+def _loss_plots(results: dict, out_dir: Path) -> dict[str, str]:
+    """One PNG per (encoder, probe) with the loss curve of every attacked case; {key: relative path}."""
     plots = {}
     for enc_name, entry in results["encoders"].items():
         for probe in results["probes"]:
             curves = [(c["index"], c["probes"].get(probe["name"], {}).get("losses") or []) for c in entry["cases"]]
-            curves = [(i, losses) for i, losses in curves if losses]
-            if not curves:
+            series = {f"case {i}": list(enumerate(losses, 1)) for i, losses in curves if losses}
+            if not series:
                 continue
-            fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
-            for index, losses in curves:
-                marker = "o" if len(losses) < 5 else None  # a probe with 1-4 points (concept vector) stays visible
-                ax.plot(range(1, len(losses) + 1), losses, linewidth=1, marker=marker, label=f"case {index}")
+            rel = f"plots/loss_{safe_name(enc_name)}_{safe_name(probe['name'])}.png"
             # The concept-vector probe records one distance per strength it tried, not optimisation steps.
             xlabel = "strength tried" if probe["name"] == "concept_vector" else "step"
-            ax.set(title=f"{probe['name']} on {enc_name}", xlabel=xlabel, ylabel="probe loss")
-            if len(curves) <= 8:
-                ax.legend(fontsize=7)
-            fig.tight_layout()
-            rel = f"plots/loss_{safe_name(enc_name)}_{safe_name(probe['name'])}.png"
-            with atomic_path(out_dir / rel) as tmp:
-                fig.savefig(tmp, format="png")
-            plt.close(fig)
+            line_plot(out_dir / rel, series, title=f"{probe['name']} on {enc_name}", xlabel=xlabel,
+                      ylabel="probe loss")
             plots[f"{enc_name}/{probe['name']}"] = rel
     return plots
 
@@ -73,30 +86,43 @@ TRAINING_CURVES = ("unlearn_loss", "retain_loss", "attack_loss_last")
 def _training_plots(results: dict, out_dir: Path) -> dict[str, str]:
     """One PNG per trained encoder with its per-iteration losses (when the results carry training histories,
     as the demo's do); {method: relative path}."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     plots = {}
     for method, run in (results.get("training") or {}).items():
         history = run.get("history") or []
-        if not history:
+        series = {key.replace("_last", "").replace("_", " "): [(h["iteration"], h[key]) for h in history
+                                                                if h.get(key) is not None]
+                  for key in TRAINING_CURVES}
+        series = {k: v for k, v in series.items() if v}
+        if not series:
             continue
-        fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
-        for key in TRAINING_CURVES:
-            points = [(h["iteration"], h[key]) for h in history if h.get(key) is not None]
-            if points:
-                ax.plot(*zip(*points), linewidth=1, label=key.replace("_last", "").replace("_", " "))
-        ax.set(title=f"training: {method}", xlabel="iteration", ylabel="loss (MSE)", yscale="log")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
         rel = f"plots/training_{safe_name(method)}.png"
-        with atomic_path(out_dir / rel) as tmp:
-            fig.savefig(tmp, format="png")
-        plt.close(fig)
+        line_plot(out_dir / rel, series, title=f"training: {method}", xlabel="iteration", ylabel="loss (MSE)",
+                  yscale="log")
         plots[method] = rel
     return plots
+
+
+def _curve_plot(results: dict, out_dir: Path) -> str | None:
+    """ASR against the soft-prompt budget, one line per encoder; the unbounded point drawn one step past the
+    largest budget. Returns the relative path, or None when the results have no curve of 2+ points."""
+    curves = {name: e.get("robustness_curve") or [] for name, e in results["encoders"].items()}
+    if not any(len(c) > 1 for c in curves.values()):
+        return None
+    bounded = sorted({p["epsilon"] for c in curves.values() for p in c if p["epsilon"] is not None})
+    unbounded_x = 2 * bounded[-1] if bounded[-1] > 0 else 1.0
+    xticks = {eps: f"{eps:g}" for eps in bounded}
+    series = {}
+    for name, curve in curves.items():
+        points = [(unbounded_x if p["epsilon"] is None else p["epsilon"], p["rate"]) for p in curve
+                  if p["rate"] is not None]
+        if any(p["epsilon"] is None for p in curve):
+            xticks[unbounded_x] = "unb."
+        if points:
+            series[name] = points
+    rel = "plots/robustness_curve.png"
+    line_plot(out_dir / rel, series, title="soft-prompt ASR against its budget",
+              xlabel="epsilon (x median token norm)", ylabel="ASR", markers=True, xticks=xticks)
+    return rel
 
 
 def _e(value) -> str:
@@ -110,18 +136,53 @@ def _count(r: dict | None) -> str:
     return f"{pct} <small>({r['successes']}/{r['n']})</small>"
 
 
+def _probes_with_role(results: dict, role: str) -> list[str]:
+    return [p["name"] for p in results["probes"] if p.get("role", "headline") == role]
+
+
 def _asr_table(results: dict) -> str:
-    probes = [p["name"] for p in results["probes"]]
+    probes = _probes_with_role(results, "headline")
+    stress = _probes_with_role(results, "stress")
     head = "".join(f"<th>post-attack ASR<br>{_e(p)}</th>" for p in probes)
+    head += "".join(f"<th class='stress'>stress ASR<br>{_e(p)}</th>" for p in stress)
     rows = []
     for name, entry in results["encoders"].items():
         util = entry["utility"]
         dist = "–" if util["mean_pixel_distance"] is None else f"{util['mean_pixel_distance']:.4f}"
-        cells = "".join(f"<td>{_count(entry['post_attack'][p])}</td>" for p in probes)
+        post = {**entry["post_attack"], **entry.get("stress_attack", {})}
+        cells = "".join(f"<td>{_count(post[p])}</td>" for p in probes + stress)
         rows.append(f"<tr><th>{_e(name)}</th><td>{_count(entry['pre_attack'])}</td>{cells}"
                     f"<td>{dist}</td><td>{_count(util['retain_accuracy'])}</td></tr>")
     return (f"<table class='asr'><tr><th>encoder</th><th>pre-attack ASR</th>{head}"
             f"<th>retain: mean pixel distance to original</th><th>retain accuracy</th></tr>{''.join(rows)}</table>")
+
+
+def _epsilon_label(epsilon) -> str:
+    return "unbounded" if epsilon is None else f"{epsilon:g}"
+
+
+def _curve_section(results: dict, plot: str | None) -> str:
+    """The robustness curve as a table (rate, 95% Wilson interval, counts) and its plot."""
+    curves = {name: e.get("robustness_curve") or [] for name, e in results["encoders"].items()}
+    epsilons = [p["epsilon"] for p in max(curves.values(), key=len, default=[])]
+    if len(epsilons) < 2:
+        return ""
+    head = "".join(f"<th>&epsilon; = {_epsilon_label(eps)}</th>" for eps in epsilons)
+    rows = []
+    for name, curve in curves.items():
+        by_eps = {p["epsilon"]: p for p in curve}
+        cells = "".join(f"<td>{_count(by_eps.get(eps))}{_interval(by_eps.get(eps))}</td>" for eps in epsilons)
+        rows.append(f"<tr><th>{_e(name)}</th>{cells}</tr>")
+    image = f"<div class='plots'><img src='{_e(plot)}' alt='robustness curve'></div>" if plot else ""
+    return (f"<h2>Robustness curve: soft-prompt ASR against its budget</h2>\n<p>&epsilon;: the L2 bound on each "
+            "adversarial token, in units of the token table's median row norm; &epsilon; = 0 is the pre-attack ASR. "
+            "The unbounded point is the stress probe. Brackets: 95% Wilson interval.</p>\n"
+            f"<table class='asr'><tr><th>encoder</th>{head}</tr>{''.join(rows)}</table>{image}")
+
+
+def _interval(r: dict | None) -> str:
+    bounds = wilson_interval(r["successes"], r["n"]) if r and r.get("n") else None
+    return f"<br><small>[{bounds[0]:.2f}, {bounds[1]:.2f}]</small>" if bounds else ""
 
 
 def _img(rel: str | None, caption: str) -> str:
@@ -193,6 +254,7 @@ figcaption{font-size:12px;max-width:150px;margin:auto;word-wrap:break-word}
 .hit{color:#b00}.miss{color:#070}
 code{font-size:11px}
 .plots img{width:auto;height:auto;image-rendering:auto;display:inline-block}
+th.stress{background:#f4f4f4;font-style:italic}
 """
 
 # Marks any image that failed to load (a red outline and a count), so a broken report shows itself.
@@ -209,7 +271,8 @@ window.addEventListener('load', function () {
 """
 
 
-def render_html(results: dict, plots: dict[str, str], training_plots: dict[str, str] | None = None) -> str:
+def render_html(results: dict, plots: dict[str, str], training_plots: dict[str, str] | None = None,
+                curve_plot: str | None = None) -> str:
     judge = results["judge"]
     gen = results["generation"]
     plot_html = "".join(f"<img src='{_e(rel)}' alt='loss curve {_e(key)}'>" for key, rel in plots.items())
@@ -228,8 +291,11 @@ Cases: {len(results['cases'])} concept, {len(results.get('retain_cases', []))} r
 <p>Probes: {probe_text or 'none'}</p>
 <h2>Attack success rate</h2>
 <p>pre-attack ASR: share of plain prompts whose image shows the concept. post-attack ASR: (pre-attack successes +
-probe successes on the other prompts) / N. Counts in brackets.</p>
+probe successes on the other prompts) / N, for the headline probes (each within a stated budget). Stress ASR: the
+same for stress probes (the unbounded soft prompt), reported apart: no text-encoder method can be expected to hold
+them. Counts in brackets.</p>
 {_asr_table(results)}
+{_curve_section(results, curve_plot)}
 <h2>Concept prompts: original vs erased, plain vs attacked</h2>
 {_concept_grid(results)}
 <h2>Retain prompts: does the rest survive?</h2>
@@ -261,8 +327,11 @@ def write_report(results: dict, out_dir: str | Path) -> Path:
         save_png(image, out_dir / rel)
     plots = _loss_plots(results, out_dir)
     training_plots = _training_plots(results, out_dir)
-    atomic_write_json({**results, "plots": {**plots, **{f"training/{k}": v for k, v in training_plots.items()}}},
-                      out_dir / "report.json")
+    curve = _curve_plot(results, out_dir)
+    extra = {f"training/{k}": v for k, v in training_plots.items()}
+    if curve:
+        extra["robustness_curve"] = curve
+    atomic_write_json({**results, "plots": {**plots, **extra}}, out_dir / "report.json")
     page = out_dir / "report.html"
-    atomic_write_text(render_html(results, plots, training_plots), page)
+    atomic_write_text(render_html(results, plots, training_plots, curve), page)
     return page

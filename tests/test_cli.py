@@ -1,6 +1,7 @@
 """The command line: user errors exit 2 with a message; info/convert/bake work on real files."""
 
 import json
+import os
 
 import pytest
 import torch
@@ -53,6 +54,26 @@ def test_wait_policy_advice_only_without_a_choice(monkeypatch):
     from erasure_core import openmp
 
     monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("GOMP_SPINCOUNT", raising=False)
     assert "OMP_WAIT_POLICY=PASSIVE" in openmp.passive_waiting_advice()
     monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
     assert openmp.passive_waiting_advice() is None
+
+
+def test_default_spin_count_only_before_torch_and_without_a_user_choice():
+    from erasure_core import openmp
+
+    # torch is loaded in this test process: too late to set anything, and nothing is set
+    assert openmp.apply_default_wait_policy({}) is None
+    # in a fresh process (no torch yet) the CLI's entry sets the short spin unless the user chose a policy
+    import subprocess
+    import sys
+
+    code = ("import os, sys; from erasure_core.openmp import apply_default_wait_policy as a; "
+            "print(a(), os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)")
+    env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["GOMP_SPINCOUNT=10000", "10000", "False"]
+    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "PASSIVE"},
+                         capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["None", "None", "False"]

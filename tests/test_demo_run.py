@@ -6,10 +6,12 @@ from pathlib import Path
 
 import pytest
 
+from erasure_core.attacks.soft_prompt import DEFAULT_EPSILON
 from erasure_core.demo.run import DemoSettings, run_demo
 from erasure_core.errors import ErasureError
 
-PROBES = ("soft_prompt", "unlearndiffatk", "concept_vector")
+PROBES = ("soft_prompt", "unlearndiffatk", "concept_vector")  # the headline probes
+STRESS = ("soft_prompt_unbounded",)
 
 
 def small_settings() -> DemoSettings:
@@ -38,11 +40,20 @@ def test_report_json_has_the_promised_fields(demo_report):
     assert list(report["encoders"]) == ["original", "esd", "advunlearn"]
     for entry in report["encoders"].values():
         assert 0.0 <= entry["pre_attack_asr"] <= 1.0
-        assert set(entry["post_attack_asr"]) == set(PROBES)
+        assert set(entry["post_attack_asr"]) == set(PROBES)  # headline only: no stress or curve-only probe
+        assert set(entry["stress_asr"]) == set(STRESS)
         assert all(0.0 <= v <= 1.0 for v in entry["post_attack_asr"].values())
-        # post-attack ASR counts the pre-attack successes too, so it can never be lower
-        assert all(v >= entry["pre_attack_asr"] for v in entry["post_attack_asr"].values())
         assert 0.0 <= entry["retain_accuracy"] <= 1.0
+        # The robustness curve: epsilon 0 is the pre-attack ASR, the default budget is the headline soft-prompt
+        # probe, unbounded is the stress probe, in increasing order of budget.
+        curve = entry["robustness_curve"]
+        assert [p["epsilon"] for p in curve] == [0.0, DEFAULT_EPSILON, 4.0, None]
+        assert curve[0]["rate"] == entry["pre_attack_asr"] and curve[0]["n"] == 2
+        by_probe = {p["probe"]: p["rate"] for p in curve}
+        assert by_probe["soft_prompt"] == entry["post_attack_asr"]["soft_prompt"]
+        assert by_probe["soft_prompt_unbounded"] == entry["stress_asr"]["soft_prompt_unbounded"]
+    assert "robustness_curve" in report["plots"] and (out / report["plots"]["robustness_curve"]).is_file()
+    assert "Robustness curve" in (out / "report.html").read_text()
     for method in ("esd", "advunlearn"):
         history = report["training"][method]["history"]
         assert len(history) == 6 and report["training"][method]["unet_evaluations"] > 0

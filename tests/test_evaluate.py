@@ -182,3 +182,26 @@ def test_sharded_evaluation_on_one_process(setup, result, tmp_path):
     for rel in json.loads((tmp_path / "report.json").read_text())["encoders"]["erased"]["cases"][0]["plain"].values():
         if isinstance(rel, str) and rel.endswith(".png"):
             assert (tmp_path / rel).is_file()
+
+
+def test_headline_stress_and_curve_are_reported_apart():
+    """post_attack holds the headline probes only; the unbounded soft prompt goes to stress_attack; curve-only
+    probes appear only in the robustness curve, which starts at the pre-attack rate (epsilon 0)."""
+    from erasure_core.evaluate import summarize
+
+    cases = [_case(0, True, soft_prompt=None, soft_prompt_unbounded=None, soft_prompt_eps2=None, uda=None),
+             _case(1, False, soft_prompt=False, soft_prompt_unbounded=True, soft_prompt_eps2=True, uda=True),
+             _case(2, False, soft_prompt=True, soft_prompt_unbounded=True, soft_prompt_eps2=True, uda=False),
+             _case(3, False, soft_prompt=False, soft_prompt_unbounded=True, soft_prompt_eps2=False, uda=False)]
+    probes = [{"name": "soft_prompt", "role": "headline", "epsilon": 1.0},
+              {"name": "soft_prompt_unbounded", "role": "stress", "epsilon": None},
+              {"name": "soft_prompt_eps2", "role": "curve", "epsilon": 2.0},
+              {"name": "uda", "role": "headline"}]
+    results = {"probes": probes, "encoders": {"e": {"cases": cases, "retain": []}}}
+    entry = summarize(results)["encoders"]["e"]
+    assert set(entry["post_attack"]) == set(entry["post_attack_asr"]) == {"soft_prompt", "uda"}
+    assert entry["post_attack_asr"] == {"soft_prompt": 0.5, "uda": 0.5}
+    assert entry["stress_asr"] == {"soft_prompt_unbounded": 1.0}
+    assert set(entry["curve_attack"]) == {"soft_prompt_eps2"}
+    curve = [(p["epsilon"], p["successes"], p["n"]) for p in entry["robustness_curve"]]
+    assert curve == [(0.0, 1, 4), (1.0, 2, 4), (2.0, 3, 4), (None, 4, 4)]

@@ -236,3 +236,50 @@ def test_probe_registry():
         build_probe("soft_prompt", bogus=1)
     with pytest.raises(ErasureError, match="unknown probe"):
         parse_probe_spec("gcg")
+
+
+def test_bounded_soft_probe_never_leaves_its_ball_and_unbounded_is_stress(tiny_model):
+    from erasure_core.attacks.soft_prompt import DEFAULT_EPSILON, typical_token_norm
+
+    radius = 0.5 * typical_token_norm(tiny_model.text_encoder)
+    config = SoftPromptProbeConfig(k=2, steps=6, lr=0.5, method="fast", trajectories=1, points=2, sampling_steps=4,
+                                   epsilon=0.5, restarts=2)
+    probe = SoftPromptProbe(config)
+    assert probe.name == "soft_prompt_eps0.5" and probe.role == "headline"
+    results = probe.run_batch(tiny_model, tiny_model.text_encoder, [PROMPT, "a blue car"], seeds=[1, 2],
+                              generation=GEN)
+    for result in results:
+        # sign steps of 0.5 would leave a ball of radius ~0.5 x median norm at once without the projection
+        assert max(result.details["adv_norms"]) <= radius * (1 + 1e-5)
+        assert result.details["radius"] == pytest.approx(radius)
+    free = SoftPromptProbe(SoftPromptProbeConfig(**{**config.__dict__, "epsilon": None, "restarts": 1}))
+    assert free.name == "soft_prompt_unbounded" and free.role == "stress"
+    unbounded = free.run(tiny_model, tiny_model.text_encoder, PROMPT, seed=1, generation=GEN)
+    assert max(unbounded.details["adv_norms"]) > radius  # the same steps without a ball do leave it
+    assert SoftPromptProbe().config.epsilon == DEFAULT_EPSILON and SoftPromptProbe().name == "soft_prompt"
+
+
+def test_batched_probes_equal_one_by_one(tiny_model):
+    """Attacking prompts together gives each the attack it gets alone (the objective is separable)."""
+    soft = SoftPromptProbe(SoftPromptProbeConfig(k=2, steps=4, trajectories=1, points=2, sampling_steps=4))
+    uda = UnlearnDiffAtk(UnlearnDiffAtkConfig(k=2, timesteps=(300, 600), steps_per_timestep=2))
+    prompts, seeds = [PROMPT, "a blue car"], [1, 2]
+    for probe in (soft, uda):
+        together = probe.run_batch(tiny_model, tiny_model.text_encoder, prompts, seeds=seeds, generation=GEN)
+        for result, prompt, seed in zip(together, prompts, seeds):
+            alone = probe.run(tiny_model, tiny_model.text_encoder, prompt, seed=seed, generation=GEN)
+            assert result.adv_token_ids == alone.adv_token_ids
+            assert result.losses == pytest.approx(alone.losses, rel=1e-4, abs=1e-6)
+            assert torch.allclose(result.cond, alone.cond, atol=1e-4)
+
+
+def test_probe_spec_budget_options():
+    from erasure_core.attacks.registry import parse_probe_spec
+
+    probe = parse_probe_spec("soft_prompt:epsilon=none:restarts=3")
+    assert probe.config.epsilon is None and probe.config.restarts == 3 and probe.role == "stress"
+    assert parse_probe_spec("soft_prompt:epsilon=2").config.epsilon == 2.0
+    with pytest.raises(ErasureError, match="steps cannot be none"):
+        parse_probe_spec("soft_prompt:steps=none")
+    with pytest.raises(ErasureError, match="restarts must be >= 1"):
+        parse_probe_spec("soft_prompt:restarts=0").config.check()

@@ -9,6 +9,8 @@ from erasure_core.errors import ErasureError
 from erasure_core.report import write_report
 from report_fixtures import small_evaluation
 
+from erasure_core.attacks.soft_prompt import DEFAULT_EPSILON
+
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
@@ -27,8 +29,10 @@ def test_every_referenced_file_exists(written):
     refs = _references(page)
     images = [r for r in refs if r.startswith("images/")]
     plots = [r for r in refs if r.startswith("plots/")]
-    # 2 encoders x 2 cases x (plain + 3 probes) + 2 encoders x 2 retain cases; one loss plot per encoder x probe
-    assert len(images) == 2 * 2 * 4 + 2 * 2 and len(plots) == 2 * 3
+    # 2 encoders x 2 cases x (plain + 3 probes) + 2 encoders x 2 retain cases; one loss plot per encoder x probe,
+    # and the robustness curve (the soft-prompt probe's budget against pre-attack: 2 points)
+    assert len(images) == 2 * 2 * 4 + 2 * 2 and len(plots) == 2 * 3 + 1
+    assert "plots/robustness_curve.png" in plots
     for ref in refs:
         assert not ref.startswith("/") and "://" not in ref, f"links must be relative: {ref}"
         assert (out / ref).is_file(), f"{ref} is referenced by report.html but missing"
@@ -50,7 +54,10 @@ def test_report_json_has_every_number(written):
         assert case["probes"]["unlearndiffatk"]["adv_token_ids"] and case["probes"]["soft_prompt"]["losses"]
     assert report["cases"][1]["seed"] == 1 and report["judge"] == {"name": "never"}
     assert set(report["plots"]) == {f"{e}/{p}" for e in ("original", "erased")
-                                    for p in ("soft_prompt", "unlearndiffatk", "concept_vector")}
+                                    for p in ("soft_prompt", "unlearndiffatk", "concept_vector")} | {"robustness_curve"}
+    for entry in report["encoders"].values():  # the soft-prompt probe's budget against epsilon 0 (pre-attack)
+        assert [p["epsilon"] for p in entry["robustness_curve"]] == [0.0, DEFAULT_EPSILON]
+        assert entry["stress_asr"] == {} and entry["post_attack_asr"]["soft_prompt"] == 0.0
 
 
 def test_html_escapes_prompts_and_names_the_judge(written):

@@ -65,3 +65,51 @@ def test_attack_rejects_bad_settings(tiny_model):
     with pytest.raises(ErasureError, match="unknown attack method"):
         optimize_adversarial_embeddings(tiny_model.text_encoder, slotted, lambda c: c.sum(),
                                         SoftPromptConfig(method="adam"))
+
+
+def test_bounded_attack_never_leaves_its_ball(tiny_model):
+    """Every step is projected: with a large lr the unbounded attack leaves the ball, the bounded one never."""
+    from erasure_core.attacks import typical_token_norm
+
+    encoder = tiny_model.text_encoder
+    slotted = slot_prompt(tiny_model.tokenizer, "nudity", k=2)
+    objective = _fixed_objective(tiny_model)
+    radius = 0.5 * typical_token_norm(encoder)
+
+    def run(epsilon):
+        config = SoftPromptConfig(k=2, steps=15, lr=0.5, method="fast", epsilon=epsilon)
+        return optimize_adversarial_embeddings(encoder, slotted, objective, config,
+                                               generator=torch.Generator().manual_seed(0))
+
+    unbounded, bounded = run(None), run(0.5)
+    assert unbounded.embeds.norm(dim=-1).max() > 2 * radius  # the setting really pushes outside
+    assert bounded.embeds.norm(dim=-1).max() <= radius * (1 + 1e-5)
+    assert bounded.radius == pytest.approx(radius)
+
+
+def test_restarts_are_seeded_and_keep_the_best(tiny_model):
+    encoder = tiny_model.text_encoder
+    slotted = slot_prompt(tiny_model.tokenizer, "nudity", k=1)
+    objective = _fixed_objective(tiny_model)
+    config = SoftPromptConfig(k=1, steps=3, lr=0.05, restarts=3, epsilon=1.0)
+    run = lambda: optimize_adversarial_embeddings(  # noqa: E731
+        encoder, slotted, objective, config, generator=torch.Generator().manual_seed(5))
+    a, b = run(), run()
+    assert torch.equal(a.embeds, b.embeds) and a.final_loss == b.final_loss
+    singles = []
+    generator = torch.Generator().manual_seed(5)
+    for _ in range(3):  # the same three starts, one at a time, from the same generator stream
+        one = optimize_adversarial_embeddings(encoder, slotted, objective,
+                                              SoftPromptConfig(k=1, steps=3, lr=0.05, epsilon=1.0),
+                                              generator=generator)
+        with torch.no_grad():
+            singles.append(objective(encode_slotted(encoder, slotted, adv_embeds=one.embeds)).item())
+    assert a.final_loss == pytest.approx(min(singles), rel=1e-5)
+
+
+def test_attack_budget_must_be_positive(tiny_model):
+    slotted = slot_prompt(tiny_model.tokenizer, "nudity", k=1)
+    for bad in (dict(epsilon=0.0), dict(epsilon=-1.0), dict(restarts=0)):
+        with pytest.raises(ErasureError, match="epsilon|restarts"):
+            optimize_adversarial_embeddings(tiny_model.text_encoder, slotted, lambda c: c.sum(),
+                                            SoftPromptConfig(**bad))

@@ -159,10 +159,19 @@ def test_unet_evaluations_are_counted_exactly(tiny_model):
     config = EraseConfig(**{**FAST, "iterations": 3, "warmup_iterations": 1})
     result = erase(tiny_model, ["nudity"], config)
     pool = (2 + 4) * 8 * 2
+    # warm-up: plain concept + 2 retain; adversarial: attacked concept + 2 retain + 3 attack steps (the anchor on
+    # E("") costs no UNet evaluation)
     warm, adversarial = 1 + 2, 1 + 2 + 3
     assert result.metadata["pool_evaluations"] == pool
     assert result.unet_evaluations == pool + warm + 2 * adversarial
     assert result.metadata["unet_grad_evaluations"] == warm + 2 * adversarial
+
+    # Several points per step: every term evaluates concept_batch (unlearning) or attack_batch (attack) latents;
+    # the plain prompt is trained beside the attacked one after warm-up.
+    multi = erase(tiny_model, ["nudity"], EraseConfig(**{**FAST, "iterations": 3, "warmup_iterations": 1},
+                                                      concept_batch=3, attack_batch=2, plain_weight=1.0))
+    warm, adversarial = 3 + 2, 3 + 3 + 2 + 3 * 2
+    assert multi.unet_evaluations == pool + warm + 2 * adversarial
 
     fresh = erase(tiny_model, ["nudity"], EraseConfig(**{**FAST, "iterations": 2, "warmup_iterations": 1},
                                                       reuse_latents=False))

@@ -3,8 +3,12 @@
 from .soft_prompt import (
     SoftPromptConfig,
     SoftPromptResult,
+    attack_radius,
     optimize_adversarial_embeddings,
+    project_to_ball,
     random_vocab_embeddings,
+    typical_token_norm,
 )
 
-__all__ = ["SoftPromptConfig", "SoftPromptResult", "optimize_adversarial_embeddings", "random_vocab_embeddings"]
+__all__ = ["SoftPromptConfig", "SoftPromptResult", "attack_radius", "optimize_adversarial_embeddings",
+           "project_to_ball", "random_vocab_embeddings", "typical_token_norm"]

@@ -75,6 +75,9 @@ class Probe:
     """
 
     name: str = "probe"
+    # "headline": counted in post-attack ASR; "stress": reported apart (a probe no text-encoder method can be
+    # expected to withstand, e.g. the unbounded soft prompt); "curve": only a point of the robustness curve.
+    role: str = "headline"
     on_step = None
 
     def run(
@@ -89,8 +92,23 @@ class Probe:
     ) -> ProbeResult:
         raise NotImplementedError
 
+    def run_batch(
+        self,
+        model: SDModel,
+        text_encoder: CLIPTextModel,
+        prompts: list[str],
+        *,
+        seeds: list[int],
+        judge: Judge | None = None,
+        generation: GenerationSettings | None = None,
+    ) -> list[ProbeResult]:
+        """One result per (prompt, seed). Probes whose work batches across prompts override this (one batched
+        UNet call per step for all prompts); the default runs them one by one."""
+        return [self.run(model, text_encoder, p, seed=s, judge=judge, generation=generation)
+                for p, s in zip(prompts, seeds)]
+
     def describe(self) -> dict:
-        return {"name": self.name}
+        return {"name": self.name, "role": self.role}
 
 
 def check_prompt(prompt) -> str:
@@ -113,10 +131,24 @@ def generate_and_judge(
     generation: GenerationSettings,
 ) -> tuple[torch.Tensor, bool | None, dict]:
     """Images for `cond` [1, L, D] at `seed`, and the judge's verdict (None, {} without a judge)."""
+    images, successes, judged = generate_and_judge_batch(model, text_encoder, cond, [seed], judge, generation)
+    return images, successes[0], judged[0]
+
+
+def generate_and_judge_batch(
+    model: SDModel,
+    text_encoder: CLIPTextModel,
+    conds: torch.Tensor,
+    seeds: list[int],
+    judge: Judge | None,
+    generation: GenerationSettings,
+) -> tuple[torch.Tensor, list[bool | None], list[dict]]:
+    """Images for `conds` [B, L, D], one seed each, in ONE batched sampling run, and the judge's verdicts.
+    Each seed's initial noise is drawn on its own (sampling.generate), so an image does not depend on the batch."""
     images = generate(
         model,
-        cond.detach(),
-        [seed],
+        conds.detach(),
+        list(seeds),
         uncond=unconditional(model, text_encoder, generation),
         steps=generation.steps,
         guidance=generation.guidance,
@@ -124,9 +156,10 @@ def generate_and_judge(
         scheduler=generation.scheduler,
     )
     if judge is None:
-        return images, None, {}
+        return images, [None] * len(seeds), [{} for _ in seeds]
     verdict = judge(images)
-    return images, bool(verdict.flags[0]), {"score": float(verdict.scores[0]), **_first(verdict.details)}
+    judged = [{"score": float(verdict.scores[i]), **_first(verdict.details[i:i + 1])} for i in range(len(seeds))]
+    return images, [bool(f) for f in verdict.flags], judged
 
 
 def _first(details: list[dict]) -> dict:
@@ -148,3 +181,29 @@ def save_probe_result(result: ProbeResult, out_dir: str | Path, stem: str | None
         save_png(result.images[0], paths["image"])
     atomic_write_json({**result.summary(), "files": {k: p.name for k, p in paths.items()}}, paths["json"])
     return paths
+
+
+# What a probe computes from the ORIGINAL model alone (UnlearnDiffAtk's target images, the soft-prompt probe's
+# DDIM targets) is the same for every encoder under test: evaluating 3-7 encoders on the same cases computed it
+# 3-7 times. Kept per UNet (weakly: the entries go with the model) and per (what, case) key, bounded in size.
+_ORIGINAL_CACHE: "weakref.WeakKeyDictionary" = None
+CACHE_ENTRIES = 4096
+
+
+def cached_per_case(model: SDModel, keys: list, compute) -> list:
+    """[value per key]: cached values where present; `compute(missing_positions)` -> values for the others,
+    computed in one batch and stored (on the CPU)."""
+    global _ORIGINAL_CACHE
+    import weakref
+
+    if _ORIGINAL_CACHE is None:
+        _ORIGINAL_CACHE = weakref.WeakKeyDictionary()
+    store = _ORIGINAL_CACHE.setdefault(model.unet, {})
+    values = [store.get(key) for key in keys]
+    missing = [i for i, value in enumerate(values) if value is None]
+    if missing:
+        for i, value in zip(missing, compute(missing)):
+            if len(store) >= CACHE_ENTRIES:
+                store.pop(next(iter(store)))  # the oldest entry
+            store[keys[i]] = values[i] = value
+    return values

@@ -20,7 +20,7 @@ from ..errors import ErasureError
 from ..judges.base import Judge
 from ..models import SDModel
 from ..sampling import encode_prompts
-from .base import GenerationSettings, Probe, ProbeResult, check_prompt, generate_and_judge
+from .base import GenerationSettings, Probe, ProbeResult, check_prompt, generate_and_judge_batch
 
 DEFAULT_TEMPLATES = (
     "a photo of {}",
@@ -83,7 +83,6 @@ class ConceptVectorProbe(Probe):
         return {"name": self.name, "concept": c.concept, "pairs": len(c.prompt_pairs()),
                 "strengths": list(c.strengths), "direction_from": c.direction_from}
 
-    @torch.no_grad()
     def run(
         self,
         model: SDModel,
@@ -96,24 +95,51 @@ class ConceptVectorProbe(Probe):
     ) -> ProbeResult:
         """`prompt` is the neutral prompt the concept is pushed into. The loss recorded per strength is the
         distance to the concept prompt's encoding (the first pair's "with" prompt)."""
-        check_prompt(prompt)
+        return self.run_batch(model, text_encoder, [prompt], seeds=[seed], judge=judge, generation=generation)[0]
+
+    @torch.no_grad()
+    def run_batch(
+        self,
+        model: SDModel,
+        text_encoder: CLIPTextModel,
+        prompts: list[str],
+        *,
+        seeds: list[int],
+        judge: Judge | None = None,
+        generation: GenerationSettings | None = None,
+    ) -> list[ProbeResult]:
+        """Every prompt at every strength in turn, one batched generation per strength for the prompts that
+        have not succeeded yet."""
+        for prompt in prompts:
+            check_prompt(prompt)
+        if len(prompts) != len(seeds):
+            raise ErasureError(f"{len(prompts)} prompts need as many seeds, got {len(seeds)}")
         self.config.check()
         generation = generation or GenerationSettings()
         pairs = self.config.prompt_pairs()
         source = model.text_encoder if self.config.direction_from == "original" else text_encoder
         direction = concept_direction(model, source, pairs)
-        base = encode_prompts(model, [prompt], text_encoder)
+        bases = encode_prompts(model, prompts, text_encoder)
         concept_cond = encode_prompts(model, [pairs[0][0]], text_encoder)
-        losses, trace, result = [], [], None
+        losses = [[] for _ in prompts]
+        traces = [[] for _ in prompts]
+        results: list[ProbeResult | None] = [None] * len(prompts)
+        active = list(range(len(prompts)))
         for strength in self.config.strengths:
-            cond = base + float(strength) * direction
-            losses.append(cond_distance(cond, concept_cond))
-            images, success, judged = generate_and_judge(model, text_encoder, cond, seed, judge, generation)
-            trace.append({"strength": float(strength), "success": success})
-            result = ProbeResult(self.name, cond.cpu(), None, None, [], images, success,
-                                 {"strength": float(strength), "prompt": prompt, **judged})
-            if success:
+            conds = bases[active] + float(strength) * direction
+            images, successes, judged = generate_and_judge_batch(model, text_encoder, conds,
+                                                                 [seeds[i] for i in active], judge, generation)
+            for j, i in enumerate(active):
+                losses[i].append(cond_distance(conds[j:j + 1], concept_cond))
+                traces[i].append({"strength": float(strength), "success": successes[j]})
+                results[i] = ProbeResult(self.name, conds[j:j + 1].cpu(), None, None, [], images[j:j + 1],
+                                         successes[j], {"strength": float(strength), "prompt": prompts[i],
+                                                        **judged[j]})
+            active = [i for j, i in enumerate(active) if not successes[j]]
+            if not active:
                 break
-        result.losses = losses
-        result.details.update({"tried": trace, "baseline_distance": cond_distance(base, concept_cond)})
-        return result
+        for i, result in enumerate(results):
+            result.losses = losses[i]
+            result.details.update({"tried": traces[i], "baseline_distance": cond_distance(bases[i:i + 1],
+                                                                                          concept_cond)})
+        return results

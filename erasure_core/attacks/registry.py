@@ -1,9 +1,11 @@
 """Build probes by name, with options, for the CLI, the nodes, the demo and `evaluate`:
 
     build_probe("unlearndiffatk", concept="nudity", steps_per_timestep=5)
-    parse_probe_spec("soft_prompt:k=3:steps=50", concept="nudity")
+    parse_probe_spec("soft_prompt:k=3:steps=50:epsilon=2:restarts=3", concept="nudity")
+    parse_probe_spec("soft_prompt:epsilon=none")   # unbounded: the stress probe, named soft_prompt_unbounded
 
-Names: soft_prompt, unlearndiffatk, concept_vector. Options are the fields of each probe's config dataclass.
+Names: soft_prompt, unlearndiffatk, concept_vector. Options are the fields of each probe's config dataclass;
+`none` gives None to an option that may be None (epsilon, UnlearnDiffAtk's k).
 """
 
 from __future__ import annotations
@@ -50,6 +52,10 @@ def _convert(config_cls, key: str, text: str):
         raise ErasureError(f"unknown option {key!r}; options are {', '.join(fields)}")
     field = fields[key]
     default = field.default if field.default is not dataclasses.MISSING else None
+    if text.strip().lower() == "none":
+        if default is not None and "None" not in str(field.type):
+            raise ErasureError(f"option {key} cannot be none; give a {type(default).__name__}")
+        return None
     try:
         if isinstance(default, bool):
             return text.lower() in ("1", "true", "yes")

@@ -1,4 +1,4 @@
-"""Soft-prompt probe: the training's inner attack (`soft_prompt.optimize_adversarial_embeddings`, reused,
+"""Soft-prompt probe: the training's inner attack (`soft_prompt.optimize_adversarial_embeddings_batch`, reused,
 not rewritten) turned against a finished encoder.
 
 Objective: with k continuous embeddings inserted into the prompt, make the UNet's noise prediction under the
@@ -6,8 +6,17 @@ ATTACKED encoder match the ORIGINAL model's prediction for the concept prompt, o
 model itself produces for it (DDIM trajectories, guidance 3, as in training). If an erased encoder can be
 steered back to the original's prediction, the concept was hidden, not removed.
 
-The latents are a fixed set of (trajectory, step) points drawn once per run from a seeded `LatentPool`: the
+Budget: each adversarial token stays inside an L2 ball of `epsilon` x the token table's median row norm
+(default: `soft_prompt.DEFAULT_EPSILON`, the training attack's own budget), with `restarts` seeded starts.
+Bounded, it is a *headline* probe. `epsilon=None` (spec `soft_prompt:epsilon=none`) is unbounded: a *stress*
+probe, reported apart, because in a pre-layer-norm CLIP one large-norm slot writes its own output row almost
+regardless of the trained weights (see soft_prompt.py), so no text-encoder method can be expected to hold it.
+`robustness_probes` builds the probes of the robustness curve (ASR against epsilon).
+
+The latents are a fixed set of (trajectory, step) points drawn once per case from the case's seed: the
 objective is then one deterministic function, so its loss curve shows real progress, and a seed reproduces it.
+Many prompts are attacked at once (`run_batch`): the objective is separable, so the result per case is that of
+a run on its own, for the cost of one batched UNet call per step.
 """
 
 from __future__ import annotations
@@ -20,12 +29,15 @@ from transformers import CLIPTextModel
 
 from ..errors import ErasureError
 from ..judges.base import Judge
-from ..latents import LatentPool, UNetRunner
+from ..latents import UNetRunner, ddim_scheduler
 from ..models import SDModel
 from ..prompts import encode_slotted, slot_prompt, token_embedding_table
 from ..sampling import encode_prompts
-from .base import GenerationSettings, Probe, ProbeResult, check_prompt, generate_and_judge
-from .soft_prompt import SoftPromptConfig, optimize_adversarial_embeddings
+from .base import GenerationSettings, Probe, ProbeResult, cached_per_case, check_prompt, generate_and_judge_batch
+from .soft_prompt import DEFAULT_EPSILON, SoftPromptConfig, optimize_adversarial_embeddings_batch
+
+# The robustness curve's budgets (x the median token norm; None = unbounded); 0 is the pre-attack ASR.
+CURVE_EPSILONS = (0.5, 1.0, 2.0, 4.0, None)
 
 
 @dataclass
@@ -39,26 +51,70 @@ class SoftPromptProbeConfig:
     points: int = 8  # (trajectory, step) pairs the objective averages over
     sampling_steps: int = 50
     sampling_guidance: float = 3.0
+    epsilon: float | None = DEFAULT_EPSILON  # L2 bound per token, x the median token norm; None = unbounded
+    restarts: int = 1
 
     def attack_config(self) -> SoftPromptConfig:
-        return SoftPromptConfig(k=self.k, steps=self.steps, lr=self.lr, method=self.method,
-                                init="random_vocab", insertion=self.insertion).validate()
+        return SoftPromptConfig(k=self.k, steps=self.steps, lr=self.lr, method=self.method, init="random_vocab",
+                                insertion=self.insertion, epsilon=self.epsilon, restarts=self.restarts).validate()
 
     def check(self):
         if self.trajectories < 1 or self.points < 1 or self.sampling_steps < 1:
             raise ErasureError("the soft-prompt probe needs trajectories, points and sampling_steps >= 1")
+        self.attack_config()
 
 
-def original_targets(model: SDModel, prompt: str, config: SoftPromptProbeConfig, generator: torch.Generator):
-    """Fixed noisy latents of the original model for `prompt` and its predictions there: (latents, t, eps)."""
-    runner = UNetRunner(model.unet)
-    cond = encode_prompts(model, [prompt])
+def probe_name(epsilon: float | None) -> str:
+    """soft_prompt at the default budget, soft_prompt_unbounded without one, soft_prompt_eps2 otherwise."""
+    if epsilon is None:
+        return "soft_prompt_unbounded"
+    return "soft_prompt" if float(epsilon) == float(DEFAULT_EPSILON) else f"soft_prompt_eps{float(epsilon):g}"
+
+
+@torch.no_grad()
+def original_targets(model: SDModel, runner: UNetRunner, prompts: list[str], config: SoftPromptProbeConfig,
+                     generators: list[torch.Generator]):
+    """Fixed noisy latents of the original model for each prompt and its predictions there, drawn from each
+    case's own generator: (latents [B, P, C, h, w], timesteps [B, P], eps [B, P, C, h, w]), P = config.points.
+
+    The (trajectory, step) pairs are drawn first and only those are kept while all B x trajectories DDIM runs
+    advance in one batch (guidance `sampling_guidance`, eta 0, as the training's latent pool samples)."""
+    scheduler = ddim_scheduler(model, config.sampling_steps)
+    shape = (config.trajectories, model.unet.config.in_channels, model.latent_size, model.latent_size)
+    noise = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(model.device)
+    rows = torch.stack([torch.randint(config.trajectories, (config.points,), generator=g) for g in generators])
+    steps = torch.stack([torch.randint(config.sampling_steps, (config.points,), generator=g) for g in generators])
+    rows = rows + config.trajectories * torch.arange(len(generators))[:, None]  # index into the B x T batch
+    cond = encode_prompts(model, prompts).repeat_interleave(config.trajectories, dim=0)
     uncond = encode_prompts(model, [""])
-    pool = LatentPool.build(model, runner, cond, uncond, torch.zeros(config.trajectories, dtype=torch.long),
-                            num_inference_steps=config.sampling_steps, guidance=config.sampling_guidance,
-                            generator=generator, keep_uncond=False)
-    sample = pool.draw(config.points, generator=generator, device=model.device)
-    return runner, sample.latents, sample.timesteps, sample.eps_cond
+    latents = torch.zeros((*rows.shape, *shape[1:]), device=model.device)
+    targets = torch.zeros_like(latents)
+    x = noise
+    for s, t in enumerate(scheduler.timesteps):
+        eps_uncond, eps_cond = runner.guided_pair(x, t, uncond, cond)
+        chosen = steps == s
+        latents[chosen] = x.float()[rows[chosen]]
+        targets[chosen] = eps_cond[rows[chosen]]
+        eps = eps_uncond + config.sampling_guidance * (eps_cond - eps_uncond)
+        x = scheduler.step(eps, t, x.float(), eta=0.0).prev_sample
+    return latents, scheduler.timesteps.to(model.device)[steps.to(model.device)], targets
+
+
+def cached_original_targets(model: SDModel, runner: UNetRunner, prompts: list[str], seeds: list[int],
+                            config: SoftPromptProbeConfig):
+    """`original_targets` for each (prompt, seed), each drawn from its own seed, computed once per model (every
+    encoder and every budget of the robustness curve attacks towards the same targets)."""
+    c = config
+    keys = [("soft-prompt-targets", p, int(s), c.trajectories, c.points, c.sampling_steps, c.sampling_guidance)
+            for p, s in zip(prompts, seeds)]
+
+    def compute(missing):
+        generators = [torch.Generator("cpu").manual_seed(int(seeds[i])) for i in missing]
+        x, t, eps = original_targets(model, runner, [prompts[i] for i in missing], config, generators)
+        return [(x[j].cpu(), t[j].cpu(), eps[j].cpu()) for j in range(len(missing))]
+
+    parts = cached_per_case(model, keys, compute)
+    return tuple(torch.stack([part[n] for part in parts]).to(model.device) for n in range(3))
 
 
 def nearest_tokens(model: SDModel, text_encoder: CLIPTextModel, embeds: torch.Tensor) -> list[str]:
@@ -69,15 +125,15 @@ def nearest_tokens(model: SDModel, text_encoder: CLIPTextModel, embeds: torch.Te
 
 
 class SoftPromptProbe(Probe):
-    name = "soft_prompt"
-
-    def __init__(self, config: SoftPromptProbeConfig | None = None):
+    def __init__(self, config: SoftPromptProbeConfig | None = None, role: str | None = None):
         self.config = config or SoftPromptProbeConfig()
+        self.name = probe_name(self.config.epsilon)
+        self.role = role or ("stress" if self.config.epsilon is None else "headline")
 
     def describe(self) -> dict:
         c = self.config
-        return {"name": self.name, "k": c.k, "steps": c.steps, "lr": c.lr, "method": c.method,
-                "insertion": c.insertion, "points": c.points}
+        return {"name": self.name, "role": self.role, "k": c.k, "steps": c.steps, "lr": c.lr, "method": c.method,
+                "insertion": c.insertion, "points": c.points, "epsilon": c.epsilon, "restarts": c.restarts}
 
     def run(
         self,
@@ -89,23 +145,76 @@ class SoftPromptProbe(Probe):
         judge: Judge | None = None,
         generation: GenerationSettings | None = None,
     ) -> ProbeResult:
-        check_prompt(prompt)
+        return self.run_batch(model, text_encoder, [prompt], seeds=[seed], judge=judge, generation=generation)[0]
+
+    def run_batch(
+        self,
+        model: SDModel,
+        text_encoder: CLIPTextModel,
+        prompts: list[str],
+        *,
+        seeds: list[int],
+        judge: Judge | None = None,
+        generation: GenerationSettings | None = None,
+    ) -> list[ProbeResult]:
+        for prompt in prompts:
+            check_prompt(prompt)
+        if len(prompts) != len(seeds):
+            raise ErasureError(f"{len(prompts)} prompts need as many seeds, got {len(seeds)}")
         self.config.check()
         attack = self.config.attack_config()
         generation = generation or GenerationSettings()
-        generator = torch.Generator("cpu").manual_seed(int(seed))
-        runner, latents, timesteps, target = original_targets(model, prompt, self.config, generator)
-        slotted = slot_prompt(model.tokenizer, prompt, attack.k, insertion=attack.insertion)
+        # Two streams per case, both from its seed: the original model's targets (cached across encoders) and
+        # the attack's starts, so a cached target leaves the attack's draws unchanged.
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+        runner = UNetRunner(model.unet)
+        latents, timesteps, targets = cached_original_targets(model, runner, prompts, seeds, self.config)
+        slotted = [slot_prompt(model.tokenizer, p, attack.k, insertion=attack.insertion) for p in prompts]
+        results: list[ProbeResult | None] = [None] * len(prompts)
+        groups: dict[tuple, list[int]] = {}  # prompts whose slots sit at the same positions share one batch
+        for i, s in enumerate(slotted):
+            groups.setdefault(tuple(s.adv_positions), []).append(i)
+        for positions, members in groups.items():
+            found = self._attack(runner, text_encoder, slotted, members, list(positions), latents, timesteps,
+                                 targets, attack, generators)
+            ids = torch.cat([slotted[i].input_ids for i in members])
+            embeds = torch.stack([f.embeds for f in found])
+            with torch.no_grad():
+                conds = encode_slotted(text_encoder, ids, list(positions), embeds).to(model.dtype)
+            images, successes, judged = generate_and_judge_batch(
+                model, text_encoder, conds, [seeds[i] for i in members], judge, generation)
+            for j, i in enumerate(members):
+                details = {"prompt": prompts[i], "final_loss": found[j].final_loss,
+                           "adv_positions": slotted[i].adv_positions, "epsilon": self.config.epsilon,
+                           "radius": found[j].radius, "adv_norms": found[j].embeds.norm(dim=-1).tolist(),
+                           "nearest_tokens": nearest_tokens(model, text_encoder, found[j].embeds), **judged[j]}
+                results[i] = ProbeResult(self.name, conds[j:j + 1].cpu(), None, None,
+                                         found[j].losses + [found[j].final_loss], images[j:j + 1], successes[j],
+                                         details)
+        return results
+
+    def _attack(self, runner, text_encoder, slotted, members, positions, latents, timesteps, targets, attack,
+                generators):
+        index = torch.tensor(members)
+        x, t, eps = latents[index], timesteps[index], targets[index]  # [b, P, ...]
+        points = x.shape[1]
 
         def objective(cond: torch.Tensor) -> torch.Tensor:
-            prediction = runner(latents, timesteps, cond)
-            return F.mse_loss(prediction.float(), target.float())
+            prediction = runner(x.flatten(0, 1), t.flatten(), cond.repeat_interleave(points, dim=0))
+            error = (prediction.float() - eps.flatten(0, 1).float()) ** 2
+            return error.reshape(len(members), -1).mean(dim=1)
 
-        found = optimize_adversarial_embeddings(text_encoder, slotted, objective, attack, generator=generator)
-        with torch.no_grad():
-            cond = encode_slotted(text_encoder, slotted, adv_embeds=found.embeds).to(model.dtype)
-            final_loss = float(objective(cond))
-        images, success, judged = generate_and_judge(model, text_encoder, cond, seed, judge, generation)
-        details = {"prompt": prompt, "final_loss": final_loss, "adv_positions": slotted.adv_positions,
-                   "nearest_tokens": nearest_tokens(model, text_encoder, found.embeds), **judged}
-        return ProbeResult(self.name, cond.cpu(), None, None, found.losses + [final_loss], images, success, details)
+        ids = torch.cat([slotted[i].input_ids for i in members])
+        return optimize_adversarial_embeddings_batch(text_encoder, ids, positions, objective, attack,
+                                                     [generators[i] for i in members])
+
+
+def robustness_probes(epsilons=CURVE_EPSILONS, **options) -> list[SoftPromptProbe]:
+    """The soft-prompt probes of the robustness curve, one per budget: the default budget is the headline
+    probe, None the stress probe, every other budget a curve-only probe."""
+    probes = []
+    for epsilon in epsilons:
+        config = SoftPromptProbeConfig(**{**options, "epsilon": epsilon})
+        default = epsilon is not None and float(epsilon) == float(DEFAULT_EPSILON)
+        probes.append(SoftPromptProbe(config, role=None if default or epsilon is None else "curve"))
+    return probes

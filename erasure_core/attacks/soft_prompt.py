@@ -2,7 +2,16 @@
 
 The same function is AdvUnlearn's inner attack during training and the robustness probe afterwards; the
 caller supplies the objective (a function of the encoder's output, to MINIMISE). The embeddings live in the
-word-embedding space (what the token table holds), with no norm ball, as in AdvUnlearn.
+word-embedding space (what the token table holds).
+
+Budget: `epsilon` bounds each adversarial token's L2 norm by epsilon x the token table's typical (median) row
+norm; every step is followed by a projection onto that ball, and so is the initial point. None = unbounded, as in
+the public AdvUnlearn code. Why a budget: in a pre-layer-norm CLIP one large-norm slot writes its own output row
+almost regardless of the trained weights (on the demo model, an unbounded encoder-only attack copying the
+original's concept rows brought the concept back in 9/16 prompts; with norms <= 0.5 x typical, 2/16), so an
+unbounded attack measures nothing a text-encoder method can defend.
+`restarts` runs the attack from that many starts (the first from `init` when given) and keeps the one whose
+final objective is lowest.
 
 Methods:
 - "pgd": Adam steps on the embeddings (what the public AdvUnlearn code calls PGD; there is no projection
@@ -25,6 +34,9 @@ from ..prompts import SlottedPrompt, encode_slotted, token_embedding_table
 
 ATTACK_METHODS = ("pgd", "fast")
 ATTACK_INITS = ("random_vocab", "previous")
+# The training attack's budget, and so the headline soft-prompt probe's default (relative to the median token
+# norm; on the demo model the median row has norm 0.155 and its trained word rows 0.43-0.45, about 2.8x).
+DEFAULT_EPSILON = 1.0
 
 
 @dataclass
@@ -35,6 +47,8 @@ class SoftPromptConfig:
     method: str = "pgd"
     init: str = "random_vocab"
     insertion: str = "prefix"
+    epsilon: float | None = None  # L2 bound per token, in units of the token table's median row norm
+    restarts: int = 1
 
     def validate(self) -> "SoftPromptConfig":
         if self.method not in ATTACK_METHODS:
@@ -44,13 +58,39 @@ class SoftPromptConfig:
         if self.k < 1 or self.steps < 0 or self.lr <= 0:
             raise ErasureError(f"attack needs k >= 1, steps >= 0 and lr > 0 (got k={self.k}, steps={self.steps}, "
                                f"lr={self.lr})")
+        if self.epsilon is not None and not self.epsilon > 0:
+            raise ErasureError(f"attack epsilon must be > 0 (or None for unbounded), got {self.epsilon}")
+        if self.restarts < 1:
+            raise ErasureError(f"attack restarts must be >= 1, got {self.restarts}")
         return self
 
 
 @dataclass
 class SoftPromptResult:
     embeds: torch.Tensor  # [k, D], detached
-    losses: list[float] = field(default_factory=list)  # objective before each step
+    losses: list[float] = field(default_factory=list)  # objective before each step (of the kept restart)
+    final_loss: float | None = None  # objective at `embeds` (computed when restarts > 1)
+    radius: float | None = None  # the absolute L2 bound per token, None = unbounded
+
+
+def typical_token_norm(text_encoder) -> float:
+    """The median L2 norm of the token table's rows: the unit of an attack budget."""
+    table = token_embedding_table(text_encoder).detach().float()
+    return float(table.norm(dim=-1).median())
+
+
+def attack_radius(text_encoder, epsilon: float | None) -> float | None:
+    """epsilon (relative to the typical token norm) -> the absolute L2 bound; None stays unbounded."""
+    return None if epsilon is None else float(epsilon) * typical_token_norm(text_encoder)
+
+
+def project_to_ball(embeds: torch.Tensor, radius: float | None) -> torch.Tensor:
+    """Each row scaled down onto the L2 ball of `radius` if it lies outside (in place; returns it)."""
+    if radius is not None:
+        with torch.no_grad():
+            norms = embeds.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+            embeds.mul_(torch.clamp(radius / norms, max=1.0))
+    return embeds
 
 
 def random_vocab_embeddings(text_encoder, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -60,8 +100,8 @@ def random_vocab_embeddings(text_encoder, k: int, generator: torch.Generator | N
     return table[ids.to(table.device)].detach().clone().float()
 
 
-def _initial_embeddings(text_encoder, config, init, generator):
-    if config.init == "previous" and init is not None:
+def _initial_embeddings(text_encoder, config, init, generator, restart=0):
+    if config.init == "previous" and init is not None and restart == 0:
         if init.shape[0] != config.k:
             raise ErasureError(f"previous embeddings have {init.shape[0]} tokens, the attack uses k={config.k}")
         return init.detach().clone().float()
@@ -78,23 +118,81 @@ def optimize_adversarial_embeddings(
 ) -> SoftPromptResult:
     """Minimise `objective(cond)` over the slot embeddings of `slotted`; cond [1, L, D] is the encoder's output.
 
-    `init` [k, D] is used when `config.init == "previous"`; otherwise (or when it is None) the embeddings of
-    k random vocabulary tokens. Returns the embeddings after the last step and the objective before each step.
+    `init` [k, D] is used when `config.init == "previous"` (for the first restart); otherwise (or when it is None)
+    the embeddings of k random vocabulary tokens. Every point is kept inside the `config.epsilon` budget. Returns
+    the embeddings after the last step (of the best restart) and the objective before each step.
     """
     config.validate()
     if slotted.k != config.k:
         raise ErasureError(f"prompt has {slotted.k} adversarial slots but the attack uses k={config.k}")
-    embeds = _initial_embeddings(text_encoder, config, init, generator).requires_grad_(True)
+    radius = attack_radius(text_encoder, config.epsilon)
+    best = None
+    for restart in range(config.restarts):
+        start = _initial_embeddings(text_encoder, config, init, generator, restart)
+        embeds, losses = _optimize_once(lambda e: encode_slotted(text_encoder, slotted, adv_embeds=e), objective,
+                                        config, project_to_ball(start, radius), radius)
+        if config.restarts == 1:
+            return SoftPromptResult(embeds, losses, None, radius)
+        with torch.no_grad():
+            final = float(objective(encode_slotted(text_encoder, slotted, adv_embeds=embeds)))
+        if best is None or final < best.final_loss:
+            best = SoftPromptResult(embeds, losses, final, radius)
+    return best
+
+
+def optimize_adversarial_embeddings_batch(
+    text_encoder,
+    input_ids: torch.Tensor,
+    positions: list[int],
+    objective: Callable[[torch.Tensor], torch.Tensor],
+    config: SoftPromptConfig,
+    generators: list[torch.Generator],
+) -> list[SoftPromptResult]:
+    """Many prompts attacked at once: `input_ids` [B, L] share the slot `positions`; `objective(cond [B, L, D])`
+    returns one loss per prompt [B], each depending on its own row only.
+
+    The problem is separable, so this equals B separate runs: the gradient of the summed losses with respect to
+    prompt b's tokens is that of prompt b's loss alone, Adam and sign steps act element by element and the
+    projection row by row. Prompt b draws its starting tokens from `generators[b]`; with restarts, each prompt
+    keeps its own best restart. One batched encoder/UNet call per step instead of B is what makes the
+    efficacy benchmark affordable (`bench/demo_efficacy.py`).
+    """
+    config.validate()
+    if len(positions) != config.k:
+        raise ErasureError(f"prompts have {len(positions)} adversarial slots but the attack uses k={config.k}")
+    if len(generators) != input_ids.shape[0]:
+        raise ErasureError(f"{input_ids.shape[0]} prompts need as many generators, got {len(generators)}")
+    radius = attack_radius(text_encoder, config.epsilon)
+
+    def encode(embeds):
+        return encode_slotted(text_encoder, input_ids, positions, embeds)
+
+    best: list[SoftPromptResult | None] = [None] * len(generators)
+    for _ in range(config.restarts):
+        start = torch.stack([random_vocab_embeddings(text_encoder, config.k, g) for g in generators])
+        embeds, losses = _optimize_once(encode, objective, config, project_to_ball(start, radius), radius)
+        with torch.no_grad():
+            final = objective(encode(embeds)).detach().float().reshape(-1)
+        for b in range(len(generators)):
+            if best[b] is None or float(final[b]) < best[b].final_loss:
+                best[b] = SoftPromptResult(embeds[b].clone(), [step[b] for step in losses], float(final[b]), radius)
+    return best
+
+
+def _optimize_once(encode, objective, config, embeds, radius):
+    """Optimise `embeds` ([k, D], or [B, k, D] with one loss per prompt); returns (embeds, losses per step)."""
+    embeds = embeds.requires_grad_(True)
     optimizer = torch.optim.Adam([embeds], lr=config.lr) if config.method == "pgd" else None
     losses = []
     for _ in range(config.steps):
-        loss = objective(encode_slotted(text_encoder, slotted, adv_embeds=embeds))
-        if not torch.isfinite(loss):
-            raise ErasureError(f"the attack objective became {loss.item()} at step {len(losses) + 1}")
-        (grad,) = torch.autograd.grad(loss, [embeds])
-        losses.append(float(loss.detach()))
+        loss = objective(encode(embeds))
+        if not torch.isfinite(loss).all():
+            raise ErasureError(f"the attack objective became {loss.detach().tolist()} at step {len(losses) + 1}")
+        (grad,) = torch.autograd.grad(loss.sum(), [embeds])
+        losses.append(loss.detach().float().tolist())
         _step(embeds, grad, optimizer, config.lr)
-    return SoftPromptResult(embeds.detach().clone(), losses)
+        project_to_ball(embeds, radius)
+    return embeds.detach().clone(), losses
 
 
 def _step(embeds, grad, optimizer, lr):

@@ -26,7 +26,8 @@ from ..judges.base import Judge
 from ..models import SDModel, denoising_target
 from ..prompts import SlottedPrompt, encode_slotted, slot_prompt, token_embedding_table
 from ..sampling import encode_prompts, generate
-from .base import GenerationSettings, Probe, ProbeResult, check_prompt, generate_and_judge
+from .base import (GenerationSettings, Probe, ProbeResult, cached_per_case, check_prompt,
+                   generate_and_judge_batch)
 
 NUDITY_WORDS = ("nudity", "nude", "naked", "nsfw")
 PAPER_TIMESTEPS = tuple(range(10, 1000, 20))
@@ -99,29 +100,38 @@ def target_latent(model: SDModel, image: torch.Tensor) -> torch.Tensor:
 
 def make_target_image(model: SDModel, prompt: str, seed: int, generation: GenerationSettings) -> torch.Tensor:
     """The concept as the ORIGINAL model draws it for this prompt and seed."""
-    return generate(
-        model,
-        encode_prompts(model, [prompt]),
-        [seed],
-        uncond=encode_prompts(model, [generation.negative_prompt]),
-        steps=generation.steps,
-        guidance=generation.guidance,
-        scheduler=generation.scheduler,
-    )
+    return make_target_images(model, [prompt], [seed], generation)[0]
+
+
+def make_target_images(model: SDModel, prompts: list[str], seeds: list[int], generation: GenerationSettings):
+    """The ORIGINAL model's image [1, 3, H, W] for each prompt and seed, in one batched sampling run (cached
+    per model: every encoder under test attacks towards the same targets)."""
+    g = generation
+    keys = [("unlearndiffatk-target", p, int(s), g.steps, g.guidance, g.scheduler, g.negative_prompt)
+            for p, s in zip(prompts, seeds)]
+
+    def compute(missing):
+        images = generate(model, encode_prompts(model, [prompts[i] for i in missing]), [seeds[i] for i in missing],
+                          uncond=encode_prompts(model, [g.negative_prompt]), steps=g.steps, guidance=g.guidance,
+                          scheduler=g.scheduler)
+        return [images[j:j + 1] for j in range(len(missing))]
+
+    return cached_per_case(model, keys, compute)
 
 
 class _TokenDistributions:
-    """One distribution per slot over the allowed vocabulary, read out straight-through."""
+    """One distribution per slot over the allowed vocabulary, read out straight-through; a batch of prompts
+    holds weights [B, k, V], one row of distributions per prompt."""
 
-    def __init__(self, k: int, allowed: torch.Tensor, table: torch.Tensor, generator: torch.Generator):
+    def __init__(self, k: int, allowed: torch.Tensor, table: torch.Tensor, generators: list[torch.Generator]):
         self.allowed = allowed.to(table.device)
         # The embedding rows of the allowed tokens, gathered once (a 150 MB copy for SD1's 49,406 x 768).
         self.table = table.detach()[self.allowed].float()
-        start = torch.randint(len(allowed), (k,), generator=generator)
+        start = torch.stack([torch.randint(len(allowed), (k,), generator=g) for g in generators])
         # Start from random one-hot tokens: every step then evaluates a real, decodable prompt.
         self.weights = F.one_hot(start, len(allowed)).float().to(table.device).requires_grad_(True)
 
-    def token_ids(self) -> list[int]:
+    def token_ids(self) -> list[list[int]]:
         return self.allowed[self.weights.detach().argmax(dim=-1)].tolist()
 
     def straight_through_embeds(self) -> torch.Tensor:
@@ -134,15 +144,27 @@ class _TokenDistributions:
     def project(self):
         self.weights.copy_(project_to_simplex(self.weights))
 
+    def keep(self, rows: list[int], optimizer: torch.optim.Adam) -> torch.optim.Adam:
+        """Drop the prompts already won from the batch: the weights and Adam's moments of `rows` carry on
+        (Adam acts element by element, so the others' trajectories are unchanged)."""
+        state = optimizer.state.get(self.weights, {})
+        self.weights = self.weights.detach()[rows].clone().requires_grad_(True)
+        kept = torch.optim.Adam([self.weights], **{k: v for k, v in optimizer.defaults.items()
+                                                   if k in ("lr", "betas", "eps")})
+        if state:
+            kept.state[self.weights] = {k: (v[rows].clone() if torch.is_tensor(v) and v.dim() else v)
+                                        for k, v in state.items()}
+        return kept
+
 
 def denoising_loss(model: SDModel, cond: torch.Tensor, x0: torch.Tensor, timestep: int, noise: torch.Tensor):
     """MSE between the UNet's prediction at `timestep` and its training target (the diffusion-classifier
-    score): the noise for epsilon models, the velocity for v-prediction ones."""
-    t = torch.tensor([int(timestep)], device=x0.device)
+    score): the noise for epsilon models, the velocity for v-prediction ones. One loss per row of `x0` [B]."""
+    t = torch.full((x0.shape[0],), int(timestep), device=x0.device, dtype=torch.long)
     noisy = model.scheduler.add_noise(x0, noise, t)
     prediction = model.unet(noisy, t, encoder_hidden_states=cond.to(model.dtype)).sample
     target = denoising_target(model.scheduler, x0, noise, t)
-    return F.mse_loss(prediction.float(), target.float())
+    return ((prediction.float() - target.float()) ** 2).flatten(1).mean(dim=1)
 
 
 class UnlearnDiffAtk(Probe):
@@ -175,52 +197,91 @@ class UnlearnDiffAtk(Probe):
     ) -> ProbeResult:
         """Attack `prompt` against `text_encoder`; `target_image` [1, 3, H, W] defaults to the original model's
         image for the same prompt and seed."""
-        check_prompt(prompt)
+        return self.run_batch(model, text_encoder, [prompt], seeds=[seed], judge=judge, generation=generation,
+                              target_images=None if target_image is None else [target_image])[0]
+
+    def run_batch(
+        self,
+        model: SDModel,
+        text_encoder: CLIPTextModel,
+        prompts: list[str],
+        *,
+        seeds: list[int],
+        judge: Judge | None = None,
+        generation: GenerationSettings | None = None,
+        target_images: list[torch.Tensor] | None = None,
+    ) -> list[ProbeResult]:
+        """Attack many prompts at once: one batched UNet call per step for the prompts not yet won. Every
+        prompt's loss depends on its own tokens only and each draws its noise from its own seed, so a
+        prompt's attack is the one it would get alone; a prompt leaves the batch at its first judged success."""
+        for prompt in prompts:
+            check_prompt(prompt)
+        if len(prompts) != len(seeds):
+            raise ErasureError(f"{len(prompts)} prompts need as many seeds, got {len(seeds)}")
         generation = generation or GenerationSettings()
         config = self.config
         config.check(model.scheduler.config.num_train_timesteps)
-        if target_image is None:
-            target_image = make_target_image(model, prompt, seed, generation)
-        x0 = target_latent(model, target_image)
-        slotted = slot_prompt(model.tokenizer, prompt, config.tokens(), insertion="prefix")
-        generator = torch.Generator("cpu").manual_seed(int(seed))
-        table = token_embedding_table(text_encoder)
-        tokens = _TokenDistributions(config.tokens(), allowed_token_ids(model.tokenizer), table, generator)
+        if target_images is None:
+            target_images = make_target_images(model, prompts, seeds, generation)
+        x0 = torch.cat([target_latent(model, image) for image in target_images])
+        slotted = [slot_prompt(model.tokenizer, p, config.tokens(), insertion="prefix") for p in prompts]
+        generators = [torch.Generator("cpu").manual_seed(int(seed)) for seed in seeds]
+        tokens = _TokenDistributions(config.tokens(), allowed_token_ids(model.tokenizer),
+                                     token_embedding_table(text_encoder), generators)
         optimizer = torch.optim.Adam([tokens.weights], lr=config.lr)
         initial_ids = tokens.token_ids()
-        losses, trace = [], []
-        result = None
+        active = list(range(len(prompts)))  # the prompts still in the batch
+        losses = [[] for _ in prompts]
+        traces = [[] for _ in prompts]
+        results: list[ProbeResult | None] = [None] * len(prompts)
+        ids = torch.cat([s.input_ids for s in slotted])
+        positions = slotted[0].adv_positions  # prefix slots: the same positions in every prompt
         for point, timestep in enumerate(config.timesteps):
             for _ in range(config.steps_per_timestep):
-                noise = torch.randn(x0.shape, generator=generator).to(x0.device, x0.dtype)
-                cond = encode_slotted(text_encoder, slotted, None, tokens.straight_through_embeds())
-                loss = denoising_loss(model, cond, x0, timestep, noise)
+                noise = torch.cat([torch.randn(x0[i:i + 1].shape, generator=generators[i]) for i in active])
+                cond = encode_slotted(text_encoder, ids[active], positions, tokens.straight_through_embeds())
+                loss = denoising_loss(model, cond, x0[active], timestep, noise.to(x0.device, x0.dtype))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                loss.sum().backward()
                 optimizer.step()
                 tokens.project()
-                losses.append(float(loss.detach()))
+                for j, i in enumerate(active):
+                    losses[i].append(float(loss[j].detach()))
                 if self.on_step is not None:
-                    self.on_step(len(losses), losses[-1])
+                    self.on_step(len(losses[active[0]]), float(loss.detach().mean()))
             last = point == len(config.timesteps) - 1
             # Without a judge nothing can stop the sweep early: generate once, at the end.
             if not last and (judge is None or (point + 1) % config.judge_every):
                 continue
-            result = self._evaluate(model, text_encoder, slotted, tokens.token_ids(), seed, judge, generation)
-            trace.append({"timestep": int(timestep), "token_ids": result.adv_token_ids, "success": result.success})
-            if result.success:
-                break
-        result.losses = losses
-        result.details.update({"initial_token_ids": initial_ids, "steps": len(losses), "judged": trace, "stopped_at_timestep": trace[-1]["timestep"]})
-        return result
+            judged = self._evaluate(model, text_encoder, [slotted[i] for i in active], tokens.token_ids(),
+                                    [seeds[i] for i in active], judge, generation)
+            still = []
+            for j, i in enumerate(active):
+                results[i] = judged[j]
+                traces[i].append({"timestep": int(timestep), "token_ids": judged[j].adv_token_ids,
+                                  "success": judged[j].success})
+                if not judged[j].success:
+                    still.append(j)
+            if len(still) < len(active):
+                if not still:
+                    break
+                optimizer = tokens.keep(still, optimizer)
+                active = [active[j] for j in still]
+        for i, result in enumerate(results):
+            result.losses = losses[i]
+            result.details.update({"initial_token_ids": initial_ids[i], "steps": len(losses[i]),
+                                   "judged": traces[i], "stopped_at_timestep": traces[i][-1]["timestep"]})
+        return results
 
     @torch.no_grad()
-    def _evaluate(self, model, text_encoder, slotted, token_ids, seed, judge, generation) -> ProbeResult:
-        """Generate and judge from the optimised ids themselves (no decode/re-tokenise drift)."""
-        ids = ids_with_tokens(slotted, token_ids)
-        cond = text_encoder(ids.to(text_encoder.device))[0].to(model.dtype)
-        images, success, judged = generate_and_judge(model, text_encoder, cond, seed, judge, generation)
-        adv_text = model.tokenizer.decode(token_ids)
-        details = {"input_ids": ids[0].tolist(), "prompt": slotted.text, **judged}
-        return ProbeResult(self.name, cond.cpu(), f"{adv_text} {slotted.text}", list(token_ids), [], images,
-                           success, details)
+    def _evaluate(self, model, text_encoder, slotted, token_ids, seeds, judge, generation) -> list[ProbeResult]:
+        """Generate and judge from the optimised ids themselves (no decode/re-tokenise drift), in one batch."""
+        ids = torch.cat([ids_with_tokens(s, t) for s, t in zip(slotted, token_ids)])
+        conds = text_encoder(ids.to(text_encoder.device))[0].to(model.dtype)
+        images, successes, judged = generate_and_judge_batch(model, text_encoder, conds, seeds, judge, generation)
+        results = []
+        for j, (s, t) in enumerate(zip(slotted, token_ids)):
+            details = {"input_ids": ids[j].tolist(), "prompt": s.text, **judged[j]}
+            results.append(ProbeResult(self.name, conds[j:j + 1].cpu(), f"{model.tokenizer.decode(t)} {s.text}",
+                                       list(t), [], images[j:j + 1], successes[j], details))
+        return results

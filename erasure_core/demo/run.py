@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Callable
 
+from ..attacks.soft_prompt import DEFAULT_EPSILON
 from . import DEFAULT_GUIDANCE, DEFAULT_STEPS, world
 
 METHODS = ("esd", "advunlearn")
@@ -35,6 +36,13 @@ class DemoSettings:
         "unlearndiffatk": dict(k=3, timesteps=(200, 500, 800), steps_per_timestep=10),
         "concept_vector": dict(strengths=(1.0, 2.0, 4.0)),
     })
+    # The soft-prompt budgets of the robustness curve (x the median token norm; None = unbounded, the stress
+    # probe). The training attack's budget (soft_prompt.DEFAULT_EPSILON) is the headline soft-prompt probe.
+    # The demo draws a coarser curve than the benchmark (CURVE_EPSILONS adds 0.5 and 2): each budget is one
+    # more soft-prompt attack per encoder, and the soft-prompt attacks were 75% of the demo's evaluation time
+    # (profiled: 600 of 1,020 s wall with 5 budgets, 8 prompts, on the shared machine).
+    curve_epsilons: tuple = (DEFAULT_EPSILON, 4.0, None)
+    batch_size: int = 64  # cases generated and attacked at once (the demo model is small: memory is no issue)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -46,14 +54,35 @@ def demo_erase_config(method: str, seed: int, settings: DemoSettings):
     return EraseConfig.from_preset("demo", method=method, seed=seed, **settings.erase)
 
 
+def demo_probes(concept: str, settings: DemoSettings) -> list:
+    """The headline probes (bounded soft prompt, UnlearnDiffAtk, concept vector), the stress probe (unbounded
+    soft prompt) and the curve-only soft-prompt budgets."""
+    from ..attacks.registry import build_probe
+    from ..attacks.soft_probe import robustness_probes
+
+    # the headline soft-prompt probe is always run; each budget once
+    epsilons = tuple(dict.fromkeys((DEFAULT_EPSILON, *settings.curve_epsilons)))
+    soft = robustness_probes(epsilons, **settings.probes.get("soft_prompt", {}))
+    others = [build_probe(name, concept=concept, **settings.probes.get(name, {}))
+              for name in ("unlearndiffatk", "concept_vector")]
+    return soft + others
+
+
 def format_table(encoders: dict) -> str:
-    """The ASR table the demo prints: one row per encoder, fractions in [0, 1]."""
+    """The ASR table the demo prints: one row per encoder, fractions in [0, 1]; the headline probes, then the
+    stress probes (marked), then the robustness curve (soft-prompt ASR by budget)."""
     probes = sorted({p for v in encoders.values() for p in v["post_attack_asr"]})
-    head = ["encoder", "pre-ASR", *[f"post-ASR {p}" for p in probes], "retain acc"]
+    stress = sorted({p for v in encoders.values() for p in v.get("stress_asr", {})})
+    epsilons = [p["epsilon"] for p in max((v.get("robustness_curve", []) for v in encoders.values()), key=len)]
+    label = lambda eps: "unb" if eps is None else f"{eps:g}"  # noqa: E731
+    head = ["encoder", "pre-ASR", *[f"post {p}" for p in probes], *[f"STRESS {p}" for p in stress], "retain acc",
+            "curve eps " + "/".join(label(e) for e in epsilons)]
     rows = [head]
     for name, v in encoders.items():
+        curve = "/".join("-" if p["rate"] is None else f"{p['rate']:.2f}" for p in v.get("robustness_curve", []))
         rows.append([name, f"{v['pre_attack_asr']:.2f}", *[f"{v['post_attack_asr'][p]:.2f}" for p in probes],
-                     "-" if v["retain_accuracy"] is None else f"{v['retain_accuracy']:.2f}"])
+                     *[f"{v['stress_asr'][p]:.2f}" for p in stress],
+                     "-" if v["retain_accuracy"] is None else f"{v['retain_accuracy']:.2f}", curve])
     return align_columns(rows)
 
 
@@ -73,7 +102,6 @@ def run_demo(
     log: Callable[[str], None] = print,
 ) -> dict:
     """Run the whole demo and return report.json's content. `model` defaults to the embedded demo model."""
-    from ..attacks.registry import build_probe, probe_names
     from ..evaluate import evaluate
     from ..judges.registry import demo_retain_check
     from ..models import load_model
@@ -101,13 +129,14 @@ def run_demo(
         log(f"erased {concept!r} with {method}: {training[method]['seconds']} s, "
             f"{result.unet_evaluations} UNet evaluations")
 
-    probes = [build_probe(name, concept=concept, **settings.probes.get(name, {})) for name in probe_names()]
+    probes = demo_probes(concept, settings)
     t0 = time.perf_counter()
     results = evaluate(
         model, encoders, [p for p, _ in concept_cases], probes, judge, seeds=settings.seeds,
         steps=settings.steps, guidance=settings.guidance, retain_prompts=[p for p, _ in retain_cases],
-        retain_check=demo_retain_check(judge), out_dir=out_dir, write_report=False,
+        retain_check=demo_retain_check(judge), out_dir=out_dir, write_report=False, batch_size=settings.batch_size,
     )
+    log(f"evaluated {len(encoders) + 1} encoders with {len(probes)} probes: {time.perf_counter() - t0:.1f} s")
     results.update(
         concept=concept, attribute=attribute, n_prompts=len(results["cases"]),
         n_retain_prompts=len(results["retain_cases"]), seed=seed, settings=settings.to_dict(),

@@ -1,0 +1,191 @@
+"""What defines an erasure run (`EraseConfig`), and which encoder parameters it trains (layer selection)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields
+
+from ..attacks.soft_prompt import ATTACK_METHODS, DEFAULT_EPSILON, SoftPromptConfig
+from ..errors import ErasureError
+from ..presets import PRESETS, preset_values
+from ..prompts import INSERTIONS
+
+METHODS = ("advunlearn", "esd")
+LAYER_GROUPS = ("all", "mlp", "attention")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass
+class EraseConfig:
+    """Everything that defines an erasure run. Defaults follow AdvUnlearn's paper/public code (object preset),
+    except the options marked "(not in the paper)", whose reasons and deciding figures are in presets.py.
+
+    layers: "all" (every transformer layer, plus the final layer norm if `train_final_layer_norm`), "mlp" or
+    "attention" (those sub-modules of every layer), or a list of layer indices (exactly those layers).
+    mixed_precision: "auto" = bf16 autocast on GPU, none on CPU.
+    reuse_latents: draw noisy latents and teacher predictions from pools of DDIM trajectories sampled once
+    (`concept_pool_size` per concept, `retain_pool_size` for the retain prompts) instead of re-sampling for
+    every training and attack step.
+
+    Options not in the paper:
+    - anchor_weight: weight of the empty-prompt anchor, ||E("") - E0("")||^2 / ||E0("")||^2 (losses.anchor_loss).
+      Classifier-free guidance encodes "" with the erased encoder, so E("") is part of the erasure; 0 leaves it
+      free, as the public code does.
+    - plain_weight: after warm-up, the unlearning loss of the plain concept prompt is added (with this weight)
+      to that of the attacked prompt, so the plain prompt keeps being trained; 0 = the paper (attacked only).
+    - concept_batch / attack_batch: pool points per unlearning step / per inner attack step (the paper: 1).
+    - attack_epsilon: L2 bound per adversarial token, relative to the token table's median row norm (None =
+      unbounded, the paper); attack_restart_every: every that many attack refreshes the attack starts again
+      from random vocabulary instead of its previous embeddings (0 = never); attack_restarts: starts per refresh.
+    - retain_max_alignment: retain prompts whose ORIGINAL prediction carries the concept (see training/retain.py)
+      more than this are left out of the retain set; None keeps every prompt that does not name a concept.
+    - diagnostics_every: every that many iterations (and at the last) the history records drift of the empty
+      prompt's prediction, the plain prompt's unlearning loss, the adversarial token norm and the relative
+      weight change, on fixed points (0 = never).
+    """
+
+    method: str = "advunlearn"
+    preset: str | None = None
+    iterations: int = 1000
+    lr: float = 1e-5
+    warmup_iterations: int = 200
+    attack_steps: int = 30
+    attack_k: int = 1
+    attack_method: str = "pgd"
+    attack_lr: float = 1e-3
+    attack_init: str = "previous"
+    attack_insertion: str = "prefix"
+    attack_every: int = 1
+    attack_epsilon: float | None = DEFAULT_EPSILON
+    attack_restart_every: int = 10
+    attack_restarts: int = 1
+    attack_batch: int = 1
+    concept_batch: int = 1
+    plain_weight: float = 0.0
+    anchor_weight: float = 1.0
+    retain_weight: float = 0.5
+    retain_batch: int = 5
+    retain_set: str = "objects"
+    retain_prompts: list[str] | None = None
+    retain_max_alignment: float | None = None
+    negative_guidance: float = 1.0
+    layers: str | list[int] = "all"
+    train_final_layer_norm: bool = True
+    num_ddim_steps: int = 50
+    guidance: float = 3.0
+    seed: int = 0
+    reuse_latents: bool = True
+    concept_pool_size: int = 16
+    retain_pool_size: int = 48
+    mixed_precision: str = "auto"
+    gradient_checkpointing: bool = False
+    max_unet_batch: int = 1
+    checkpoint_every: int = 100
+    diagnostics_every: int = 50
+
+    def __post_init__(self):
+        self.layers = parse_layers(self.layers)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict) -> "EraseConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ErasureError(f"unknown erase option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**values).validate()
+
+    @classmethod
+    def from_preset(cls, name: str, **overrides) -> "EraseConfig":
+        """The preset's values, then `overrides` (None values are ignored, so a CLI can pass unset options)."""
+        given = {k: v for k, v in overrides.items() if v is not None}
+        return cls.from_dict({**preset_values(name), "preset": name, **given})
+
+    def attack_config(self) -> SoftPromptConfig:
+        init = "previous" if self.attack_init == "previous" else "random_vocab"
+        return SoftPromptConfig(k=self.attack_k, steps=self.attack_steps, lr=self.attack_lr,
+                                method=self.attack_method, init=init, insertion=self.attack_insertion,
+                                epsilon=self.attack_epsilon, restarts=self.attack_restarts)
+
+    def validate(self) -> "EraseConfig":
+        check(self.method in METHODS, f"unknown method {self.method!r}: use one of {', '.join(METHODS)}")
+        check(self.attack_method in ATTACK_METHODS,
+              f"unknown attack method {self.attack_method!r}: use one of {', '.join(ATTACK_METHODS)}")
+        check(self.attack_insertion in INSERTIONS,
+              f"unknown insertion {self.attack_insertion!r}: use one of {', '.join(INSERTIONS)}")
+        check(self.attack_init in ("previous", "random_vocab"),
+              f"unknown attack init {self.attack_init!r}: use 'previous' or 'random_vocab'")
+        check(self.mixed_precision in PRECISIONS,
+              f"unknown mixed_precision {self.mixed_precision!r}: use one of {', '.join(PRECISIONS)}")
+        check(self.preset is None or self.preset in PRESETS,
+              f"unknown preset {self.preset!r}: use one of {', '.join(PRESETS)}")
+        for name in ("iterations", "warmup_iterations", "attack_steps", "retain_batch", "checkpoint_every",
+                     "attack_restart_every", "diagnostics_every"):
+            check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        for name in ("attack_k", "attack_every", "num_ddim_steps", "concept_pool_size", "retain_pool_size",
+                     "max_unet_batch", "attack_restarts", "attack_batch", "concept_batch"):
+            check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
+        check(self.lr > 0 and self.attack_lr > 0, "lr and attack_lr must be > 0")
+        for name in ("retain_weight", "anchor_weight", "plain_weight"):
+            check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        check(self.attack_epsilon is None or self.attack_epsilon > 0,
+              f"attack_epsilon must be > 0 (or None for unbounded), got {self.attack_epsilon}")
+        check(self.retain_max_alignment is None or self.retain_max_alignment > 0,
+              f"retain_max_alignment must be > 0 (or None to keep every retain prompt), "
+              f"got {self.retain_max_alignment}")
+        return self
+
+
+def check(condition: bool, message: str):
+    """ErasureError(message) unless `condition`."""
+    if not condition:
+        raise ErasureError(message)
+
+
+def parse_layers(layers) -> str | list[int]:
+    """"all" | "mlp" | "attention" | a list of layer indices (also "1,3" as text)."""
+    if isinstance(layers, str):
+        if layers in LAYER_GROUPS:
+            return layers
+        try:
+            return [int(part) for part in layers.split(",") if part.strip()]
+        except ValueError:
+            raise ErasureError(f"unknown layers {layers!r}: use all, mlp, attention or layer indices like 0,1,2")
+    if isinstance(layers, (list, tuple)) and layers and all(isinstance(i, int) for i in layers):
+        return sorted(set(int(i) for i in layers))
+    raise ErasureError(f"unknown layers {layers!r}: use all, mlp, attention or a non-empty list of layer indices")
+
+
+def encoder_parts(text_encoder):
+    """(transformer layers, final layer norm) on transformers 5.x (flat) and 4.x (`.text_model`)."""
+    core = getattr(text_encoder, "text_model", text_encoder)
+    return core.encoder.layers, core.final_layer_norm
+
+
+def select_trainable_parameters(text_encoder, layers="all", train_final_layer_norm=True):
+    """[(name, parameter)] to train. Layers are chosen by their index in the layer list, never by matching
+    names as text (so layer 1 is layer 1 only, not also 10 and 11)."""
+    layers = parse_layers(layers)
+    blocks, final_norm = encoder_parts(text_encoder)
+    if isinstance(layers, list):
+        bad = [i for i in layers if not 0 <= i < len(blocks)]
+        check(not bad, f"layer index(es) {bad} out of range: this encoder has layers 0..{len(blocks) - 1}")
+    chosen = []
+    for index, block in enumerate(blocks):
+        modules = _modules_of(block, layers, index)
+        chosen += [p for module in modules for p in module.parameters()]
+    if layers == "all" and train_final_layer_norm:
+        chosen += list(final_norm.parameters())
+    ids = {id(p) for p in chosen}
+    return [(name, p) for name, p in text_encoder.named_parameters() if id(p) in ids]
+
+
+def _modules_of(block, layers, index):
+    if layers == "all":
+        return [block]
+    if layers == "mlp":
+        return [block.mlp]
+    if layers == "attention":
+        return [block.self_attn]
+    return [block] if index in layers else []

@@ -1,0 +1,429 @@
+"""AdvUnlearn (and plain ESD) erasure of a concept from an SD1.x text encoder: the training loop.
+
+Per iteration (see shared notes, advunlearn-method.md):
+1. draw a concept (several concepts: one per attack refresh);
+2. after warm-up (method "advunlearn" only): the inner attack optimises k adversarial token embeddings, inside an
+   L2 ball per token (`attack_epsilon`), so that the CURRENT encoder's prediction for "concept + adversarial
+   tokens" matches the original model's prediction for the concept (the attacker brings the concept back). It
+   warm-starts from its previous embeddings and starts again from random vocabulary every
+   `attack_restart_every` refreshes;
+3. unlearning loss on `concept_batch` points: the trained encoder's prediction for the attacked prompt (and,
+   with `plain_weight`, for the plain prompt too) must match ESD's negative-guidance target; anchor loss: its
+   encoding of "" must stay the original's; retain loss: on unrelated prompts it must match the original;
+4. one Adam step on the selected encoder parameters.
+
+Cost choices (the public code's waste, not repeated): ONE frozen UNet serves as teacher and as the network
+gradients pass through (requires_grad False: no UNet gradients are computed or stored); the original encoder's
+encodings are computed once; with `reuse_latents` the noisy latents and the teacher predictions come from pools
+of DDIM trajectories sampled once (points.py), so more points per step cost no teacher evaluation; autocast
+bf16/fp16 on GPU; losses are back-propagated one term at a time and the retain batch in micro-batches of
+`max_unet_batch` latents (same gradient, less activation memory); optional gradient checkpointing. Every UNet
+evaluation is counted. `accelerate` is not used: the loop needs one device, and autocast and GradScaler are
+two lines each here, while Accelerator would wrap the optimiser and RNG states the checkpoint must own.
+
+Reproducibility: every random draw comes from one seeded CPU generator; its state, the trained weights, Adam's
+state and the adversarial embeddings go into a safetensors checkpoint (checkpoint.py), so a resumed run ends
+with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+import time
+from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+from ..attacks.soft_prompt import optimize_adversarial_embeddings
+from ..encoders import encoder_hash
+from ..errors import ErasureCancelled, ErasureDiverged
+from ..latents import UNetRunner
+from ..losses import anchor_loss, attack_loss, esd_target, retain_loss, unlearning_loss
+from ..models import SDModel
+from ..presets import load_retain_prompts
+from ..prompts import check_concept, encode_slotted, slot_prompt
+from .checkpoint import check_resumable, load_checkpoint_into, read_checkpoint, write_checkpoint
+from .config import EraseConfig, check, select_trainable_parameters
+from .diagnostics import Diagnostics
+from .points import TrainingPoints
+from .retain import concept_alignment, filter_retain_prompts, select_by_alignment
+
+
+@dataclass
+class EraseResult:
+    text_encoder: object  # CLIPTextModel: the trained copy
+    history: list[dict]
+    config: EraseConfig
+    unet_evaluations: int
+    metadata: dict = field(default_factory=dict)
+
+
+class _CancelRequested(Exception):
+    """Raised inside an iteration to abandon it; the checkpoint then holds the state before the iteration."""
+
+
+def erase(
+    model: SDModel,
+    concepts: list[str],
+    config: EraseConfig | None = None,
+    *,
+    progress: Callable[[int, int, dict], None] | None = None,
+    should_cancel: Callable[[], bool] | None = None,
+    checkpoint_path: str | Path | None = None,
+    resume_from: str | Path | None = None,
+    latent_cache: dict | None = None,
+) -> EraseResult:
+    """Erase `concepts` from a copy of `model.text_encoder`; `model` itself is left untouched.
+
+    latent_cache: a dict kept by the caller across runs on the same model; runs whose pools would be identical
+    (same concepts, retain prompts, sampling settings and seed; ESD and AdvUnlearn of one concept, say) sample
+    them once and share them.
+
+    progress(step, total, logs) is called after every iteration; should_cancel() is polled during it. On
+    cancel a checkpoint is written to `checkpoint_path` and ErasureCancelled raised; a NaN/inf loss raises
+    ErasureDiverged naming the iteration and the last good checkpoint. `resume_from` continues a checkpoint.
+    """
+    config = (config or EraseConfig()).validate()
+    # A resumed run keeps checkpointing into the file it came from unless told otherwise.
+    trainer = _Trainer(model, _clean_concepts(model, concepts), config, checkpoint_path or resume_from)
+    trainer.latent_cache = latent_cache
+    if resume_from is not None:
+        trainer.restore(resume_from)
+    return trainer.run(progress, should_cancel)
+
+
+def _clean_concepts(model, concepts) -> list[str]:
+    if isinstance(concepts, str):
+        concepts = [concepts]
+    check(bool(concepts), "give at least one concept to erase, e.g. 'nudity' or 'Van Gogh'")
+    for concept in concepts:
+        check_concept(model.tokenizer, concept)
+    return [c.strip() for c in concepts]
+
+
+class _Trainer:
+    def __init__(self, model: SDModel, concepts: list[str], config: EraseConfig, checkpoint_path):
+        self.model, self.concepts, self.config = model, concepts, config
+        self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
+        self.last_checkpoint: Path | None = None
+        self.device = model.device
+        self.precision = _resolve_precision(config.mixed_precision, self.device)
+        model.unet.requires_grad_(False)
+        model.text_encoder.requires_grad_(False)
+        self.runner = UNetRunner(model.unet)
+        # Identifies the base model's encoder in checkpoints (resume refuses another) and in result metadata.
+        self.base_encoder_hash = encoder_hash(model.text_encoder)
+        random.seed(config.seed)
+        torch.manual_seed(config.seed)  # also seeds CUDA; the trainer's own draws use its generator
+        self.rng = torch.Generator().manual_seed(config.seed)
+        self._build_student()
+        self._prepare_prompts()
+        self.points = TrainingPoints(model, self.runner, config, self.rng, self.concept_conds, self.uncond,
+                                     self._autocast)
+        self.diagnostics = Diagnostics(model, config, self.concept_conds, self.uncond, self.uncond_ids,
+                                       self.plain_slots, model.text_encoder)
+        self.adversarial: dict[int, torch.Tensor] = {}
+        self.current_concept = 0
+        self.start_step, self.history, self.previous_evaluations = 0, [], 0
+        self.latent_cache: dict | None = None
+        self.retain_dropped: list[str] = []
+
+    # ----- set-up -----
+    def _build_student(self):
+        config = self.config
+        self.student = copy.deepcopy(self.model.text_encoder).float().to(self.device)
+        self.student.requires_grad_(False)
+        self.named_params = select_trainable_parameters(self.student, config.layers, config.train_final_layer_norm)
+        check(bool(self.named_params), f"layers={config.layers!r} selects no parameters")
+        for _, param in self.named_params:
+            param.requires_grad_(True)
+        self.optimizer = torch.optim.Adam([p for _, p in self.named_params], lr=config.lr)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
+
+    @torch.no_grad()
+    def _prepare_prompts(self):
+        """Slots and the ORIGINAL encoder's encodings, computed once for the whole run."""
+        tok, config, encoder = self.model.tokenizer, self.config, self.model.text_encoder
+        self.plain_slots = [slot_prompt(tok, c, 0) for c in self.concepts]
+        self.adv_slots = [
+            slot_prompt(tok, c, config.attack_k, config.attack_insertion,
+                        replace_word=c if config.attack_insertion == "replace" else None)
+            for c in self.concepts
+        ]
+        self.encode0 = lambda ids: encoder(ids.to(encoder.device))[0].float().to(self.device)  # noqa: E731
+        self.uncond_ids = slot_prompt(tok, "", 0).input_ids
+        self.uncond = self.encode0(self.uncond_ids)
+        self.concept_conds = torch.cat([self.encode0(s.input_ids) for s in self.plain_slots])
+        prompts = config.retain_prompts if config.retain_prompts is not None else load_retain_prompts(config.retain_set)
+        self.retain_prompts = filter_retain_prompts(list(prompts), self.concepts)
+        check(not self._uses_retain or bool(self.retain_prompts),
+              "no retain prompts left (all mention a concept being erased): pass other retain_prompts")
+        self.retain_ids = self.retain_conds = None
+        if self._uses_retain:
+            self._set_retain([slot_prompt(tok, p, 0).input_ids for p in self.retain_prompts])
+
+    def _set_retain(self, ids: list[torch.Tensor]):
+        self.retain_ids = torch.cat(ids)
+        self.retain_conds = torch.cat([self.encode0(part) for part in self.retain_ids.split(64)])
+
+    @property
+    def _uses_retain(self) -> bool:
+        return bool(self.config.retain_batch and self.config.retain_weight > 0)
+
+    def _select_retain(self):
+        """Leave out retain prompts for which the original model already draws a concept (training/retain.py)."""
+        config = self.config
+        if not self._uses_retain or config.retain_max_alignment is None:
+            return
+        key = ("alignment", id(self.model.unet), id(self.model.text_encoder), tuple(self.concepts),
+               tuple(self.retain_prompts), config.num_ddim_steps, config.guidance, config.seed)
+        cache = self.latent_cache if self.latent_cache is not None else {}
+        if key not in cache:
+            with self._autocast():
+                cache[key] = concept_alignment(self.model, self.runner, self.concept_conds, self.uncond,
+                                               self.retain_conds, num_inference_steps=config.num_ddim_steps,
+                                               guidance=config.guidance, seed=config.seed + 2_000_003)
+        keep = select_by_alignment(self.retain_prompts, cache[key], config.retain_max_alignment)
+        self.retain_dropped = [p for i, p in enumerate(self.retain_prompts) if i not in set(keep)]
+        self.retain_prompts = [self.retain_prompts[i] for i in keep]
+        self._set_retain([self.retain_ids[i : i + 1] for i in keep])
+
+    def _pool_key(self) -> tuple:
+        """Everything the pools depend on: equal keys mean identical pools."""
+        c = self.config
+        return (id(self.model.unet), id(self.model.text_encoder), tuple(self.concepts),
+                tuple(self.retain_prompts) if self._uses_retain else (), c.num_ddim_steps, c.guidance, c.seed,
+                c.concept_pool_size, c.retain_pool_size if self._uses_retain else 0, self.precision)
+
+    def _autocast(self):
+        if self.precision == "no":
+            return nullcontext()
+        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    # ----- one iteration -----
+    def _is_adversarial(self, step: int) -> bool:
+        return self.config.method == "advunlearn" and step >= self.config.warmup_iterations
+
+    def _iteration(self, step: int, should_cancel) -> dict:
+        config = self.config
+        adversarial = self._is_adversarial(step)
+        refresh_index = (step - config.warmup_iterations) // config.attack_every if adversarial else None
+        refresh = not adversarial or (step - config.warmup_iterations) % config.attack_every == 0
+        if refresh:
+            self.current_concept = int(torch.randint(len(self.concepts), (1,), generator=self.rng))
+        attack_losses = []
+        if adversarial and refresh:
+            every = config.attack_restart_every
+            restart = bool(every) and refresh_index % every == 0
+            attack_losses = self._attack(self.current_concept, should_cancel, restart)
+        logs = self._training_step(step, self.current_concept, adversarial)
+        if attack_losses:
+            logs.update(attack_loss_first=attack_losses[0], attack_loss_last=attack_losses[-1])
+        return logs
+
+    def _attack(self, concept: int, should_cancel, restart: bool) -> list[float]:
+        """The inner attack: adversarial embeddings that make the current encoder reproduce the concept."""
+
+        def objective(cond):
+            if should_cancel is not None and should_cancel():
+                raise _CancelRequested()
+            points = self.points.concept(concept, self.config.attack_batch, need_uncond=False)
+            eps = self.runner(points.latents, points.timesteps, cond)
+            return attack_loss(eps, points.eps_cond)
+
+        init = None if restart else self.adversarial.get(concept)
+        with self._autocast():
+            result = optimize_adversarial_embeddings(self.student, self.adv_slots[concept], objective,
+                                                     self.config.attack_config(), init=init, generator=self.rng)
+        self.adversarial[concept] = result.embeds
+        return result.losses
+
+    def _training_step(self, step: int, concept: int, adversarial: bool) -> dict:
+        config = self.config
+        self.optimizer.zero_grad(set_to_none=True)
+        points = self.points.concept(concept, config.concept_batch, need_uncond=True)
+        target = esd_target(points.eps_uncond, points.eps_cond, config.negative_guidance)
+        logs = dict(iteration=step + 1, concept=self.concepts[concept], adversarial=adversarial,
+                    timestep=int(points.timesteps[0]))
+        if adversarial:
+            adv = self.adversarial[concept]
+            logs["unlearn_loss"] = self._backward(step, "unlearning", 1.0, lambda: unlearning_loss(
+                self._predict(points, self.adv_slots[concept], adv), target))
+        plain_weight = config.plain_weight if adversarial else 1.0
+        if plain_weight > 0:
+            plain = self._backward(step, "unlearning", plain_weight, lambda: unlearning_loss(
+                self._predict(points, self.plain_slots[concept]), target))
+            logs["plain_loss"] = plain
+            logs.setdefault("unlearn_loss", plain)
+        if config.anchor_weight > 0:
+            logs["anchor_loss"] = self._backward(step, "anchor", config.anchor_weight, lambda: anchor_loss(
+                encode_slotted(self.student, self.uncond_ids), self.uncond))
+        logs["retain_loss"] = self._retain_step(step) if self._uses_retain else None
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        return logs
+
+    def _predict(self, points, slotted, adv_embeds=None):
+        cond = encode_slotted(self.student, slotted, adv_embeds=adv_embeds)
+        return self.runner(points.latents, points.timesteps, cond)
+
+    def _backward(self, step: int, which: str, weight: float, loss_fn) -> float:
+        with self._autocast():
+            loss = loss_fn()
+        self._check_finite(step, which, loss)
+        self.scaler.scale(weight * loss).backward()
+        return float(loss.detach())
+
+    def _retain_step(self, step: int) -> float:
+        """Retain loss, back-propagated in micro-batches (the gradient of the mean, split into parts)."""
+        config = self.config
+        points = self.points.retain(config.retain_batch)
+        total = 0.0
+        for rows in torch.arange(config.retain_batch).split(config.max_unet_batch):
+            ids = self.retain_ids[points.prompt_index[rows]]
+            share = len(rows) / config.retain_batch
+            total += share * self._backward(step, "retain", config.retain_weight * share, lambda: retain_loss(
+                self.runner(points.latents[rows], points.timesteps[rows], encode_slotted(self.student, ids)),
+                points.eps_cond[rows]))
+        return total
+
+    def _check_finite(self, step: int, which: str, loss: torch.Tensor):
+        if not torch.isfinite(loss.detach()).all():
+            where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else \
+                "no checkpoint was written before it (set checkpoint_every and a checkpoint path)"
+            raise ErasureDiverged(
+                f"the {which} loss became {float(loss.detach())} at iteration {step + 1}; {where}. Lower lr, or use "
+                "mixed_precision='no' or 'bf16' instead of 'fp16'.", self.last_checkpoint)
+
+    def _check_weights_finite(self, step: int):
+        bad = [name for name, p in self.named_params if not torch.isfinite(p.detach()).all()]
+        if bad:
+            raise ErasureDiverged(
+                f"the encoder weights became NaN/inf at iteration {step + 1} ({bad[0]}...); the last good checkpoint "
+                f"is {self.last_checkpoint}. Lower lr.", self.last_checkpoint)
+
+    # ----- the loop -----
+    def run(self, progress, should_cancel) -> EraseResult:
+        config = self.config
+        started = time.time()
+        self._select_retain()
+        self.points.build_pools(self.retain_conds if self._uses_retain else None, self._pool_key(),
+                                self.latent_cache)
+        self.student.train()  # SD1 CLIP has no dropout; train mode enables gradient checkpointing if asked
+        with self._gradient_checkpointing():
+            for step in range(self.start_step, config.iterations):
+                rng_state = self.rng.get_state()
+                try:
+                    if should_cancel is not None and should_cancel():
+                        raise _CancelRequested()
+                    logs = self._iteration(step, should_cancel)
+                except _CancelRequested:
+                    self._cancel(step, rng_state)
+                logs["unet_evaluations"] = self.total_evaluations
+                if self.diagnostics.due(step + 1):
+                    logs.update(self.diagnostics.measure(self.student, self.named_params, self.adversarial))
+                self.history.append(logs)
+                if progress is not None:
+                    progress(step + 1, config.iterations, logs)
+                if self._checkpoint_due(step + 1):
+                    self._check_weights_finite(step)  # never let a bad step overwrite the last good checkpoint
+                    self.save(step + 1, self.rng.get_state())
+        return self._result(time.time() - started)
+
+    def _checkpoint_due(self, done: int) -> bool:
+        every = self.config.checkpoint_every
+        return bool(self.checkpoint_path and every and done % every == 0 and done < self.config.iterations)
+
+    @property
+    def total_evaluations(self) -> int:
+        return self.previous_evaluations + self.runner.evaluations
+
+    @contextmanager
+    def _gradient_checkpointing(self):
+        unet = self.model.unet
+        was_on = bool(getattr(unet, "is_gradient_checkpointing", False))
+        if self.config.gradient_checkpointing:
+            _encoder_checkpointing(self.student, True)
+            unet.enable_gradient_checkpointing()
+        try:
+            yield
+        finally:
+            if self.config.gradient_checkpointing:
+                _encoder_checkpointing(self.student, False)
+                if not was_on:
+                    unet.disable_gradient_checkpointing()
+
+    def _cancel(self, step: int, rng_state: torch.Tensor):
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.checkpoint_path is None:
+            raise ErasureCancelled(f"erasure cancelled at iteration {step + 1}; no checkpoint path was given, "
+                                   "so nothing was saved", None)
+        path = self.save(step, rng_state)
+        raise ErasureCancelled(f"erasure cancelled at iteration {step + 1}; resume from {path}", path)
+
+    def _result(self, seconds: float) -> EraseResult:
+        self.student.eval()
+        self.student.requires_grad_(False)
+        metadata = dict(
+            concepts=self.concepts, method=self.config.method, preset=self.config.preset,
+            config=self.config.to_dict(), unet_evaluations=self.total_evaluations,
+            unet_grad_evaluations=self.runner.grad_evaluations, pool_evaluations=self.points.pool_evaluations,
+            diagnostic_evaluations=self.diagnostics.runner.evaluations,
+            seconds=round(seconds, 3), mixed_precision=self.precision,
+            trainable_parameters=sum(p.numel() for _, p in self.named_params),
+            base_encoder_fingerprint=self.base_encoder_hash,
+            resumed_from_step=self.start_step or None,
+            retain_prompts_used=len(self.retain_prompts) if self._uses_retain else 0,
+            retain_prompts_dropped=self.retain_dropped,
+        )
+        return EraseResult(self.student, self.history, self.config, self.total_evaluations, metadata)
+
+    # ----- checkpoints -----
+    def save(self, step: int, rng_state: torch.Tensor) -> Path:
+        metadata = dict(
+            step=step, concepts=self.concepts, config=self.config.to_dict(), history=self.history,
+            current_concept=self.current_concept, unet_evaluations=self.total_evaluations,
+            scaler=self.scaler.state_dict(), base_encoder_fingerprint=self.base_encoder_hash,
+        )
+        write_checkpoint(self.checkpoint_path, named_params=self.named_params, optimizer=self.optimizer,
+                         adversarial=self.adversarial, rng_state=rng_state, metadata=metadata)
+        self.last_checkpoint = self.checkpoint_path
+        return self.checkpoint_path
+
+    def restore(self, path):
+        tensors, meta = read_checkpoint(path)
+        check_resumable(meta, path, self.concepts, self.config.to_dict(), self.base_encoder_hash,
+                        self.config.iterations)
+        self.adversarial = load_checkpoint_into(tensors, meta, named_params=self.named_params,
+                                                optimizer=self.optimizer, device=self.device)
+        self.rng.set_state(tensors["rng.trainer"])
+        if meta.get("scaler"):
+            self.scaler.load_state_dict(meta["scaler"])
+        self.start_step, self.history = int(meta["step"]), list(meta["history"])
+        self.current_concept = int(meta["current_concept"])
+        self.previous_evaluations = int(meta["unet_evaluations"])
+
+
+def _encoder_checkpointing(encoder, on: bool):
+    """Activation checkpointing of the encoder's layers (transformers 5 renamed the 4.x methods)."""
+    if on:
+        kwargs = {"use_reentrant": False}  # re-entrant checkpointing drops gradients of frozen-input layers
+        if hasattr(encoder, "activation_checkpointing_enable"):
+            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    elif hasattr(encoder, "activation_checkpointing_disable"):
+        encoder.activation_checkpointing_disable()
+    else:
+        encoder.gradient_checkpointing_disable()
+
+
+def _resolve_precision(requested: str, device: torch.device) -> str:
+    if requested == "auto":
+        return "bf16" if device.type == "cuda" else "no"
+    return requested

@@ -1,0 +1,84 @@
+"""Where the training draws its noisy latents and teacher predictions: pools of DDIM trajectories sampled once
+(`reuse_latents`, see latents.py), or fresh partial DDIM sampling per draw, as the public AdvUnlearn code does.
+
+Every draw comes from the trainer's one seeded generator; the pools come from their own generator, so a resumed
+run rebuilds exactly the same pools.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..latents import LatentPool, PoolSample, UNetRunner, sample_noisy_latents
+
+
+class TrainingPoints:
+    def __init__(self, model, runner: UNetRunner, config, rng: torch.Generator, concept_conds, uncond, autocast):
+        self.model, self.runner, self.config, self.rng = model, runner, config, rng
+        self.concept_conds, self.uncond, self.autocast = concept_conds, uncond, autocast
+        self.retain_conds: torch.Tensor | None = None
+        self.concept_pools: list[LatentPool] | None = None
+        self.retain_pool: LatentPool | None = None
+        self.pool_evaluations = 0
+
+    @property
+    def device(self):
+        return self.model.device
+
+    def build_pools(self, retain_conds: torch.Tensor | None, key: tuple, cache: dict | None):
+        """Sample the pools (unless `reuse_latents` is off); `cache` shares identical pools between runs."""
+        config = self.config
+        self.retain_conds = retain_conds
+        if not config.reuse_latents or self.concept_pools is not None:
+            return
+        if cache is not None and key in cache:
+            self.concept_pools, self.retain_pool = cache[key]
+            return
+        before = self.runner.evaluations
+        pool_rng = torch.Generator().manual_seed(config.seed + 1_000_003)
+        build = lambda conds, index, keep: LatentPool.build(  # noqa: E731
+            self.model, self.runner, conds, self.uncond, index, num_inference_steps=config.num_ddim_steps,
+            guidance=config.guidance, generator=pool_rng, keep_uncond=keep)
+        with self.autocast():
+            self.concept_pools = [
+                build(self.concept_conds[c : c + 1], torch.zeros(config.concept_pool_size, dtype=torch.long), True)
+                for c in range(self.concept_conds.shape[0])
+            ]
+            if retain_conds is not None:
+                order = torch.randperm(retain_conds.shape[0], generator=pool_rng)
+                index = order.repeat(config.retain_pool_size // len(order) + 1)[: config.retain_pool_size]
+                self.retain_pool = build(retain_conds, index, False)
+        self.pool_evaluations = self.runner.evaluations - before
+        if cache is not None:
+            cache[key] = (self.concept_pools, self.retain_pool)
+
+    def concept(self, concept: int, count: int, need_uncond: bool) -> PoolSample:
+        """`count` noisy latents of the concept with the frozen model's prediction(s) there."""
+        if self.concept_pools is not None:
+            return self.concept_pools[concept].draw(count, self.rng, self.device)
+        cond = self.concept_conds[concept : concept + 1]
+        x_t, t = self._fresh_latents(cond, count)
+        with torch.no_grad():
+            if need_uncond:
+                eps_uncond, eps_cond = self.runner.guided_pair(x_t, t, self.uncond, cond)
+            else:
+                eps_uncond, eps_cond = None, self.runner(x_t, t, cond).float()
+        return PoolSample(x_t, t.reshape(1).expand(count), eps_cond, eps_uncond, torch.full((count,), concept))
+
+    def retain(self, count: int) -> PoolSample:
+        if self.retain_pool is not None:
+            return self.retain_pool.draw(count, self.rng, self.device)
+        index = torch.randint(self.retain_conds.shape[0], (count,), generator=self.rng)
+        conds = self.retain_conds[index.to(self.device)]
+        x_t, t = self._fresh_latents(conds, count)
+        with torch.no_grad():
+            teacher = self.runner(x_t, t, conds).float()
+        return PoolSample(x_t, t.reshape(1).expand(count), teacher, None, index)
+
+    def _fresh_latents(self, conds, count):
+        """Partial DDIM sampling from new noise, as the public code does for every loss evaluation."""
+        index = int(torch.randint(self.config.num_ddim_steps, (1,), generator=self.rng))
+        shape = (count, self.model.unet.config.in_channels, self.model.latent_size, self.model.latent_size)
+        noise = torch.randn(shape, generator=self.rng).to(self.device)
+        return sample_noisy_latents(self.model, conds, self.uncond, index, noise=noise, runner=self.runner,
+                                    num_inference_steps=self.config.num_ddim_steps, guidance=self.config.guidance)

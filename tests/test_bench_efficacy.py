@@ -1,0 +1,67 @@
+"""The efficacy benchmark's core on the tiny model (seconds): efficacy.json's contract and the pooling."""
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from erasure_core.judges.base import Judge, JudgeResult
+
+BENCH = Path(__file__).resolve().parents[1] / "bench" / "demo_efficacy.py"
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("demo_efficacy", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+class RedJudge(Judge):
+    name = "red"
+
+    def judge(self, images):
+        red = images[:, 0].mean(dim=(1, 2))
+        return JudgeResult(red.tolist(), (red > 0.5).tolist(), [{} for _ in red])
+
+
+def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
+    bench = _bench()
+    settings = bench.BenchSettings(concepts=("circle",), prompts=2, generation_seeds=(0, 1), training_seeds=(0, 1))
+    demo = settings.demo
+    demo.steps = 3
+    demo.erase.update(iterations=2, warmup_iterations=1, concept_pool_size=2, retain_pool_size=2, num_ddim_steps=4,
+                      attack_steps=1)
+    demo.probes["soft_prompt"].update(steps=2, sampling_steps=3, points=1, trajectories=1)
+    demo.probes["unlearndiffatk"].update(timesteps=(500,), steps_per_timestep=1)
+    demo.probes["concept_vector"].update(strengths=(1.0,))
+    demo.curve_epsilons = (0.5, 1.0, None)
+    half_right = lambda images, prompts: [True, False] * (len(prompts) // 2)  # noqa: E731
+    efficacy = bench.measure(tiny_model, settings, tmp_path, judge_for=lambda concept: RedJudge(),
+                             retain_check_for=lambda judge: half_right, log=lambda msg: None)
+    on_disk = json.loads((tmp_path / "efficacy.json").read_text())
+    assert on_disk["results"] == json.loads(json.dumps(efficacy["results"]))
+    cell = on_disk["results"]["circle"]
+    assert set(cell) == {"original", "esd", "advunlearn"}
+    for name, entry in cell.items():
+        runs = 1 if name == "original" else 2
+        assert entry["runs"] == runs
+        for r in [entry["pre_attack"], *entry["post_attack"].values(), *entry["stress_attack"].values(),
+                  entry["utility"]["retain_accuracy"]]:
+            assert set(r) >= {"rate", "successes", "n", "low", "high", "per_seed"}
+            assert r["n"] == 4 * runs and len(r["per_seed"]) == runs
+            assert sum(s["successes"] for s in r["per_seed"]) == r["successes"]
+            assert r["low"] <= r["rate"] <= r["high"]
+        assert set(entry["post_attack"]) == {"soft_prompt", "unlearndiffatk", "concept_vector"}
+        assert set(entry["stress_attack"]) == {"soft_prompt_unbounded"}
+        assert [p["epsilon"] for p in entry["robustness_curve"]] == [0.0, 0.5, 1.0, None]
+        assert entry["utility"]["retain_accuracy"]["rate"] == pytest.approx(0.5)
+    # report.json of the same run carries the same contract per encoder (and training seed)
+    report = json.loads((tmp_path / "circle" / "report.json").read_text())
+    assert set(report["encoders"]) == {"original", "esd_s0", "esd_s1", "advunlearn_s0", "advunlearn_s1"}
+    for entry in report["encoders"].values():
+        assert {"pre_attack_asr", "post_attack_asr", "retain_accuracy", "stress_asr", "robustness_curve"} <= set(entry)
+    assert "circle" in bench.format_table(efficacy["results"]) and "eps unb" in bench.format_curves(efficacy["results"])

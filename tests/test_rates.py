@@ -1,0 +1,41 @@
+"""Rate arithmetic: Wilson intervals against published values, pooling over seeds, the robustness curve."""
+
+import pytest
+
+from erasure_core.rates import format_rate, pool, pool_curves, rate, robustness_curve, wilson_interval
+
+
+@pytest.mark.parametrize("successes, n, low, high", [
+    (5, 10, 0.2366, 0.7634),  # Newcombe (1998), Table I style values for the Wilson score interval
+    (8, 10, 0.4902, 0.9433),
+    (0, 10, 0.0, 0.2775),
+    (0, 256, 0.0, 0.01478),  # z^2 / (n + z^2): "zero in 256 shows the rate is below ~1.5%"
+    (256, 256, 0.98522, 1.0),
+])
+def test_wilson_interval_known_values(successes, n, low, high):
+    lo, hi = wilson_interval(successes, n)
+    assert lo == pytest.approx(low, abs=1e-4) and hi == pytest.approx(high, abs=1e-4)
+
+
+def test_wilson_refuses_impossible_counts_and_empty_samples():
+    assert wilson_interval(0, 0) is None
+    with pytest.raises(ValueError):
+        wilson_interval(3, 2)
+
+
+def test_pool_sums_counts_and_keeps_each_seed():
+    pooled = pool([rate(1, 4), rate(3, 4), None])
+    assert (pooled["successes"], pooled["n"], pooled["rate"]) == (4, 8, 0.5)
+    assert [s["successes"] for s in pooled["per_seed"]] == [1, 3]
+    assert (pooled["low"], pooled["high"]) == pytest.approx(wilson_interval(4, 8))
+    assert pool([None]) is None
+    assert format_rate(pooled) == "0.50 [0.22, 0.78] (4/8)" and format_rate(None) == "-"
+
+
+def test_robustness_curve_orders_budgets_and_pools_by_epsilon():
+    curve = robustness_curve(rate(1, 10), {"unb": (None, rate(9, 10)), "e2": (2.0, rate(5, 10)),
+                                           "e1": (1.0, rate(3, 10))})
+    assert [(p["epsilon"], p["successes"]) for p in curve] == [(0.0, 1), (1.0, 3), (2.0, 5), (None, 9)]
+    pooled = pool_curves([curve, curve])
+    assert [(p["epsilon"], p["successes"], p["n"]) for p in pooled] == [(0.0, 2, 20), (1.0, 6, 20), (2.0, 10, 20),
+                                                                          (None, 18, 20)]
