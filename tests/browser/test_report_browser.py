@@ -34,8 +34,9 @@ def test_report_opens_with_every_image(tmp_path):
     body = re.search(r"<body[^>]*>", dom.stdout).group(0)
     images = int(re.search(r'data-images="(\d+)"', body).group(1))
     broken = int(re.search(r'data-broken-images="(\d+)"', body).group(1))
-    assert images == 2 * 2 * 4 + 2 * 2 + 2 * 3 and broken == 0
-    assert "26 images, 0 missing" in dom.stdout
+    # images: 2 seeds x 2 encoders x (plain + 3 probes), 2 x 2 retain, 2 x 3 loss plots, 1 robustness curve plot
+    assert images == 2 * 2 * 4 + 2 * 2 + 2 * 3 + 1 and broken == 0
+    assert "27 images, 0 missing" in dom.stdout
 
     shot = tmp_path / "report.png"
     result = _chromium(f"--screenshot={shot}", "--window-size=1500,2600", page.as_uri(), cwd=tmp_path)
