@@ -10,8 +10,6 @@
 
 from __future__ import annotations
 
-import re
-
 from ..errors import ErasureError
 from .base import Judge
 
@@ -99,30 +97,14 @@ def _demo(parts: list[str], spec: str) -> Judge:
     if len(positional) != 1:
         raise ErasureError(f"judge spec {spec!r}: the demo judge needs one concept, e.g. 'demo:circle'")
     try:
-        from ..demo.judge import DemoJudge
+        # The demo judge lives with the demo world it was trained on; it imports judges.base only, never this
+        # registry, so this arrow makes no cycle (tests/test_architecture.py).
+        from ..demo.judge import DemoJudge, demo_retain_check
     except ImportError as exc:
         raise ErasureError(f"the demo judge is not available in this installation ({exc})") from exc
     judge = DemoJudge(positional[0])
     judge.check_retain = demo_retain_check(judge)
     return judge
-
-
-def demo_retain_check(judge):
-    """retain_check(images, prompts) for the demo world: a retain image is right when the judge sees every
-    world value its prompt names ("a red square" -> colour red and shape square)."""
-    from ..demo import world
-
-    values = {value: attribute for attribute, vals in world.WORLD.items() for value in vals}
-
-    def check(images, prompts) -> list[bool]:
-        predicted = judge.predict(images)
-        verdicts = []
-        for i, prompt in enumerate(prompts):
-            named = [word for word in re.findall(r"[a-z]+", prompt.lower()) if word in values]
-            verdicts.append(all(predicted[values[word]][i] == word for word in named))
-        return verdicts
-
-    return check
 
 
 BUILDERS = {"nudenet": _nudenet, "classifier": _classifier, "demo": _demo}
