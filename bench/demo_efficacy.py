@@ -81,7 +81,7 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
     import torch
 
     from erasure_core.evaluate import evaluate
-    from erasure_core.judges.registry import demo_retain_check
+    from erasure_core.demo.judge import demo_retain_check
     from erasure_core.trainer import erase
 
     from erasure_core.demo.judge import DemoJudge
@@ -214,7 +214,7 @@ def main(argv=None) -> None:
     args = parser.parse_args(argv)
 
     from erasure_core.cli_common import device_from_name
-    from erasure_core.models import load_model
+    from erasure_core.loading import load_model
 
     settings = quick_settings() if args.quick else BenchSettings()
     ints = lambda text: tuple(int(s) for s in text.split(","))  # noqa: E731

@@ -38,7 +38,7 @@ sys.path.insert(0, {root!r})
 import torch
 if {threads}:
     torch.set_num_threads({threads})
-from erasure_core.models import load_model
+from erasure_core.loading import load_model
 from erasure_core.trainer import EraseConfig, erase
 model = load_model({model!r})
 config = EraseConfig.from_preset("demo", method="esd", seed=0, iterations={iterations})

@@ -11,7 +11,7 @@ The public names below are imported lazily so that `import erasure_core` stays f
 __version__ = "0.1.0"
 
 _PUBLIC = {
-    "load_model": "models",
+    "load_model": "loading",
     "SDModel": "models",
     "EraseConfig": "trainer",
     "erase": "trainer",

@@ -59,12 +59,15 @@ def _tqdm_progress(total_hint: int, desc: str):
 
 
 def _layers(value: str | None):
-    if value is None or value in ("all", "mlp", "attention"):
-        return value
+    """--layers: all | mlp | attention | comma-separated indices, read by the trainer's own parser."""
+    from .training.config import parse_layers
+
+    if value is None:
+        return None
     try:
-        return [int(v) for v in value.split(",")]
-    except ValueError:
-        raise ErasureError(f'--layers must be all, mlp, attention or comma-separated layer indices, got "{value}"')
+        return parse_layers(value)
+    except ErasureError as err:
+        raise ErasureError(f"--layers: {err}") from None
 
 
 def cmd_erase(args) -> None:

@@ -23,7 +23,7 @@ def device_from_name(name: str | None) -> str:
 
 def load_model_from_args(args):
     """The model named by --model on --device, at --resolution when given."""
-    from .models import load_model
+    from .loading import load_model
 
     model = load_model(args.model, device=device_from_name(args.device))
     return model.at_resolution(args.resolution) if args.resolution else model

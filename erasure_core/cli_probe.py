@@ -70,7 +70,8 @@ def _probes(specs: list[str], concept: str):
 
 
 def run_probe_command(args) -> None:
-    from .attacks.base import GenerationSettings, save_probe_result
+    from .attacks.base import save_probe_result
+    from .sampling import GenerationSettings
     from .judges.registry import build_judge
 
     model, encoder = _model_and_encoder(args, args.encoder)

@@ -39,15 +39,14 @@ from typing import Callable, Sequence
 import torch
 from transformers import CLIPTextModel
 
-from .attacks.base import GenerationSettings, Probe, generate_and_judge_batch
+from .attacks.base import Probe
 from .attacks.replay import PromptCase, as_cases, case_generation
 from .errors import ErasureError
-from .io import atomic_write_json
+from .io import atomic_write_json, safe_name, save_png
 from .judges.base import Judge
 from .models import SDModel
 from .rates import rate, robustness_curve
-from .report import safe_name, save_png
-from .sampling import encode_prompts, generate
+from .sampling import GenerationSettings, encode_prompts, generate, generate_and_judge_batch
 
 SCHEMA = "erasure_core.evaluate/1"
 ORIGINAL = "original"

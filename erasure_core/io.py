@@ -192,3 +192,17 @@ def atomic_write_text(text: str, path: str | Path):
 
 def atomic_write_json(obj, path: str | Path):
     atomic_write_text(json.dumps(obj, indent=2, sort_keys=False), path)
+
+
+def safe_name(name: str) -> str:
+    """A file-name-safe form of an encoder or probe name."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "x"
+
+
+def save_png(image: torch.Tensor, path: str | Path):
+    """One image [3, H, W] in [0, 1] as a PNG, atomically."""
+    from PIL import Image
+
+    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
+    with atomic_path(path) as tmp:
+        Image.fromarray(array).save(tmp, format="PNG")

@@ -1,4 +1,4 @@
-"""Load an SD1.x model from a diffusers folder or a single-file (ldm layout) checkpoint, fully offline.
+"""Load an SD1.x model ("demo", "tiny", a diffusers folder or a single-file (ldm layout) checkpoint), offline.
 
 Single files: the UNet, VAE and text-encoder configs are derived from tensor shapes (so any SD1-architecture
 size loads, from tiny test models to SD1.5), the ldm -> diffusers key conversion is diffusers' own
@@ -25,7 +25,7 @@ from .encoders import (
 )
 from .errors import ModelFormatError
 from .layouts import CLIP_PREFIX, FAMILY_DESCRIPTIONS, SUPPORTED, UNET_PREFIX, detect_family, refuse_unless_sd1
-from .models import SDModel, load_clip_tokenizer, make_scheduler
+from .models import SDModel, build_tiny_model, load_clip_tokenizer, make_scheduler
 from .weightfile import check_tensors, read_state_file
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
@@ -322,7 +322,29 @@ __all__ = [
     "detect_family",
     "infer_ldm_config",
     "load_diffusers_folder",
+    "load_model",
     "load_sd1_from_path",
     "load_single_file",
     "refuse_unless_sd1",
 ]
+
+
+def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SDModel:
+    """Load an SD1-family model: "demo", "tiny", a diffusers folder, or a single-file checkpoint.
+
+    Anything that is not an SD1-family model is refused with a message naming what was found.
+    """
+    spec_str = str(spec)
+    if spec_str == "tiny":
+        model = build_tiny_model()
+    elif spec_str == "demo":
+        # function-level: the demo package holds shipped weights and is imported only when asked for
+        from .demo import load_demo_model
+
+        model = load_demo_model()
+    else:
+        model = load_sd1_from_path(Path(spec_str))
+    # Cast only when needed: diffusers warns about casting with `.to()` even when nothing changes.
+    if model.dtype != dtype:
+        model.to(dtype=dtype)
+    return model.to(device=device).freeze()

@@ -1,7 +1,8 @@
 """An SD1-family model bundle: tokenizer, CLIP text encoder, UNet, VAE and noise schedule.
 
-Everything in `erasure_core` takes an `SDModel`. It is built from a diffusers folder, a single-file SD1.x
-checkpoint, the name "demo" (the embedded shapes-world model) or "tiny" (a random model for tests).
+Everything in `erasure_core` takes an `SDModel`. `loading.load_model` builds one from a diffusers folder, a
+single-file SD1.x checkpoint, the name "demo" (the embedded shapes-world model) or "tiny" (a random model for
+tests). This module sits at the bottom: it imports nothing of the package but errors.
 """
 
 from __future__ import annotations
@@ -190,25 +191,3 @@ def build_tiny_model(seed: int = 0, latent_size: int = 8, hidden: int = 32, laye
     )
     model = SDModel(tokenizer, text_encoder, unet, vae, make_scheduler(), name="tiny", source=f"tiny:{seed}")
     return model.freeze()
-
-
-def load_model(spec: str | Path, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> SDModel:
-    """Load an SD1-family model: "demo", "tiny", a diffusers folder, or a single-file checkpoint.
-
-    Anything that is not an SD1-family model is refused with a message naming what was found.
-    """
-    spec_str = str(spec)
-    if spec_str == "tiny":
-        model = build_tiny_model()
-    elif spec_str == "demo":
-        from .demo import load_demo_model
-
-        model = load_demo_model()
-    else:
-        from .loading import load_sd1_from_path
-
-        model = load_sd1_from_path(Path(spec_str))
-    # Cast only when needed: diffusers warns about casting with `.to()` even when nothing changes.
-    if model.dtype != dtype:
-        model.to(dtype=dtype)
-    return model.to(device=device).freeze()

@@ -12,28 +12,11 @@ All links are relative, so the folder can be moved or zipped; every file is writ
 from __future__ import annotations
 
 import html
-import re
 from pathlib import Path
 
-import torch
-
 from .errors import ErasureError
-from .io import atomic_path, atomic_write_json, atomic_write_text
+from .io import atomic_path, atomic_write_json, atomic_write_text, safe_name, save_png
 from .rates import wilson_interval
-
-
-def safe_name(name: str) -> str:
-    """A file-name-safe form of an encoder or probe name."""
-    return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "x"
-
-
-def save_png(image: torch.Tensor, path: str | Path):
-    """One image [3, H, W] in [0, 1] as a PNG, atomically."""
-    from PIL import Image
-
-    array = (image.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).cpu().numpy()
-    with atomic_path(path) as tmp:
-        Image.fromarray(array).save(tmp, format="PNG")
 
 
 def line_plot(path: Path, series: dict[str, list[tuple[float, float]]], *, title: str, xlabel: str, ylabel: str,

@@ -1,17 +1,23 @@
 """Prompt encoding and image generation through diffusers' own `StableDiffusionPipeline`.
 
-Probes, evaluation, the demo and the nodes all generate through `generate`, so an image made anywhere in the
-product for the same (conditioning, seed, steps, guidance) is the same image.
+Probes, evaluation, the demo and the nodes all generate through `generate` (and judge what it made through
+`generate_and_judge_batch`), so an image made anywhere in the product for the same (conditioning, seed, steps,
+guidance) is the same image.
 """
 
 from __future__ import annotations
 
-from typing import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Sequence
 
 import torch
 from transformers import CLIPTextModel
 
+from .errors import ErasureError
 from .models import SDModel
+
+if TYPE_CHECKING:  # a judge is only called here; judges sit above sampling
+    from .judges.base import Judge
 
 
 def tokenize(model: SDModel, texts: Sequence[str]) -> torch.Tensor:
@@ -77,3 +83,68 @@ def generate(
         width=model.resolution,
     )
     return out.images.float().clamp(0, 1).cpu()
+
+
+@dataclass
+class GenerationSettings:
+    """How a probe (and evaluation) turns a conditioning into images."""
+
+    steps: int = 20
+    guidance: float = 7.5
+    scheduler: str = "ddim"
+    negative_prompt: str = ""
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ErasureError(f"generation steps must be >= 1, got {self.steps}")
+        if self.scheduler not in ("ddim", "lms"):
+            raise ErasureError(f"unknown scheduler {self.scheduler!r}: use 'ddim' or 'lms'")
+
+
+def unconditional(model: SDModel, text_encoder: CLIPTextModel, generation: GenerationSettings) -> torch.Tensor:
+    """The negative/unconditional embedding, made by the encoder under test (as a user's pipeline would)."""
+    return encode_prompts(model, [generation.negative_prompt], text_encoder)
+
+
+def generate_and_judge(
+    model: SDModel,
+    text_encoder: CLIPTextModel,
+    cond: torch.Tensor,
+    seed: int,
+    judge: Judge | None,
+    generation: GenerationSettings,
+) -> tuple[torch.Tensor, bool | None, dict]:
+    """Images for `cond` [1, L, D] at `seed`, and the judge's verdict (None, {} without a judge)."""
+    images, successes, judged = generate_and_judge_batch(model, text_encoder, cond, [seed], judge, generation)
+    return images, successes[0], judged[0]
+
+
+def generate_and_judge_batch(
+    model: SDModel,
+    text_encoder: CLIPTextModel,
+    conds: torch.Tensor,
+    seeds: list[int],
+    judge: Judge | None,
+    generation: GenerationSettings,
+) -> tuple[torch.Tensor, list[bool | None], list[dict]]:
+    """Images for `conds` [B, L, D], one seed each, in ONE batched sampling run, and the judge's verdicts.
+    Each seed's initial noise is drawn on its own (sampling.generate), so an image does not depend on the batch."""
+    images = generate(
+        model,
+        conds.detach(),
+        list(seeds),
+        uncond=unconditional(model, text_encoder, generation),
+        steps=generation.steps,
+        guidance=generation.guidance,
+        text_encoder=text_encoder,
+        scheduler=generation.scheduler,
+    )
+    if judge is None:
+        return images, [None] * len(seeds), [{} for _ in seeds]
+    verdict = judge(images)
+    judged = [{"score": float(verdict.scores[i]), **_first(verdict.details[i:i + 1])} for i in range(len(seeds))]
+    return images, [bool(f) for f in verdict.flags], judged
+
+
+def _first(details: list[dict]) -> dict:
+    return {"judge": details[0]} if details else {}

@@ -45,37 +45,13 @@ def parse_concepts(text: str) -> list[str]:
 
 
 def parse_options(text: str) -> dict:
-    """Extra EraseConfig fields as "key=value" pairs (comma- or line-separated), typed like the field's default."""
-    import dataclasses
-
+    """Extra EraseConfig fields as "key=value" pairs (comma-, semicolon- or line-separated), typed by the field
+    (`erasure_core.options`, the parser the CLI, the probes and the judges use)."""
+    from erasure_core.options import parse_options as parse_typed
     from erasure_core.trainer import EraseConfig
 
-    fields = {f.name: f for f in dataclasses.fields(EraseConfig)}
-    out = {}
-    for part in re.split(r"[,\n;]", text or ""):
-        part = part.strip()
-        if not part:
-            continue
-        if "=" not in part:
-            raise NodeError(f"Robust Erase: option {part!r} is not key=value")
-        key, value = (x.strip() for x in part.split("=", 1))
-        if key not in fields:
-            raise NodeError(f"Robust Erase: unknown option {key!r}; options are {', '.join(fields)}")
-        default = fields[key].default
-        try:
-            if isinstance(default, bool):
-                if value.lower() not in ("true", "false", "1", "0", "yes", "no"):
-                    raise ValueError(value)
-                out[key] = value.lower() in ("true", "1", "yes")
-            elif isinstance(default, int):
-                out[key] = int(value)
-            elif isinstance(default, float):
-                out[key] = float(value)
-            else:
-                out[key] = value
-        except ValueError:
-            raise NodeError(f"Robust Erase: option {key}={value!r} is not a valid {type(default).__name__}") from None
-    return out
+    with user_errors("Robust Erase"):
+        return parse_typed(re.split(r"[,\n;]", text or ""), EraseConfig)
 
 
 def checkpoint_path(concepts, method, preset, iterations, seed, base_hash: str, extra: dict) -> Path:

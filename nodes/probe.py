@@ -79,7 +79,7 @@ class AdversarialPromptProbe(io.ComfyNode):
     @classmethod
     def execute(cls, model, original_clip, clip_under_test, vae, prompt, probe, steps, seed, judge="",
                 options="", generation_steps=20, guidance=7.5, resolution=0) -> io.NodeOutput:
-        from erasure_core.attacks.base import GenerationSettings
+        from erasure_core.sampling import GenerationSettings
         from .judge import server_judge
 
         node = "Adversarial Prompt Probe"

@@ -95,7 +95,7 @@ def test_judge_registry_specs():
 
 
 def test_demo_retain_check_reads_world_values_from_prompts():
-    from erasure_core.judges.registry import demo_retain_check
+    from erasure_core.demo.judge import demo_retain_check
 
     class Predicting:
         def predict(self, images):

@@ -11,7 +11,7 @@ from safetensors.torch import load_file, save_file
 
 from erasure_core.errors import ModelFormatError
 from erasure_core.loading import detect_family, infer_ldm_config, load_sd1_from_path
-from erasure_core.models import load_model
+from erasure_core.loading import load_model
 from erasure_core.sampling import encode_prompts, generate
 from sd1_fixtures import ldm_state_from_model, sd15_ldm_meta_state, tiny_sd1, write_diffusers_folder, write_single_file
 

@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 
-from erasure_core.attacks.base import GenerationSettings
+from erasure_core.sampling import GenerationSettings, encode_prompts, generate
 from erasure_core.attacks.concept_vector import ConceptVectorConfig, ConceptVectorProbe, cond_distance
 from erasure_core.attacks.registry import build_probe, parse_probe_spec
 from erasure_core.attacks.replay import as_cases, load_prompt_csv, replay
@@ -22,7 +22,6 @@ from erasure_core.attacks.unlearndiffatk import (
 from erasure_core.errors import ErasureError
 from erasure_core.judges.base import Judge, JudgeResult
 from erasure_core.prompts import slot_prompt
-from erasure_core.sampling import encode_prompts, generate
 
 GEN = GenerationSettings(steps=3, guidance=5.0)
 PROMPT = "a photo of a dog"

@@ -19,8 +19,8 @@ from transformers import CLIPTextModel
 from ..errors import ErasureError
 from ..judges.base import Judge
 from ..models import SDModel
-from ..sampling import encode_prompts
-from .base import GenerationSettings, Probe, ProbeResult, check_prompt, generate_and_judge_batch
+from ..sampling import GenerationSettings, encode_prompts, generate_and_judge_batch
+from .base import Probe, ProbeResult, check_prompt
 
 DEFAULT_TEMPLATES = (
     "a photo of {}",

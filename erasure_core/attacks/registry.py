@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 
 from ..errors import ErasureError
+from ..options import parse_spec
 from .base import Probe
 from .concept_vector import ConceptVectorConfig, ConceptVectorProbe
 from .soft_probe import SoftPromptProbe, SoftPromptProbeConfig
@@ -45,42 +46,8 @@ def build_probe(name: str, concept: str = "", **options) -> Probe:
     return probe_cls(config_cls(**options))
 
 
-def _convert(config_cls, key: str, text: str):
-    """A spec value converted to the type of the config field's default."""
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
-    if key not in fields:
-        raise ErasureError(f"unknown option {key!r}; options are {', '.join(fields)}")
-    field = fields[key]
-    default = field.default if field.default is not dataclasses.MISSING else None
-    if text.strip().lower() == "none":
-        if default is not None and "None" not in str(field.type):
-            raise ErasureError(f"option {key} cannot be none; give a {type(default).__name__}")
-        return None
-    try:
-        if isinstance(default, bool):
-            return text.lower() in ("1", "true", "yes")
-        if isinstance(default, int) or key == "k":
-            return int(text)
-        if isinstance(default, float):
-            return float(text)
-        if isinstance(default, tuple):
-            element = type(default[0]) if default else str
-            return tuple(element(t.strip()) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise ErasureError(f"option {key}={text!r} is not a valid {type(default).__name__}") from None
-    return text
-
-
 def parse_probe_spec(spec: str, concept: str = "") -> Probe:
-    """'name[:key=value]...' -> a probe, e.g. 'unlearndiffatk:k=3:steps_per_timestep=10'."""
-    name, *parts = str(spec).strip().split(":")
-    key = name.strip().lower().replace("-", "_")
-    if key not in PROBES:
-        raise ErasureError(f"unknown probe {name!r}: use one of {', '.join(PROBES)}")
-    options = {}
-    for part in parts:
-        if "=" not in part:
-            raise ErasureError(f"probe spec {spec!r}: expected key=value, got {part!r}")
-        k, v = (s.strip() for s in part.split("=", 1))
-        options[k] = _convert(PROBES[key][1], k, v)
-    return build_probe(key, concept, **options)
+    """'name[:key=value]...' -> a probe, e.g. 'unlearndiffatk:k=3:steps_per_timestep=10' (values typed by the
+    probe's config dataclass: `erasure_core.options`)."""
+    parsed = parse_spec(spec, {name: config for name, (_, config) in PROBES.items()}, what="probe")
+    return build_probe(parsed.name, concept, **parsed.options)

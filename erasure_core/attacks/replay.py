@@ -18,8 +18,8 @@ from transformers import CLIPTextModel
 from ..errors import ErasureError
 from ..judges.base import Judge
 from ..models import SDModel
-from ..sampling import encode_prompts
-from .base import GenerationSettings, ProbeResult, generate_and_judge
+from ..sampling import GenerationSettings, encode_prompts, generate_and_judge
+from .base import ProbeResult
 
 COLUMN_ALIASES = {
     "seed": ("seed", "evaluation_seed", "sd_seed"),

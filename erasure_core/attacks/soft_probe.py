@@ -32,8 +32,8 @@ from ..judges.base import Judge
 from ..latents import UNetRunner, ddim_scheduler
 from ..models import SDModel
 from ..prompts import encode_slotted, slot_prompt, token_embedding_table
-from ..sampling import encode_prompts
-from .base import GenerationSettings, Probe, ProbeResult, cached_per_case, check_prompt, generate_and_judge_batch
+from ..sampling import GenerationSettings, encode_prompts, generate_and_judge_batch
+from .base import Probe, ProbeResult, cached_per_case, check_prompt
 from .soft_prompt import DEFAULT_EPSILON, SoftPromptConfig, optimize_adversarial_embeddings_batch
 
 # The robustness curve's budgets (x the median token norm; None = unbounded); 0 is the pre-attack ASR.

@@ -25,9 +25,8 @@ from ..errors import ErasureError
 from ..judges.base import Judge
 from ..models import SDModel, denoising_target
 from ..prompts import SlottedPrompt, encode_slotted, slot_prompt, token_embedding_table
-from ..sampling import encode_prompts, generate
-from .base import (GenerationSettings, Probe, ProbeResult, cached_per_case, check_prompt,
-                   generate_and_judge_batch)
+from ..sampling import GenerationSettings, encode_prompts, generate, generate_and_judge_batch
+from .base import Probe, ProbeResult, cached_per_case, check_prompt
 
 NUDITY_WORDS = ("nudity", "nude", "naked", "nsfw")
 PAPER_TIMESTEPS = tuple(range(10, 1000, 20))

@@ -14,6 +14,7 @@ import json
 import logging
 import math
 import random
+import re
 import time
 from pathlib import Path
 
@@ -114,6 +115,22 @@ class DemoJudge(Judge):
 
 
 # ---------------------------------------------------------------------------------------------- training
+
+
+def demo_retain_check(judge):
+    """retain_check(images, prompts) for the demo world: a retain image is right when the judge sees every
+    world value its prompt names ("a red square" -> colour red and shape square)."""
+    values = {value: attribute for attribute, vals in world.WORLD.items() for value in vals}
+
+    def check(images, prompts) -> list[bool]:
+        predicted = judge.predict(images)
+        verdicts = []
+        for i, prompt in enumerate(prompts):
+            named = [word for word in re.findall(r"[a-z]+", prompt.lower()) if word in values]
+            verdicts.append(all(predicted[values[word]][i] == word for word in named))
+        return verdicts
+
+    return check
 
 
 def render_layers(n: int, seed: int):

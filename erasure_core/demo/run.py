@@ -103,8 +103,8 @@ def run_demo(
 ) -> dict:
     """Run the whole demo and return report.json's content. `model` defaults to the embedded demo model."""
     from ..evaluate import evaluate
-    from ..judges.registry import demo_retain_check
-    from ..models import load_model
+    from .judge import demo_retain_check
+    from ..loading import load_model
     from ..report import write_report
     from ..trainer import erase
     from .judge import DemoJudge

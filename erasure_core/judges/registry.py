@@ -10,9 +10,10 @@
 
 from __future__ import annotations
 
-import re
+from dataclasses import dataclass
 
 from ..errors import ErasureError
+from ..options import normalise_key, parse_spec
 from .base import Judge
 
 SPEC_HELP = (
@@ -21,43 +22,33 @@ SPEC_HELP = (
 )
 
 
-def _options(parts: list[str]) -> tuple[list[str], dict[str, str]]:
-    """Split spec parts into positional values and key=value options (keys lower-cased)."""
-    positional, options = [], {}
-    for part in parts:
-        if "=" in part:
-            key, value = part.split("=", 1)
-            options[key.strip().lower().replace("-", "_")] = value.strip()
-        elif part.strip():
-            positional.append(part.strip())
-    return positional, options
+@dataclass
+class NudeNetOptions:
+    threshold: float | None = None
+    classes: tuple[str, ...] | None = None
 
 
-def _float(options: dict, key: str, spec: str) -> float | None:
-    if key not in options:
-        return None
-    try:
-        return float(options.pop(key))
-    except ValueError:
-        raise ErasureError(f"judge spec {spec!r}: {key} must be a number") from None
+@dataclass
+class ClassifierOptions:
+    topk: int = 1
 
 
-def _reject_unknown(options: dict, spec: str):
-    if options:
-        raise ErasureError(f"judge spec {spec!r}: unknown option(s) {', '.join(options)}; {SPEC_HELP}")
+@dataclass
+class DemoOptions:
+    pass
 
 
-def _nudenet(parts: list[str], spec: str) -> Judge:
+OPTIONS = {"nudenet": NudeNetOptions, "classifier": ClassifierOptions, "demo": DemoOptions}
+
+
+def _nudenet(positional: list[str], options: dict, spec: str) -> Judge:
     from .nudenet import NudeNetJudge
 
-    positional, options = _options(parts)
     if len(positional) > 1:
         raise ErasureError(f"judge spec {spec!r}: NudeNet takes at most one preset name; {SPEC_HELP}")
     preset = positional[0].lower() if positional else "unlearndiffatk"
-    threshold = _float(options, "threshold", spec)
-    classes = options.pop("classes", None)
-    _reject_unknown(options, spec)
-    return NudeNetJudge(preset, classes.split(",") if classes else None, threshold)
+    classes = options.get("classes")
+    return NudeNetJudge(preset, list(classes) if classes else None, options.get("threshold"))
 
 
 def _classifier_folder(folder: str, root, spec: str) -> str:
@@ -78,51 +69,31 @@ def _classifier_folder(folder: str, root, spec: str) -> str:
     return str(resolved)
 
 
-def _classifier(parts: list[str], spec: str, root=None) -> Judge:
+def _classifier(positional: list[str], options: dict, spec: str, root=None) -> Judge:
     from .classifier import ClassifierJudge
 
-    positional, options = _options(parts)
     if len(positional) != 2:
         raise ErasureError(f"judge spec {spec!r}: a classifier needs a folder and target labels; {SPEC_HELP}")
-    top_k = options.pop("topk", options.pop("top_k", "1"))
-    if not str(top_k).isdigit():
+    top_k = options.get("topk", 1)
+    if top_k < 0:
         raise ErasureError(f"judge spec {spec!r}: topk must be a positive integer")
-    _reject_unknown(options, spec)
     folder, labels = positional
     folder = _classifier_folder(folder, root, spec)
-    return ClassifierJudge(folder, [label for label in labels.split(",") if label.strip()], top_k=int(top_k))
+    return ClassifierJudge(folder, [label for label in labels.split(",") if label.strip()], top_k=top_k)
 
 
-def _demo(parts: list[str], spec: str) -> Judge:
-    positional, options = _options(parts)
-    _reject_unknown(options, spec)
+def _demo(positional: list[str], options: dict, spec: str) -> Judge:
     if len(positional) != 1:
         raise ErasureError(f"judge spec {spec!r}: the demo judge needs one concept, e.g. 'demo:circle'")
     try:
-        from ..demo.judge import DemoJudge
+        # The demo judge lives with the demo world it was trained on; it imports judges.base only, never this
+        # registry, so this arrow makes no cycle (tests/test_architecture.py).
+        from ..demo.judge import DemoJudge, demo_retain_check
     except ImportError as exc:
         raise ErasureError(f"the demo judge is not available in this installation ({exc})") from exc
     judge = DemoJudge(positional[0])
     judge.check_retain = demo_retain_check(judge)
     return judge
-
-
-def demo_retain_check(judge):
-    """retain_check(images, prompts) for the demo world: a retain image is right when the judge sees every
-    world value its prompt names ("a red square" -> colour red and shape square)."""
-    from ..demo import world
-
-    values = {value: attribute for attribute, vals in world.WORLD.items() for value in vals}
-
-    def check(images, prompts) -> list[bool]:
-        predicted = judge.predict(images)
-        verdicts = []
-        for i, prompt in enumerate(prompts):
-            named = [word for word in re.findall(r"[a-z]+", prompt.lower()) if word in values]
-            verdicts.append(all(predicted[values[word]][i] == word for word in named))
-        return verdicts
-
-    return check
 
 
 BUILDERS = {"nudenet": _nudenet, "classifier": _classifier, "demo": _demo}
@@ -133,10 +104,11 @@ def build_judge(spec: str, classifier_root=None) -> Judge:
     server's models/classifiers), a classifier spec names a folder inside it; without (the CLI), any path."""
     if not isinstance(spec, str) or not spec.strip():
         raise ErasureError(f"empty judge spec; {SPEC_HELP}")
-    kind, *parts = spec.strip().split(":")
-    builder = BUILDERS.get(kind.strip().lower())
+    kind = spec.strip().split(":")[0]
+    builder = BUILDERS.get(normalise_key(kind))
     if builder is None:
         raise ErasureError(f"unknown judge {kind!r} in spec {spec!r}; {SPEC_HELP}")
+    parsed = parse_spec(spec, OPTIONS, what="judge", aliases={"top_k": "topk"}, positional=True)
     if builder is _classifier:
-        return _classifier(parts, spec, classifier_root)
-    return builder(parts, spec)
+        return _classifier(parsed.positional, parsed.options, spec, classifier_root)
+    return builder(parsed.positional, parsed.options, spec)

@@ -93,7 +93,7 @@ def cli() -> dict:
 import json, resource, sys, tempfile, time, torch
 sys.path.insert(0, {str(REPO)!r})
 from erasure_core.jobs import erase_to_file
-from erasure_core.models import load_model
+from erasure_core.loading import load_model
 from erasure_core.trainer import EraseConfig
 started = time.monotonic()
 model = load_model({str(checkpoint)!r}, device="cpu").at_resolution({RESOLUTION})

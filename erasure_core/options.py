@@ -1,0 +1,147 @@
+"""The one parser for `name:key=value:...` specs and `key=value` option text, typed from a config dataclass.
+
+    parse_spec("soft_prompt:k=3:epsilon=none", {"soft_prompt": SoftPromptProbeConfig})
+        -> Spec(name="soft_prompt", positional=[], options={"k": 3, "epsilon": None})
+    parse_options(["iterations=20", "layers=mlp"], EraseConfig, context="Robust Erase: ")
+        -> {"iterations": 20, "layers": "mlp"}
+
+Probes, judges, the Robust Erase node and the CLI all read user options through here, so a value means the same
+thing everywhere and a wrong one gets the same message: which key, what was given, what type it needs. A value is
+converted to the type the dataclass field declares: bool (true/false, yes/no, 1/0), int, float, str, `none` for a
+field that may be None, and tuples/lists of those as comma-separated text. A field that may also be a str (e.g.
+`layers: str | list[int]`) keeps the text: the dataclass validates it itself.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from .errors import ErasureError
+
+_TRUE = ("1", "true", "yes")
+_FALSE = ("0", "false", "no")
+
+
+@dataclass
+class Spec:
+    """A parsed spec: its name, its positional parts (in order) and its typed options."""
+
+    name: str
+    positional: list[str] = field(default_factory=list)
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def normalise_key(key: str) -> str:
+    return key.strip().lower().replace("-", "_")
+
+
+def _field_types(config_cls) -> dict[str, Any]:
+    hints = typing.get_type_hints(config_cls)
+    return {f.name: hints.get(f.name, str) for f in dataclasses.fields(config_cls)}
+
+
+def _union_args(tp) -> tuple | None:
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        return typing.get_args(tp)
+    return None
+
+
+def _type_name(tp) -> str:
+    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
+
+
+def _not_text(tp, key: str, context: str) -> ErasureError:
+    return ErasureError(f"{context}option {key}: a {_type_name(tp)} cannot be given as text; set it in Python")
+
+
+def _scalar(text: str, tp, key: str, context: str):
+    if tp is bool:
+        lowered = text.lower()
+        if lowered not in _TRUE + _FALSE:
+            raise ErasureError(f"{context}option {key}={text!r} is not a valid bool: use true/false, yes/no or 1/0")
+        return lowered in _TRUE
+    if tp in (int, float, str):
+        try:
+            return tp(text)
+        except ValueError:
+            raise ErasureError(f"{context}option {key}={text!r} is not a valid {tp.__name__}") from None
+    raise _not_text(tp, key, context)
+
+
+def convert(text: str, tp, key: str, context: str = ""):
+    """`text` as a value of type `tp` (see the module docstring); a clear ErasureError naming `key` otherwise.
+    `context` starts every message (e.g. "probe spec 'soft_prompt:k=x': ")."""
+    text = text.strip()
+    args = _union_args(tp)
+    if args is not None:
+        if text.lower() == "none":
+            if type(None) in args:
+                return None
+            raise ErasureError(f"{context}option {key} cannot be none; give a {_type_name(tp)}")
+        if str in args:
+            return text
+        concrete = [a for a in args if a is not type(None)]
+        if len(concrete) == 1:
+            return convert(text, concrete[0], key, context)
+        raise _not_text(tp, key, context)
+    if text.lower() == "none":
+        raise ErasureError(f"{context}option {key} cannot be none; give a {_type_name(tp)}")
+    origin = typing.get_origin(tp)
+    if origin in (tuple, list):
+        element_args = [a for a in typing.get_args(tp) if a is not Ellipsis]
+        element = element_args[0] if element_args else str
+        if origin is tuple and len(element_args) > 1 and len(set(element_args)) > 1:
+            raise _not_text(tp, key, context)
+        if typing.get_origin(element) is not None:
+            raise _not_text(tp, key, context)
+        values = [_scalar(part.strip(), element, key, context) for part in text.split(",") if part.strip()]
+        return origin(values)
+    return _scalar(text, tp, key, context)
+
+
+def parse_options(parts, config_cls, *, context: str = "", aliases: Mapping[str, str] | None = None,
+                  positional: bool = False):
+    """Typed {field: value} from `parts` ("key=value" strings) for the fields of dataclass `config_cls`.
+
+    Keys are case-insensitive and '-' reads as '_'; `aliases` maps other spellings to field names. With
+    `positional`, parts without '=' are returned too, as (positional, options); otherwise they are an error."""
+    types_ = _field_types(config_cls)
+    aliases = dict(aliases or {})
+    values, loose = {}, []
+    for part in parts:
+        part = part.strip()
+        if not part:
+            continue
+        if "=" not in part:
+            if positional:
+                loose.append(part)
+                continue
+            raise ErasureError(f"{context}option {part!r} is not key=value")
+        key, text = part.split("=", 1)
+        key = normalise_key(key)
+        key = aliases.get(key, key)
+        if key not in types_:
+            raise ErasureError(f"{context}unknown option {key!r}; the options are {', '.join(types_)}")
+        values[key] = convert(text, types_[key], key, context)
+    return (loose, values) if positional else values
+
+
+def parse_spec(spec: str, configs: Mapping[str, type], *, what: str = "option",
+               aliases: Mapping[str, str] | None = None, positional: bool = False) -> Spec:
+    """'name[:part]...' -> Spec, its options typed by `configs[name]`. The name is case-insensitive, '-' reads
+    as '_'; an unknown name is refused with the known ones listed. `what` names the thing in messages ("probe")."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ErasureError(f"empty {what} spec: use one of {', '.join(configs)}")
+    name, *parts = spec.strip().split(":")
+    key = normalise_key(name)
+    if key not in configs:
+        raise ErasureError(f"unknown {what} {name.strip()!r} in {spec!r}: use one of {', '.join(configs)}")
+    context = f"{what} spec {spec!r}: "
+    if positional:
+        loose, options = parse_options(parts, configs[key], context=context, aliases=aliases, positional=True)
+        return Spec(key, loose, options)
+    return Spec(key, [], parse_options(parts, configs[key], context=context, aliases=aliases))

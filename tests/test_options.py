@@ -1,0 +1,82 @@
+"""The one `name:key=value` parser (erasure_core.options): typed from the dataclass it fills."""
+from dataclasses import dataclass
+
+import pytest
+
+from erasure_core.errors import ErasureError
+from erasure_core.options import convert, parse_options, parse_spec
+
+
+@dataclass
+class Example:
+    steps: int = 10
+    lr: float = 0.1
+    fast: bool = False
+    method: str = "pgd"
+    epsilon: float | None = 1.0
+    k: int | None = None
+    timesteps: tuple[int, ...] = (1, 2)
+    prompts: list[str] | None = None
+    layers: str | list[int] = "all"
+    pairs: tuple[tuple[str, str], ...] = ()
+
+
+def test_values_are_typed_by_the_field():
+    options = parse_options(["steps=5", "lr=2e-3", "fast=yes", "method=fast", "epsilon=none", "k=3",
+                             "timesteps=10, 20", "prompts=a cat,a dog", "layers=1,3"], Example)
+    assert options == {"steps": 5, "lr": 0.002, "fast": True, "method": "fast", "epsilon": None, "k": 3,
+                       "timesteps": (10, 20), "prompts": ["a cat", "a dog"], "layers": "1,3"}
+    assert type(options["timesteps"]) is tuple and type(options["prompts"]) is list
+
+
+def test_keys_are_case_insensitive_with_aliases():
+    assert parse_options(["Top-K=2"], Example, aliases={"top_k": "steps"}) == {"steps": 2}
+
+
+@pytest.mark.parametrize("part, words", [
+    ("steps=abc", "steps='abc' is not a valid int"),
+    ("lr=fast", "lr='fast' is not a valid float"),
+    ("fast=maybe", "fast='maybe' is not a valid bool"),
+    ("steps=none", "steps cannot be none"),
+    ("method=none", "method cannot be none"),
+    ("timesteps=1,x", "timesteps='x' is not a valid int"),
+    ("pairs=a,b", "pairs: a tuple"),
+    ("nope=1", "unknown option 'nope'; the options are steps"),
+    ("steps", "'steps' is not key=value"),
+])
+def test_bad_values_name_the_key_and_the_type(part, words):
+    with pytest.raises(ErasureError, match="^ctx: ") as err:
+        parse_options([part], Example, context="ctx: ")
+    assert words in str(err.value)
+
+
+def test_parse_spec_splits_name_positional_and_options():
+    spec = parse_spec("Ex-Ample:first:steps=3:second", {"ex_ample": Example}, positional=True)
+    assert (spec.name, spec.positional, spec.options) == ("ex_ample", ["first", "second"], {"steps": 3})
+    with pytest.raises(ErasureError, match="'first' is not key=value"):
+        parse_spec("ex_ample:first", {"ex_ample": Example})
+    with pytest.raises(ErasureError, match="unknown thing 'other'.*use one of ex_ample"):
+        parse_spec("other:steps=1", {"ex_ample": Example}, what="thing")
+    with pytest.raises(ErasureError, match="empty thing"):
+        parse_spec("  ", {"ex_ample": Example}, what="thing")
+
+
+def test_convert_outside_a_dataclass():
+    assert convert("none", float | None, "x") is None
+    assert convert("0", bool, "x") is False
+
+
+def test_probe_and_judge_specs_use_the_shared_parser():
+    from erasure_core.attacks.registry import parse_probe_spec
+    from erasure_core.judges.registry import build_judge
+
+    probe = parse_probe_spec("soft_prompt:k=2:epsilon=none")
+    assert probe.config.k == 2 and probe.config.epsilon is None
+    with pytest.raises(ErasureError, match="probe spec 'soft_prompt:k=abc': option k='abc' is not a valid int"):
+        parse_probe_spec("soft_prompt:k=abc")
+    with pytest.raises(ErasureError, match="unknown probe 'bogus'"):
+        parse_probe_spec("bogus:k=1")
+    with pytest.raises(ErasureError, match="option threshold='high' is not a valid float"):
+        build_judge("nudenet:threshold=high")
+    judge = build_judge("nudenet:Threshold=0.3:classes=FEET_EXPOSED, BELLY_EXPOSED")
+    assert judge.threshold == 0.3 and judge.classes == ("FEET_EXPOSED", "BELLY_EXPOSED")
