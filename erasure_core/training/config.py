@@ -84,6 +84,8 @@ class EraseConfig:
 
     def __post_init__(self):
         self.layers = parse_layers(self.layers)
+        for name in ("attack_epsilon", "retain_max_alignment"):  # text from option strings: "none" = off
+            setattr(self, name, _optional_float(name, getattr(self, name)))
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -135,6 +137,17 @@ class EraseConfig:
               f"retain_max_alignment must be > 0 (or None to keep every retain prompt), "
               f"got {self.retain_max_alignment}")
         return self
+
+
+def _optional_float(name: str, value):
+    if not isinstance(value, str):
+        return value
+    if value.strip().lower() in ("none", ""):
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ErasureError(f"{name} must be a number or none, got {value!r}") from None
 
 
 def check(condition: bool, message: str):
