@@ -43,10 +43,11 @@ PRESETS: dict[str, dict] = {
     # 0.45 in 200 iterations, 1e-3 with these settings 0.13. Deciding figures (soft-prompt probe at epsilon 1,
     # 64 cases per cell; pre / post / retain; original model 64/64 pre and 64/64 retain on circle):
     #   retain weight 10: circle seed 0  0/64 / 17/64 / 63/64, seed 1 16/64 / 37/64 / 58/64; red seed 0 26/64 /
-    #   64/64 / 63/64. Retain weight 3: circle seed 1 1/64 / 30/64 / 60/64; red seed 0 20/64 / 59/64 / 63/64.
-    # So 3 (better or equal on both paired cells, utility kept; on the old settings, lr 3e-3 unanchored, 3 had lost
-    # utility). The old settings gave 0.31 / 0.62 / 0.66 on circle (32 prompts), ESD with them 19/64 / 53/64 /
-    # 48/64. Colours are NOT erased yet (red post-attack 59/64): see issue 10.
+    #   64/64 / 63/64. Retain weight 3: circle seed 0 0/64 / 8/64 / 63/64, seed 1 1/64 / 30/64 / 60/64; red seed 0
+    #   20/64 / 59/64 / 63/64, red seed 1 41/64 / 61/64 / 63/64.
+    # So 3 (better or equal in all three paired cells, utility kept; on the old settings, lr 3e-3 unanchored, 3 had
+    # lost utility). The old settings gave 0.31 / 0.62 / 0.66 on circle (32 prompts), ESD with them 19/64 / 53/64 /
+    # 48/64. Colours are NOT erased yet (red post-attack 120/128): see issue 10.
     "demo": dict(
         lr=1e-3, iterations=200, warmup_iterations=20, attack_steps=10, attack_k=3, attack_lr=1e-2,
         attack_insertion="prefix", attack_batch=2, concept_batch=4, plain_weight=1.0,
