@@ -8,6 +8,7 @@ CLI, the nodes, `evaluate` and the demo drive them all the same way.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -101,6 +102,14 @@ def check_prompt(prompt) -> str:
     return prompt
 
 
+def check_batch(prompts: list[str], seeds: list[int]) -> None:
+    """A batched probe's input: every prompt non-empty text, and one seed per prompt."""
+    for prompt in prompts:
+        check_prompt(prompt)
+    if len(prompts) != len(seeds):
+        raise ErasureError(f"{len(prompts)} prompts need as many seeds, got {len(seeds)}")
+
+
 def save_probe_result(result: ProbeResult, out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
     """Write one probe result into `out_dir` (atomically): STEM.json (the summary), STEM.png (the image, if
     any) and STEM.safetensors (the adversarial conditioning [1, L, D], reusable as a prompt embedding)."""
@@ -120,7 +129,7 @@ def save_probe_result(result: ProbeResult, out_dir: str | Path, stem: str | None
 # What a probe computes from the ORIGINAL model alone (UnlearnDiffAtk's target images, the soft-prompt probe's
 # DDIM targets) is the same for every encoder under test: evaluating 3-7 encoders on the same cases computed it
 # 3-7 times. Kept per UNet (weakly: the entries go with the model) and per (what, case) key, bounded in size.
-_ORIGINAL_CACHE: "weakref.WeakKeyDictionary" = None
+_ORIGINAL_CACHE: weakref.WeakKeyDictionary | None = None
 CACHE_ENTRIES = 4096
 
 
@@ -128,7 +137,6 @@ def cached_per_case(model: SDModel, keys: list, compute) -> list:
     """[value per key]: cached values where present; `compute(missing_positions)` -> values for the others,
     computed in one batch and stored (on the CPU)."""
     global _ORIGINAL_CACHE
-    import weakref
 
     if _ORIGINAL_CACHE is None:
         _ORIGINAL_CACHE = weakref.WeakKeyDictionary()

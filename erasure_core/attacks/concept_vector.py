@@ -20,7 +20,7 @@ from ..errors import ErasureError
 from ..judges.base import Judge
 from ..models import SDModel
 from ..sampling import GenerationSettings, encode_prompts, generate_and_judge_batch
-from .base import Probe, ProbeResult, check_prompt
+from .base import Probe, ProbeResult, check_batch
 
 DEFAULT_TEMPLATES = (
     "a photo of {}",
@@ -110,10 +110,7 @@ class ConceptVectorProbe(Probe):
     ) -> list[ProbeResult]:
         """Every prompt at every strength in turn, one batched generation per strength for the prompts that
         have not succeeded yet."""
-        for prompt in prompts:
-            check_prompt(prompt)
-        if len(prompts) != len(seeds):
-            raise ErasureError(f"{len(prompts)} prompts need as many seeds, got {len(seeds)}")
+        check_batch(prompts, seeds)
         self.config.check()
         generation = generation or GenerationSettings()
         pairs = self.config.prompt_pairs()

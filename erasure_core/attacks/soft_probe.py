@@ -33,7 +33,7 @@ from ..latents import UNetRunner, ddim_scheduler
 from ..models import SDModel
 from ..prompts import encode_slotted, slot_prompt, token_embedding_table
 from ..sampling import GenerationSettings, encode_prompts, generate_and_judge_batch
-from .base import Probe, ProbeResult, cached_per_case, check_prompt
+from .base import Probe, ProbeResult, cached_per_case, check_batch
 from .soft_prompt import DEFAULT_EPSILON, SoftPromptConfig, optimize_adversarial_embeddings_batch
 
 # The robustness curve's budgets (x the median token norm; None = unbounded); 0 is the pre-attack ASR.
@@ -157,10 +157,7 @@ class SoftPromptProbe(Probe):
         judge: Judge | None = None,
         generation: GenerationSettings | None = None,
     ) -> list[ProbeResult]:
-        for prompt in prompts:
-            check_prompt(prompt)
-        if len(prompts) != len(seeds):
-            raise ErasureError(f"{len(prompts)} prompts need as many seeds, got {len(seeds)}")
+        check_batch(prompts, seeds)
         self.config.check()
         attack = self.config.attack_config()
         generation = generation or GenerationSettings()

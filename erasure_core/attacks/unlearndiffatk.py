@@ -26,7 +26,7 @@ from ..judges.base import Judge
 from ..models import SDModel, denoising_target
 from ..prompts import SlottedPrompt, encode_slotted, slot_prompt, token_embedding_table
 from ..sampling import GenerationSettings, encode_prompts, generate, generate_and_judge_batch
-from .base import Probe, ProbeResult, cached_per_case, check_prompt
+from .base import Probe, ProbeResult, cached_per_case, check_batch
 
 NUDITY_WORDS = ("nudity", "nude", "naked", "nsfw")
 PAPER_TIMESTEPS = tuple(range(10, 1000, 20))
@@ -213,10 +213,7 @@ class UnlearnDiffAtk(Probe):
         """Attack many prompts at once: one batched UNet call per step for the prompts not yet won. Every
         prompt's loss depends on its own tokens only and each draws its noise from its own seed, so a
         prompt's attack is the one it would get alone; a prompt leaves the batch at its first judged success."""
-        for prompt in prompts:
-            check_prompt(prompt)
-        if len(prompts) != len(seeds):
-            raise ErasureError(f"{len(prompts)} prompts need as many seeds, got {len(seeds)}")
+        check_batch(prompts, seeds)
         generation = generation or GenerationSettings()
         config = self.config
         config.check(model.scheduler.config.num_train_timesteps)
