@@ -118,20 +118,11 @@ def atomic_path(path: str | Path):
     path = Path(path)
     _prepare(path)
     tmp = _temp_name(path)
-    try:
+    with _cleaned_on_failure(tmp, path):
         yield tmp
         if tmp.exists():
             os.chmod(tmp, 0o666 & ~_current_umask())  # mkstemp-like writers (and safetensors) leave 0600
         os.replace(tmp, path)
-    except ErasureError:
-        _remove(tmp)
-        raise
-    except OSError as err:
-        _remove(tmp)
-        raise write_error(path, err) from err
-    except BaseException:
-        _remove(tmp)
-        raise
 
 
 @contextmanager
@@ -144,13 +135,25 @@ def atomic_folder(path: str | Path, replaceable=lambda folder: False):
         raise ErasureError(f"{path} already exists and holds other files; choose a new folder or empty it")
     tmp = _temp_name(path)
     old = _temp_name(path)
-    try:
+    with _cleaned_on_failure(tmp, path):
         tmp.mkdir(mode=0o777)
         yield tmp
         if path.is_dir():
             os.replace(path, old)
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            if old.exists() and not path.exists():
+                os.replace(old, path)  # put the user's folder back
+            raise
         _remove(old)
+
+
+@contextmanager
+def _cleaned_on_failure(tmp: Path, path: Path):
+    """Any failure removes the temporary `tmp`; an OSError becomes an ErasureError naming the user's `path`."""
+    try:
+        yield
     except ErasureError:
         _remove(tmp)
         raise
