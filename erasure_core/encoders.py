@@ -35,7 +35,7 @@ from .layouts import (
     short_list,
     text_config_for,
 )
-from .weightfile import check_tensors, open_weights
+from .weightfile import check_tensors, open_weights, read_json_object
 
 FORMAT_NAME = "robust-erasure-text-encoder"
 FORMAT_VERSION = 1
@@ -237,12 +237,7 @@ def _read_config_json(folder: Path) -> dict | None:
         return None
     if not path.is_file():
         raise ModelFormatError(f"{path} is not a regular file")
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFormatError(f"cannot read {path}: {err}") from err
-    if not isinstance(config, dict):
-        raise ModelFormatError(f"{path} must hold a JSON object, not {type(config).__name__}")
+    config = read_json_object(path)
     if "text_config_dict" in config or config.get("architectures") == ["CLIPTextModelWithProjection"]:
         raise ModelFormatError(f"{path}: found a CLIPTextModelWithProjection (SDXL's text_encoder_2 layout); "
                                "only SD 1.x text encoders are supported")

@@ -26,7 +26,7 @@ from .encoders import (
 from .errors import ModelFormatError
 from .layouts import CLIP_PREFIX, FAMILY_DESCRIPTIONS, SUPPORTED, UNET_PREFIX, detect_family, refuse_unless_sd1
 from .models import SDModel, build_tiny_model, load_clip_tokenizer, make_scheduler
-from .weightfile import check_tensors, read_state_file
+from .weightfile import check_tensors, read_json_object, read_state_file
 
 CONFIG_DIR = Path(__file__).resolve().parent / "configs"
 VAE_PREFIX = "first_stage_model."
@@ -241,13 +241,7 @@ def _from_pretrained_strict(cls, folder: Path, subfolder: str):
 
 
 def _read_json(path: Path) -> dict:
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ModelFormatError(f"cannot read {path}: {err}. The folder is incomplete or corrupt.") from err
-    if not isinstance(value, dict):
-        raise ModelFormatError(f"{path} must hold a JSON object, not {type(value).__name__}")
-    return value
+    return read_json_object(path, ". The folder is incomplete or corrupt.")
 
 
 def _folder_scheduler(folder: Path) -> DDIMScheduler:

@@ -9,6 +9,7 @@ the tensor. Every failure is a `ModelFormatError` naming the user's path. Writin
 
 from __future__ import annotations
 
+import json
 import math
 import os
 import re
@@ -249,3 +250,14 @@ def read_state_file(path: str | Path) -> tuple[dict[str, torch.Tensor], dict]:
     """(every tensor, metadata) of a weights file, unchecked: for callers that pass tensors through as-is."""
     with open_weights(path) as weights:
         return weights.read(check=False), dict(weights.metadata)
+
+
+def read_json_object(path: Path, advice: str = "") -> dict:
+    """A JSON file that must hold an object (config.json, model_index.json); a clear error otherwise."""
+    try:
+        value = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise ModelFormatError(f"cannot read {path}: {err}{advice}") from err
+    if not isinstance(value, dict):
+        raise ModelFormatError(f"{path} must hold a JSON object, not {type(value).__name__}")
+    return value
