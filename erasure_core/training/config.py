@@ -38,6 +38,11 @@ class EraseConfig:
       from random vocabulary instead of its previous embeddings (0 = never); attack_restarts: starts per refresh.
     - retain_max_alignment: retain prompts whose ORIGINAL prediction carries the concept (see training/retain.py)
       more than this are left out of the retain set; None keeps every prompt that does not name a concept.
+    - caption_weight: the retain list's prompts that name a concept (left out of the retain set) are unlearned
+      too, with this weight, against a contrastive target (training/captions.py); 0 = the paper (bare word only).
+      contrast_words: the words that replace the concept in those captions to make the target's anchor
+      (e.g. "square,triangle" to erase "circle"); None removes the concept word instead. plain_contrast: the
+      bare concept prompt's target is built on a contrast word instead of "" (needs contrast_words).
     - diagnostics_every: every that many iterations (and at the last) the history records drift of the empty
       prompt's prediction, the plain prompt's unlearning loss, the adversarial token norm and the relative
       weight change, on fixed points (0 = never).
@@ -68,6 +73,9 @@ class EraseConfig:
     retain_prompts: list[str] | None = None
     retain_max_alignment: float | None = None
     negative_guidance: float = 1.0
+    caption_weight: float = 0.0
+    contrast_words: list[str] | None = None
+    plain_contrast: bool = False
     layers: str | list[int] = "all"
     train_final_layer_norm: bool = True
     num_ddim_steps: int = 50
@@ -86,6 +94,9 @@ class EraseConfig:
         self.layers = parse_layers(self.layers)
         for name in ("attack_epsilon", "retain_max_alignment"):  # text from option strings: "none" = off
             setattr(self, name, _optional_float(name, getattr(self, name)))
+        if isinstance(self.contrast_words, str):  # "square,triangle" from an option string; "none" = remove
+            words = [w.strip() for w in self.contrast_words.split(",") if w.strip()]
+            self.contrast_words = None if words in ([], ["none"]) else words
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -129,8 +140,10 @@ class EraseConfig:
                      "max_unet_batch", "attack_restarts", "attack_batch", "concept_batch"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(self.lr > 0 and self.attack_lr > 0, "lr and attack_lr must be > 0")
-        for name in ("retain_weight", "anchor_weight", "plain_weight"):
+        for name in ("retain_weight", "anchor_weight", "plain_weight", "caption_weight"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
+        check(not self.plain_contrast or bool(self.contrast_words),
+              "plain_contrast needs contrast_words (the words whose predictions replace the empty prompt's)")
         check(self.attack_epsilon is None or self.attack_epsilon > 0,
               f"attack_epsilon must be > 0 (or None for unbounded), got {self.attack_epsilon}")
         check(self.retain_max_alignment is None or self.retain_max_alignment > 0,

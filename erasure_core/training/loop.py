@@ -47,6 +47,7 @@ from ..models import SDModel
 from ..presets import load_retain_prompts
 from ..prompts import check_concept, encode_slotted, slot_prompt
 from .checkpoint import check_resumable, load_checkpoint_into, read_checkpoint, write_checkpoint
+from .captions import ConceptCaptions
 from .config import EraseConfig, check, select_trainable_parameters
 from .diagnostics import Diagnostics
 from .points import TrainingPoints
@@ -160,6 +161,12 @@ class _Trainer:
         self.concept_conds = torch.cat([self.encode0(s.input_ids) for s in self.plain_slots])
         prompts = config.retain_prompts if config.retain_prompts is not None else load_retain_prompts(config.retain_set)
         self.retain_prompts = filter_retain_prompts(list(prompts), self.concepts)
+        self.captions = None
+        if config.caption_weight > 0 or config.plain_contrast:  # the prompts the filter left out: the captions
+            self.captions = ConceptCaptions(tok, self.encode0, list(prompts), self.concepts, config.contrast_words)
+            check(not config.caption_weight or any(self.captions.count(c) for c in range(len(self.concepts))),
+                  "caption_weight > 0 but no retain prompt names a concept being erased: add captions that name it "
+                  "to retain_prompts, or set caption_weight 0")
         check(not self._uses_retain or bool(self.retain_prompts),
               "no retain prompts left (all mention a concept being erased): pass other retain_prompts")
         self.retain_ids = self.retain_conds = None
@@ -248,6 +255,8 @@ class _Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         points = self.points.concept(concept, config.concept_batch, need_uncond=True)
         target = esd_target(points.eps_uncond, points.eps_cond, config.negative_guidance)
+        if config.plain_contrast:
+            target = self.captions.plain_target(self.runner, points, self.rng, config.negative_guidance)
         logs = dict(iteration=step + 1, concept=self.concepts[concept], adversarial=adversarial,
                     timestep=int(points.timesteps[0]))
         if adversarial:
@@ -260,6 +269,9 @@ class _Trainer:
                 self._predict(points, self.plain_slots[concept]), target))
             logs["plain_loss"] = plain
             logs.setdefault("unlearn_loss", plain)
+        if config.caption_weight > 0 and self.captions.count(concept):
+            logs["caption_loss"] = self._backward(step, "caption", config.caption_weight, lambda: self.captions.loss(
+                self.student, self.runner, points, concept, self.rng, config.negative_guidance))
         if config.anchor_weight > 0:
             logs["anchor_loss"] = self._backward(step, "anchor", config.anchor_weight, lambda: anchor_loss(
                 encode_slotted(self.student, self.uncond_ids), self.uncond))
