@@ -64,7 +64,7 @@ def test_caption_training_moves_the_captions_toward_their_contrastive_target(tin
 
 
 def test_caption_training_is_seeded_and_resumable(tmp_path):
-    config = _config(iterations=7, attack_batch=2, concept_batch=2, plain_weight=1.0)
+    config = _config(iterations=7, attack_batch=2, concept_batch=2, plain_weight=1.0, attack_captions=True)
     straight = erase(build_tiny_model(), ["nudity", "Van Gogh"], config)
     again = erase(build_tiny_model(), ["nudity", "Van Gogh"], config)
     a, b = straight.text_encoder.state_dict(), again.text_encoder.state_dict()
@@ -82,6 +82,19 @@ def test_caption_training_is_seeded_and_resumable(tmp_path):
     # "Van Gogh" has no caption: its steps train the bare word only, "nudity"'s steps its captions too.
     logged = {h["concept"]: "caption_loss" in h for h in straight.history}
     assert logged == {"nudity": True, "Van Gogh": False}
+    strip = lambda history: [{k: v for k, v in h.items() if k != "unet_evaluations"} for h in history]  # noqa: E731
+    assert strip(resumed.history) == strip(straight.history)
+
+
+def test_caption_attack_attacks_captions_of_the_concept_and_bare_words_without_any():
+    result = erase(build_tiny_model(), ["nudity", "Van Gogh"], _config(iterations=10, warmup_iterations=2,
+                                                                       attack_captions=True))
+    attacked = [(h["concept"], h.get("attacked_caption")) for h in result.history if "attack_loss_last" in h]
+    assert attacked and {c for c, _ in attacked} == {"nudity", "Van Gogh"}
+    for concept, caption in attacked:
+        assert caption in PROMPTS[3:] if concept == "nudity" else caption is None
+    with pytest.raises(ErasureError, match="attack_captions needs caption_weight"):
+        EraseConfig(attack_captions=True).validate()
 
 
 def test_captions_are_never_retained_and_options_are_checked(tiny_model):

@@ -21,6 +21,12 @@ circle for "a red shape" in 11 of 16 seeds, so "a red circle" minus "circle" is 
 `plain_contrast` does the same for the bare concept prompt (and its attacked form): its target becomes
 eps0(w) - eta * (eps0(c) - eps0(w)) for a contrast word w instead of ESD's eps0("") - eta * (eps0(c) - eps0("")),
 since eps0("") of a model whose default is the concept points back at the concept.
+
+`attack_captions` aims the inner attack at a caption instead of the bare word: each refresh draws one of the
+concept's captions, the attacker puts its tokens into it and makes the current encoder reproduce the original's
+prediction for that caption, and the unlearning step trains the attacked caption toward its contrastive target.
+The probes attack captions (the prompts users write); training against attacks on the bare word alone left
+"red" in 34 of 64 attacked captions (seed 0, with caption_weight 1).
 """
 
 from __future__ import annotations
@@ -64,6 +70,8 @@ class ConceptCaptions:
     computed once; `loss` is the contrastive unlearning loss on a batch of pool points."""
 
     def __init__(self, tokenizer, encode0, prompts: list[str], concepts: list[str], contrast_words):
+        self.tokenizer = tokenizer
+        self.attacked: dict[int, int] = {}  # concept -> the caption row under attack (attack_captions)
         self.pairs = [caption_pairs(prompts, c, contrast_words) for c in concepts]
         self.words = [w for w in (contrast_words or []) if w.strip()]
         self.word_conds = torch.cat([encode0(slot_prompt(tokenizer, w, 0).input_ids) for w in self.words]) \
@@ -82,14 +90,54 @@ class ConceptCaptions:
     def count(self, concept: int) -> int:
         return len(self.pairs[concept])
 
+    def draw(self, concept: int, count: int, rng: torch.Generator) -> torch.Tensor:
+        """`count` random caption rows of `concept`."""
+        return torch.randint(self.count(concept), (count,), generator=rng)
+
+    @torch.no_grad()
+    def teacher(self, runner, points, concept: int, rows: torch.Tensor) -> torch.Tensor:
+        """The original model's prediction for the captions `rows` (one per point): the attack's goal."""
+        return runner(points.latents, points.timesteps, self.conds[concept][rows]).float()
+
+    @torch.no_grad()
+    def target(self, runner, points, concept: int, rows: torch.Tensor, negative_guidance: float) -> torch.Tensor:
+        """eps0(p') - eta * (eps0(p) - eps0(p')) for the captions `rows` (one per point)."""
+        eps_contrast = runner(points.latents, points.timesteps, self.contrasts[concept][rows]).float()
+        return esd_target(eps_contrast, self.teacher(runner, points, concept, rows), negative_guidance)
+
+    def slotted(self, concept: int, row: int, k: int, insertion: str, replace_word: str | None = None):
+        """Caption `row` of `concept` with k adversarial slots (the caption attack's prompt)."""
+        return slot_prompt(self.tokenizer, self.pairs[concept][row][0], k, insertion, replace_word=replace_word)
+
+    # ----- the caption attack (attack_captions) -----
+    def choose_attacked(self, concept: int, rng: torch.Generator):
+        """A new caption to attack, for a concept that has captions (one without keeps the bare word)."""
+        if self.count(concept):
+            self.attacked[concept] = int(self.draw(concept, 1, rng))
+
+    def attacked_prompt(self, concept: int, k: int, insertion: str, replace_word: str | None = None):
+        return self.slotted(concept, self.attacked[concept], k, insertion, replace_word)
+
+    def attacked_teacher(self, runner, points, concept: int) -> torch.Tensor:
+        """The attack's goal: the original's prediction for the attacked caption (for the bare word: the pool's)."""
+        if concept not in self.attacked:
+            return points.eps_cond
+        return self.teacher(runner, points, concept, self._attacked_rows(points, concept))
+
+    def attacked_target(self, runner, points, concept: int, plain_target, negative_guidance: float):
+        """The attacked prompt's unlearning target: the caption's contrastive one (the bare word: `plain_target`)."""
+        if concept not in self.attacked:
+            return plain_target
+        return self.target(runner, points, concept, self._attacked_rows(points, concept), negative_guidance)
+
+    def _attacked_rows(self, points, concept: int) -> torch.Tensor:
+        return torch.full((len(points.timesteps),), self.attacked[concept])
+
     def loss(self, student, runner, points, concept: int, rng: torch.Generator, negative_guidance: float):
         """MSE between the student's prediction for random captions of `concept` and their contrastive target,
         at the (concept) pool points: one caption per point, drawn from `rng`."""
-        rows = torch.randint(self.count(concept), (points.latents.shape[0],), generator=rng)
-        with torch.no_grad():
-            eps_caption = runner(points.latents, points.timesteps, self.conds[concept][rows]).float()
-            eps_contrast = runner(points.latents, points.timesteps, self.contrasts[concept][rows]).float()
-        target = esd_target(eps_contrast, eps_caption, negative_guidance)
+        rows = self.draw(concept, points.latents.shape[0], rng)
+        target = self.target(runner, points, concept, rows, negative_guidance)
         cond = encode_slotted(student, self.ids[concept][rows])
         return unlearning_loss(runner(points.latents, points.timesteps, cond), target)
 

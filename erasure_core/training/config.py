@@ -43,6 +43,9 @@ class EraseConfig:
       contrast_words: the words that replace the concept in those captions to make the target's anchor
       (e.g. "square,triangle" to erase "circle"); None removes the concept word instead. plain_contrast: the
       bare concept prompt's target is built on a contrast word instead of "" (needs contrast_words).
+      attack_captions: the inner attack puts its tokens into one of the concept's captions (a new one each
+      refresh) instead of the bare word, and the attacked caption is trained toward its contrastive target
+      (needs caption_weight > 0; a concept without captions is attacked as a bare word).
     - diagnostics_every: every that many iterations (and at the last) the history records drift of the empty
       prompt's prediction, the plain prompt's unlearning loss, the adversarial token norm and the relative
       weight change, on fixed points (0 = never).
@@ -76,6 +79,7 @@ class EraseConfig:
     caption_weight: float = 0.0
     contrast_words: list[str] | None = None
     plain_contrast: bool = False
+    attack_captions: bool = False
     layers: str | list[int] = "all"
     train_final_layer_norm: bool = True
     num_ddim_steps: int = 50
@@ -144,6 +148,8 @@ class EraseConfig:
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         check(not self.plain_contrast or bool(self.contrast_words),
               "plain_contrast needs contrast_words (the words whose predictions replace the empty prompt's)")
+        check(not self.attack_captions or self.caption_weight > 0,
+              "attack_captions needs caption_weight > 0 (the captions it attacks are the ones caption_weight trains)")
         check(self.attack_epsilon is None or self.attack_epsilon > 0,
               f"attack_epsilon must be > 0 (or None for unbounded), got {self.attack_epsilon}")
         check(self.retain_max_alignment is None or self.retain_max_alignment > 0,

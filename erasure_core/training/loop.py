@@ -51,6 +51,7 @@ from .captions import ConceptCaptions
 from .config import EraseConfig, check, select_trainable_parameters
 from .diagnostics import Diagnostics
 from .points import TrainingPoints
+from .precision import encoder_checkpointing, resolve_precision
 from .retain import concept_alignment, filter_retain_prompts, select_by_alignment
 
 
@@ -112,7 +113,7 @@ class _Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.last_checkpoint: Path | None = None
         self.device = model.device
-        self.precision = _resolve_precision(config.mixed_precision, self.device)
+        self.precision = resolve_precision(config.mixed_precision, self.device)
         model.unet.requires_grad_(False)
         model.text_encoder.requires_grad_(False)
         self.runner = UNetRunner(model.unet)
@@ -231,24 +232,39 @@ class _Trainer:
         logs = self._training_step(step, self.current_concept, adversarial)
         if attack_losses:
             logs.update(attack_loss_first=attack_losses[0], attack_loss_last=attack_losses[-1])
+            if self.captions is not None and self.current_concept in self.captions.attacked:
+                logs["attacked_caption"] = self.captions.pairs[self.current_concept][
+                    self.captions.attacked[self.current_concept]][0]
         return logs
 
     def _attack(self, concept: int, should_cancel, restart: bool) -> list[float]:
         """The inner attack: adversarial embeddings that make the current encoder reproduce the concept."""
+
+        if self.config.attack_captions:
+            self.captions.choose_attacked(concept, self.rng)
 
         def objective(cond):
             if should_cancel is not None and should_cancel():
                 raise _CancelRequested()
             points = self.points.concept(concept, self.config.attack_batch, need_uncond=False)
             eps = self.runner(points.latents, points.timesteps, cond)
-            return attack_loss(eps, points.eps_cond)
+            goal = points.eps_cond if self.captions is None else self.captions.attacked_teacher(
+                self.runner, points, concept)
+            return attack_loss(eps, goal)
 
         init = None if restart else self.adversarial.get(concept)
         with self._autocast():
-            result = optimize_adversarial_embeddings(self.student, self.adv_slots[concept], objective,
+            result = optimize_adversarial_embeddings(self.student, self._attacked_prompt(concept), objective,
                                                      self.config.attack_config(), init=init, generator=self.rng)
         self.adversarial[concept] = result.embeds
         return result.losses
+
+    def _attacked_prompt(self, concept: int):
+        """The prompt the attacker's tokens go into: the bare concept, or the caption under attack."""
+        if self.captions is None or concept not in self.captions.attacked:
+            return self.adv_slots[concept]
+        replace = self.concepts[concept] if self.config.attack_insertion == "replace" else None
+        return self.captions.attacked_prompt(concept, self.config.attack_k, self.config.attack_insertion, replace)
 
     def _training_step(self, step: int, concept: int, adversarial: bool) -> dict:
         config = self.config
@@ -261,8 +277,10 @@ class _Trainer:
                     timestep=int(points.timesteps[0]))
         if adversarial:
             adv = self.adversarial[concept]
+            adv_target = target if self.captions is None else self.captions.attacked_target(
+                self.runner, points, concept, target, config.negative_guidance)
             logs["unlearn_loss"] = self._backward(step, "unlearning", 1.0, lambda: unlearning_loss(
-                self._predict(points, self.adv_slots[concept], adv), target))
+                self._predict(points, self._attacked_prompt(concept), adv), adv_target))
         plain_weight = config.plain_weight if adversarial else 1.0
         if plain_weight > 0:
             plain = self._backward(step, "unlearning", plain_weight, lambda: unlearning_loss(
@@ -360,13 +378,13 @@ class _Trainer:
         unet = self.model.unet
         was_on = bool(getattr(unet, "is_gradient_checkpointing", False))
         if self.config.gradient_checkpointing:
-            _encoder_checkpointing(self.student, True)
+            encoder_checkpointing(self.student, True)
             unet.enable_gradient_checkpointing()
         try:
             yield
         finally:
             if self.config.gradient_checkpointing:
-                _encoder_checkpointing(self.student, False)
+                encoder_checkpointing(self.student, False)
                 if not was_on:
                     unet.disable_gradient_checkpointing()
 
@@ -400,6 +418,7 @@ class _Trainer:
         metadata = dict(
             step=step, concepts=self.concepts, config=self.config.to_dict(), history=self.history,
             current_concept=self.current_concept, unet_evaluations=self.total_evaluations,
+            attack_captions=sorted(self.captions.attacked.items()) if self.captions is not None else [],
             scaler=self.scaler.state_dict(), base_encoder_fingerprint=self.base_encoder_hash,
         )
         write_checkpoint(self.checkpoint_path, named_params=self.named_params, optimizer=self.optimizer,
@@ -418,24 +437,6 @@ class _Trainer:
             self.scaler.load_state_dict(meta["scaler"])
         self.start_step, self.history = int(meta["step"]), list(meta["history"])
         self.current_concept = int(meta["current_concept"])
+        if self.captions is not None:
+            self.captions.attacked = {int(c): int(row) for c, row in meta.get("attack_captions", [])}
         self.previous_evaluations = int(meta["unet_evaluations"])
-
-
-def _encoder_checkpointing(encoder, on: bool):
-    """Activation checkpointing of the encoder's layers (transformers 5 renamed the 4.x methods)."""
-    if on:
-        kwargs = {"use_reentrant": False}  # re-entrant checkpointing drops gradients of frozen-input layers
-        if hasattr(encoder, "activation_checkpointing_enable"):
-            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    elif hasattr(encoder, "activation_checkpointing_disable"):
-        encoder.activation_checkpointing_disable()
-    else:
-        encoder.gradient_checkpointing_disable()
-
-
-def _resolve_precision(requested: str, device: torch.device) -> str:
-    if requested == "auto":
-        return "bf16" if device.type == "cuda" else "no"
-    return requested
