@@ -23,7 +23,7 @@ import torch  # noqa: E402
 
 from erasure_core.demo import DEFAULT_GUIDANCE, DEFAULT_STEPS, load_demo_model  # noqa: E402
 from erasure_core.demo.quality import format_table, measure_quality  # noqa: E402
-from erasure_core.io import atomic_write_json  # noqa: E402
+from erasure_core.files import atomic_write_json  # noqa: E402
 
 # Issue 3's bars; "backgrounds as asked" is read as the colour bar, 0.90 (a 90-minute fresh run reached
 # shape 1.000 but background 0.625, which the table must not call a pass).

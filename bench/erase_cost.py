@@ -3,7 +3,7 @@
     python bench/erase_cost.py --model tiny
     python bench/erase_cost.py --sd15-shaped --latent 16 [--no-reuse-latents] [--estimate-512]
 
-Our figures are measured by running `erasure_core.trainer.erase` for a few iterations (counts are also derived
+Our figures are measured by running `erasure_core.training.erase` for a few iterations (counts are also derived
 from the config and checked against the measured counts). The public code's figures are RE-DERIVED by counting
 the UNet calls its training script makes at its defaults (the script prints how), and its time is composed
 from seconds per UNet call measured here on the same model, so both columns share one machine and one model.
@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from erasure_core.latents import UNetRunner  # noqa: E402
 from erasure_core.models import SDModel, build_tiny_model, load_clip_tokenizer, make_scheduler  # noqa: E402
 from erasure_core.presets import load_retain_prompts  # noqa: E402
-from erasure_core.trainer import EraseConfig, erase  # noqa: E402
+from erasure_core.training import EraseConfig, erase  # noqa: E402
 
 GB = 1024**3
 
@@ -194,7 +194,7 @@ def gpu_estimate_512(model: SDModel, config: EraseConfig) -> dict:
     """Estimated peak GPU memory at 512 px (64x64 latent) for our default memory mode, by parts."""
     params = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     unet_params, encoder_params = params(model.unet), params(model.text_encoder)
-    from erasure_core.trainer import select_trainable_parameters
+    from erasure_core.training import select_trainable_parameters
 
     trainable = sum(p.numel() for _, p in select_trainable_parameters(model.text_encoder, config.layers))
     activations = saved_activation_bytes(model, 64, torch.bfloat16) * config.max_unet_batch

@@ -71,9 +71,9 @@ def _layers(value: str | None):
 
 
 def cmd_erase(args) -> None:
-    from .io import prepare_output
+    from .files import prepare_output
     from .jobs import erase_to_file
-    from .trainer import EraseConfig
+    from .training import EraseConfig
 
     overrides = {k: v for k, v in dict(
         method=args.method, iterations=args.iterations, seed=args.seed, lr=args.lr,
@@ -125,7 +125,7 @@ def cmd_info(args) -> None:
 
 
 def cmd_swap(args) -> None:
-    from .io import atomic_folder, write_error
+    from .files import atomic_folder, write_error
     from .swap import swap_text_encoder
 
     model = load_model_from_args(args)

@@ -15,7 +15,7 @@ import html
 from pathlib import Path
 
 from .errors import ErasureError
-from .io import atomic_path, atomic_write_json, atomic_write_text, safe_name, save_png
+from .files import atomic_path, atomic_write_json, atomic_write_text, safe_name, save_png
 from .rates import wilson_interval
 
 

@@ -48,7 +48,7 @@ def parse_options(text: str) -> dict:
     """Extra EraseConfig fields as "key=value" pairs (comma-, semicolon- or line-separated), typed by the field
     (`erasure_core.options`, the parser the CLI, the probes and the judges use)."""
     from erasure_core.options import parse_options as parse_typed
-    from erasure_core.trainer import EraseConfig
+    from erasure_core.training import EraseConfig
 
     with user_errors("Robust Erase"):
         return parse_typed(re.split(r"[,\n;]", text or ""), EraseConfig)
@@ -129,7 +129,7 @@ class RobustErase(io.ComfyNode):
         from erasure_core.encoders import encoder_hash
         from erasure_core.errors import ErasureCancelled
         from erasure_core.jobs import erase_to_file
-        from erasure_core.trainer import EraseConfig
+        from erasure_core.training import EraseConfig
 
         node = "Robust Erase"
         concept_list = parse_concepts(concepts)

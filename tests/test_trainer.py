@@ -12,7 +12,7 @@ from erasure_core.models import build_tiny_model
 from erasure_core.presets import load_retain_prompts
 from erasure_core.prompts import slot_prompt
 from erasure_core.sampling import encode_prompts
-from erasure_core.trainer import EraseConfig, erase, read_checkpoint, select_trainable_parameters
+from erasure_core.training import EraseConfig, erase, read_checkpoint, select_trainable_parameters
 
 # Small but complete runs: warm-up, then attack refreshes; a short DDIM schedule keeps the pools cheap.
 FAST = dict(iterations=5, warmup_iterations=2, attack_steps=3, num_ddim_steps=8, concept_pool_size=2,

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, safe_open
 
-from ..io import atomic_save_safetensors, atomic_write_json, atomic_write_text
+from ..files import atomic_save_safetensors, atomic_write_json, atomic_write_text
 from ..models import SDModel, denoising_target, load_clip_tokenizer, make_scheduler
 from . import world
 from .architecture import build_scheduler, build_text_encoder, build_unet, build_vae
