@@ -255,7 +255,7 @@ def attack_reuse_comparison(model: SDModel, concept: str, repeats: int = 3, step
     latents the attack never saw (the attack objective: lower = concept brought back better)."""
     from erasure_core.attacks import SoftPromptConfig, optimize_adversarial_embeddings
     from erasure_core.latents import LatentPool, sample_noisy_latents
-    from erasure_core.losses import attack_loss
+    from erasure_core.losses import mse
     from erasure_core.prompts import encode_slotted, slot_prompt
     from erasure_core.sampling import encode_prompts
 
@@ -274,7 +274,7 @@ def attack_reuse_comparison(model: SDModel, concept: str, repeats: int = 3, step
         encoded = encode_slotted(erased, slotted, adv_embeds=embeds)
         n, steps_ = heldout.latents.shape[:2]
         eps = runner(heldout.latents.flatten(0, 1), heldout.timesteps.repeat(n), encoded)
-        return float(attack_loss(eps, heldout.eps_cond.flatten(0, 1)))
+        return float(mse(eps, heldout.eps_cond.flatten(0, 1)))
 
     def objective_for(mode, rng):
         def objective(encoded):
@@ -286,7 +286,7 @@ def attack_reuse_comparison(model: SDModel, concept: str, repeats: int = 3, step
                 x, t = sample_noisy_latents(model, cond, uncond, index, generator=rng, runner=runner)
                 with torch.no_grad():
                     target = runner(x, t, cond)
-            return attack_loss(runner(x, t, encoded), target)
+            return mse(runner(x, t, encoded), target)
         return objective
 
     rows = {"none (random init)": [], "pool": [], "fresh": []}
