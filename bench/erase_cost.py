@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from erasure_core.latents import UNetRunner  # noqa: E402
+from erasure_core.layouts import sd1_text_config  # noqa: E402
 from erasure_core.models import SDModel, build_tiny_model, load_clip_tokenizer, make_scheduler  # noqa: E402
 from erasure_core.presets import load_retain_prompts  # noqa: E402
 from erasure_core.training import EraseConfig, erase  # noqa: E402
@@ -113,10 +114,7 @@ def build_sd15_shaped(latent: int) -> SDModel:
 
     torch.manual_seed(0)
     tokenizer = load_clip_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
-        pad_token_id=49407, projection_dim=768))
+    text_encoder = CLIPTextModel(CLIPTextConfig(**sd1_text_config()))
     unet = UNet2DConditionModel(
         sample_size=latent, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
