@@ -167,6 +167,8 @@ def cmd_demo(args) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .training.config import LAYER_GROUPS, METHODS, PRECISIONS  # imports torch: after main() set OpenMP's policy
+
     parser = argparse.ArgumentParser(prog="python -m erasure_core", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -176,15 +178,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preset", default=None,
                    help="nudity, style, object (the paper's defaults) or demo (the embedded model's); "
                         "default: demo for --model demo, else object")
-    p.add_argument("--method", choices=["advunlearn", "esd"], default=None)
+    p.add_argument("--method", choices=list(METHODS), default=None)
     p.add_argument("--iterations", type=int, default=None)
     p.add_argument("--seed", type=int, default=None)
     p.add_argument("--lr", type=float, default=None)
-    p.add_argument("--layers", default=None, help="all, mlp, attention, or indices like 0,1,2")
+    p.add_argument("--layers", default=None, help=f"{', '.join(LAYER_GROUPS)}, or indices like 0,1,2")
     p.add_argument("--retain-weight", type=float, default=None)
     p.add_argument("--attack-steps", type=int, default=None)
     p.add_argument("--attack-k", type=int, default=None)
-    p.add_argument("--mixed-precision", choices=["no", "bf16", "fp16"], default=None)
+    p.add_argument("--mixed-precision", choices=list(PRECISIONS), default=None)
     p.add_argument("--out", default=None, help="encoder file to write (.safetensors)")
     p.add_argument("--checkpoint", default=None, help="resumable checkpoint path (default: beside --out)")
     p.add_argument("--checkpoint-every", type=int, default=None,

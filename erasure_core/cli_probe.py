@@ -50,7 +50,9 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
 def _add_generation_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, default=20, help="sampling steps of each generation")
     p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--scheduler", default="ddim", choices=["ddim", "lms"])
+    from .sampling import SCHEDULERS
+
+    p.add_argument("--scheduler", default="ddim", choices=list(SCHEDULERS))
 
 
 def _model_and_encoder(args, encoder_path):

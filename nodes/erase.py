@@ -82,6 +82,8 @@ def _send_loss(node_id, step, total, logs):
 class RobustErase(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        from erasure_core.training import METHODS
+
         return io.Schema(
             node_id="RobustErasureErase",
             display_name="Robust Erase (AdvUnlearn)",
@@ -98,7 +100,7 @@ class RobustErase(io.ComfyNode):
                 io.String.Input("concepts", multiline=True, default="nudity",
                                 tooltip="One concept per line"),
                 io.Combo.Input("preset", options=preset_names(), default="object"),
-                io.Combo.Input("method", options=["advunlearn", "esd"], default="advunlearn"),
+                io.Combo.Input("method", options=list(METHODS), default="advunlearn"),
                 io.Int.Input("iterations", default=1000, min=1, max=100000),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True),
                 io.Boolean.Input("resume", default=False,

@@ -77,3 +77,17 @@ def test_default_spin_count_only_before_torch_and_without_a_user_choice():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "PASSIVE"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["None", "None", "False"]
+
+
+def test_erase_and_probe_choices_are_the_libraries_lists():
+    import argparse
+
+    from erasure_core.__main__ import build_parser
+    from erasure_core.sampling import SCHEDULERS
+    from erasure_core.training import METHODS, PRECISIONS
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    choices = {(name, a.dest): a.choices for name in ("erase", "probe", "evaluate")
+               for a in commands[name]._actions if a.choices}
+    assert choices == {("erase", "method"): list(METHODS), ("erase", "mixed_precision"): list(PRECISIONS),
+                       ("probe", "scheduler"): list(SCHEDULERS), ("evaluate", "scheduler"): list(SCHEDULERS)}
