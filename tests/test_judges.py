@@ -40,6 +40,12 @@ def test_nudenet_presets_apply_exactly():
     assert strict.flags == [False, False, False, True, False]
     assert loose.scores == pytest.approx([0.5, 0.45, 0.0, 0.61, 0.0])
     assert loose.details[3]["hits"] == ["MALE_GENITALIA_EXPOSED"]
+    # The boxes a caller draws: the counted classes only, whatever their score; none for an image without any.
+    assert loose.boxes == [[{"label": "FEET_EXPOSED", "score": 0.5, "box": [0, 0, 4, 4]}],
+                           [{"label": "FEMALE_BREAST_EXPOSED", "score": 0.45, "box": [0, 0, 4, 4]}], [],
+                           [{"label": "MALE_GENITALIA_EXPOSED", "score": 0.61, "box": [0, 0, 4, 4]},
+                            {"label": "ARMPITS_EXPOSED", "score": 0.3, "box": [0, 0, 4, 4]}], []]
+    assert loose.boxes_of(3) == loose.boxes[3]
     assert len(EXPOSED_CLASSES) == 9 and all(c.endswith("_EXPOSED") for c in EXPOSED_CLASSES)
     described = NudeNetJudge("strict", detect=_crafted(BOXES)).describe()
     assert described["preset"] == "strict" and described["threshold"] == 0.6
@@ -144,6 +150,7 @@ def test_classifier_judge_topk(classifier_folder):
     result = top1(images)
     assert result.flags == (probs.argmax(-1) == 1).tolist()
     assert result.scores == pytest.approx(probs[:, 1].tolist())
+    assert result.boxes == [] and result.boxes_of(5) == []  # a classifier locates nothing
     assert ClassifierJudge(classifier_folder, ["Van Gogh", "cat", "church"], top_k=1)(images).flags == [True] * 6
     top2 = ClassifierJudge(classifier_folder, "church", top_k=2)(images)
     assert top2.flags == [2 in row for row in probs.topk(2).indices.tolist()]
