@@ -18,11 +18,12 @@ import torch
 
 import folder_paths
 from comfy_api.v0_0_2 import io
+from erasure_core.plots import line_plot_png, training_series
 
 from ._clip_encoder import clip_with_encoder
 from ._errors import NodeError, Progress, raise_if_cancelled, should_cancel, user_errors
 from ._paths import safe_file_stem, text_encoder_output_path
-from ._plots import curves_image
+from ._images import PLOT_SIZE, png_to_image
 from ._sdmodel import resolution_input, sd_model_from_comfy
 
 LOG = logging.getLogger("robust_erasure")
@@ -168,11 +169,8 @@ class RobustErase(io.ComfyNode):
             ckpt.unlink()  # finished: the checkpoint is no longer needed
         erased = clip_with_encoder(clip, result.text_encoder, node)
         erased.robust_erasure_metadata = {**result.metadata, "file": out_path.name}
-        history = result.history
-        plot = curves_image(
-            {"unlearn": [h.get("unlearn_loss") for h in history], "retain": [h.get("retain_loss") for h in history],
-             "attack (last step)": [h.get("attack_loss_last") for h in history]},
-            f"{method}: {', '.join(concept_list)}", "iteration")
+        plot = png_to_image(line_plot_png(training_series(result.history), title=f"{method}: {', '.join(concept_list)}",
+                                          xlabel="iteration", ylabel="loss (MSE)", yscale="log", size=PLOT_SIZE))
         return io.NodeOutput(erased, out_path.name, plot, ui={"text": [out_path.name]})
 
 
