@@ -30,6 +30,7 @@ def test_training_series_names_the_logged_losses_only():
 def test_plots_never_touch_pyplot():
     # pyplot's global backend switch would close the figures of other packs in a ComfyUI server
     code = ("import sys; from erasure_core.plots import line_plot_png; "
-            "line_plot_png({'a': [(1, 1.0), (2, 2.0)]}, title='t', xlabel='x'); print('matplotlib.pyplot' in sys.modules)")
+            "line_plot_png({'a': [(1, 1.0), (2, 2.0)]}, title='t', xlabel='x'); "
+            "print('matplotlib.pyplot' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
