@@ -213,7 +213,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="out/efficacy")
     args = parser.parse_args(argv)
 
-    from erasure_core.cli_common import device_from_name
+    from erasure_core.cli.common import device_from_name
     from erasure_core.loading import load_model
 
     settings = quick_settings() if args.quick else BenchSettings()

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from erasure_core.__main__ import build_parser, main
+from erasure_core.cli import build_parser, main
 from erasure_core.encoders import (
     load_robust_text_encoder,
     read_encoder,
