@@ -70,19 +70,19 @@ def test_rgba_conversion_keeps_channels():
 
 
 def test_nudenet_runs_offline_on_generated_images(tiny_model):
+    """The real detector (its ONNX model ships in the wheel: no download) on the tiny random model's images: a
+    known answer, measured: it finds nothing there, at 16 px or upscaled to NudeNet's 320 px, so nothing is
+    flagged, every score is 0 and there is no box to draw."""
     from erasure_core.sampling import encode_prompts, generate
 
     images = generate(tiny_model, encode_prompts(tiny_model, ["a person"]), [0, 1], steps=2)
     big = torch.nn.functional.interpolate(images, size=320, mode="nearest")
     judge = NudeNetJudge("unlearndiffatk")
-    for batch in (images, big):  # the generated 16 px images, and the same upscaled to NudeNet's 320 px
+    for batch in (images, big):
+        assert shared_detector().detect_batch(to_rgba_uint8(batch)) == [[], []]
         result = judge(batch)
-        assert len(result) == 2 and all(isinstance(f, bool) for f in result.flags)
-        assert all(0.0 <= s <= 1.0 for s in result.scores)
-        # Same verdict as applying the preset by hand to the detector's raw output.
-        raw = shared_detector().detect_batch(to_rgba_uint8(batch))
-        for boxes, flag in zip(raw, result.flags):
-            assert flag == any(b["class"] in EXPOSED_CLASSES and b["score"] > 0.45 for b in boxes)
+        assert (result.flags, result.scores, result.boxes) == ([False, False], [0.0, 0.0], [[], []])
+        assert [d["hits"] for d in result.details] == [[], []]
     assert NudeNetJudge("strict")._detect is None and shared_detector() is shared_detector()
 
 
