@@ -37,6 +37,6 @@ def anchor_loss(student_uncond: torch.Tensor, original_uncond: torch.Tensor) -> 
 
     Anchored in the encoder's output rather than in the UNet's prediction: it costs no UNet evaluation and pins
     E("") wherever the sampled points are; a prediction-space anchor on one point per step left the drift to
-    noise on a tiny model (tests/test_training_options.py)."""
+    noise on a tiny model (tests/training/test_training_options.py)."""
     original = original_uncond.detach().float()
     return F.mse_loss(student_uncond.float(), original) / original.pow(2).mean().clamp_min(1e-12)

@@ -18,7 +18,7 @@ from erasure_core.judges.base import Judge
 from erasure_core.sampling import encode_prompts, generate
 
 SHIPPED = sorted(WEIGHTS_DIR.rglob("*.safetensors"))
-TRAIN_SCRIPT = Path(__file__).resolve().parents[1] / "tools" / "train_demo_model.py"
+TRAIN_SCRIPT = Path(__file__).resolve().parents[2] / "tools" / "train_demo_model.py"
 
 
 @functools.cache
