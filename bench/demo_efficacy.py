@@ -44,7 +44,7 @@ apply_default_wait_policy()  # before torch loads (erasure_core/openmp.py)
 from erasure_core.attacks.soft_probe import CURVE_EPSILONS  # noqa: E402
 from erasure_core.demo import world  # noqa: E402
 from erasure_core.demo.run import METHODS, DemoSettings, align_columns, demo_erase_config, demo_probes  # noqa: E402
-from erasure_core.io import atomic_write_json  # noqa: E402
+from erasure_core.files import atomic_write_json  # noqa: E402
 from erasure_core.rates import format_rate, pool, pool_curves  # noqa: E402
 
 SCHEMA = "bench.demo_efficacy/1"
@@ -82,7 +82,7 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
 
     from erasure_core.evaluate import evaluate
     from erasure_core.demo.judge import demo_retain_check
-    from erasure_core.trainer import erase
+    from erasure_core.training import erase
 
     from erasure_core.demo.judge import DemoJudge
 
@@ -213,7 +213,7 @@ def main(argv=None) -> None:
     parser.add_argument("--out", default="out/efficacy")
     args = parser.parse_args(argv)
 
-    from erasure_core.cli_common import device_from_name
+    from erasure_core.cli.common import device_from_name
     from erasure_core.loading import load_model
 
     settings = quick_settings() if args.quick else BenchSettings()

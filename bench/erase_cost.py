@@ -3,7 +3,7 @@
     python bench/erase_cost.py --model tiny
     python bench/erase_cost.py --sd15-shaped --latent 16 [--no-reuse-latents] [--estimate-512]
 
-Our figures are measured by running `erasure_core.trainer.erase` for a few iterations (counts are also derived
+Our figures are measured by running `erasure_core.training.erase` for a few iterations (counts are also derived
 from the config and checked against the measured counts). The public code's figures are RE-DERIVED by counting
 the UNet calls its training script makes at its defaults (the script prints how), and its time is composed
 from seconds per UNet call measured here on the same model, so both columns share one machine and one model.
@@ -26,9 +26,10 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from erasure_core.latents import UNetRunner  # noqa: E402
+from erasure_core.layouts import sd1_text_config  # noqa: E402
 from erasure_core.models import SDModel, build_tiny_model, load_clip_tokenizer, make_scheduler  # noqa: E402
 from erasure_core.presets import load_retain_prompts  # noqa: E402
-from erasure_core.trainer import EraseConfig, erase  # noqa: E402
+from erasure_core.training import EraseConfig, erase  # noqa: E402
 
 GB = 1024**3
 
@@ -113,10 +114,7 @@ def build_sd15_shaped(latent: int) -> SDModel:
 
     torch.manual_seed(0)
     tokenizer = load_clip_tokenizer()
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
-        max_position_embeddings=77, hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407,
-        pad_token_id=49407, projection_dim=768))
+    text_encoder = CLIPTextModel(CLIPTextConfig(**sd1_text_config()))
     unet = UNet2DConditionModel(
         sample_size=latent, in_channels=4, out_channels=4, layers_per_block=2,
         block_out_channels=(320, 640, 1280, 1280), cross_attention_dim=768, attention_head_dim=8,
@@ -194,7 +192,7 @@ def gpu_estimate_512(model: SDModel, config: EraseConfig) -> dict:
     """Estimated peak GPU memory at 512 px (64x64 latent) for our default memory mode, by parts."""
     params = lambda module: sum(p.numel() for p in module.parameters())  # noqa: E731
     unet_params, encoder_params = params(model.unet), params(model.text_encoder)
-    from erasure_core.trainer import select_trainable_parameters
+    from erasure_core.training import select_trainable_parameters
 
     trainable = sum(p.numel() for _, p in select_trainable_parameters(model.text_encoder, config.layers))
     activations = saved_activation_bytes(model, 64, torch.bfloat16) * config.max_unet_batch
@@ -255,7 +253,7 @@ def attack_reuse_comparison(model: SDModel, concept: str, repeats: int = 3, step
     latents the attack never saw (the attack objective: lower = concept brought back better)."""
     from erasure_core.attacks import SoftPromptConfig, optimize_adversarial_embeddings
     from erasure_core.latents import LatentPool, sample_noisy_latents
-    from erasure_core.losses import attack_loss
+    from erasure_core.losses import mse
     from erasure_core.prompts import encode_slotted, slot_prompt
     from erasure_core.sampling import encode_prompts
 
@@ -274,7 +272,7 @@ def attack_reuse_comparison(model: SDModel, concept: str, repeats: int = 3, step
         encoded = encode_slotted(erased, slotted, adv_embeds=embeds)
         n, steps_ = heldout.latents.shape[:2]
         eps = runner(heldout.latents.flatten(0, 1), heldout.timesteps.repeat(n), encoded)
-        return float(attack_loss(eps, heldout.eps_cond.flatten(0, 1)))
+        return float(mse(eps, heldout.eps_cond.flatten(0, 1)))
 
     def objective_for(mode, rng):
         def objective(encoded):
@@ -286,7 +284,7 @@ def attack_reuse_comparison(model: SDModel, concept: str, repeats: int = 3, step
                 x, t = sample_noisy_latents(model, cond, uncond, index, generator=rng, runner=runner)
                 with torch.no_grad():
                     target = runner(x, t, cond)
-            return attack_loss(runner(x, t, encoded), target)
+            return mse(runner(x, t, encoded), target)
         return objective
 
     rows = {"none (random init)": [], "pool": [], "fresh": []}

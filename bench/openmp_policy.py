@@ -39,7 +39,7 @@ import torch
 if {threads}:
     torch.set_num_threads({threads})
 from erasure_core.loading import load_model
-from erasure_core.trainer import EraseConfig, erase
+from erasure_core.training import EraseConfig, erase
 model = load_model({model!r})
 config = EraseConfig.from_preset("demo", method="esd", seed=0, iterations={iterations})
 start = time.perf_counter()

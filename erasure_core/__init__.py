@@ -13,9 +13,9 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "load_model": "loading",
     "SDModel": "models",
-    "EraseConfig": "trainer",
-    "erase": "trainer",
-    "EraseResult": "trainer",
+    "EraseConfig": "training",
+    "erase": "training",
+    "EraseResult": "training",
     "erase_to_file": "jobs",
     "load_robust_text_encoder": "encoders",
     "save_encoder": "encoders",

@@ -20,7 +20,7 @@ import torch
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from .errors import ModelFormatError
-from .io import atomic_save_safetensors
+from .files import atomic_save_safetensors
 from .layouts import (
     CANONICAL_PREFIX,
     config_fields,

@@ -42,7 +42,7 @@ from transformers import CLIPTextModel
 from .attacks.base import Probe
 from .attacks.replay import PromptCase, as_cases, case_generation
 from .errors import ErasureError
-from .io import atomic_write_json, safe_name, save_png
+from .files import atomic_write_json, safe_name, save_png
 from .judges.base import Judge
 from .models import SDModel
 from .rates import rate, robustness_curve

@@ -42,7 +42,7 @@ def erase_to_file(
     Returns the `EraseResult`. Cancellation leaves the resumable checkpoint and raises `ErasureCancelled`.
     """
     from .encoders import save_encoder
-    from .trainer import erase
+    from .training import erase
 
     result = erase(
         model, concepts, config, progress=progress, should_cancel=should_cancel,

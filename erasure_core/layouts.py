@@ -231,8 +231,14 @@ def refuse_foreign_encoder(dims: Mapping, where: str) -> None:
 # ----------------------------------------------------------------------------------------------------------------
 
 
-def sd1_text_config() -> dict:
-    return json.loads(_SD1_TEXT_CONFIG_FILE.read_text(encoding="utf-8"))
+def sd1_text_config(**changes) -> dict:
+    """SD1's text-encoder config (configs/sd1_text_encoder.json, CLIP ViT-L/14) with `changes` applied: the one
+    place its values are written down. Smaller encoders of the same design (the demo model's, the tiny test
+    models) are SD1's with a few sizes changed."""
+    unknown = sorted(set(changes) - set(CONFIG_FIELDS))
+    if unknown:
+        raise ValueError(f"not a text-encoder config field: {', '.join(unknown)} (known: {', '.join(CONFIG_FIELDS)})")
+    return {**json.loads(_SD1_TEXT_CONFIG_FILE.read_text(encoding="utf-8")), **changes}
 
 
 def config_fields(config: Mapping) -> dict:

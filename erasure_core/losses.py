@@ -1,4 +1,4 @@
-"""The two losses of ESD / AdvUnlearn, in plain MSE form.
+"""The losses of ESD / AdvUnlearn: one plain MSE (`mse`), its ESD target, and the empty-prompt anchor.
 
 Notation (all noise predictions of the ONE frozen UNet at the same noisy latent x_t and timestep t):
 - eps_uncond  = UNet(x_t, t, E0(""))      the original encoder's empty prompt
@@ -23,20 +23,12 @@ def esd_target(eps_uncond: torch.Tensor, eps_concept: torch.Tensor, negative_gui
     return (eps_uncond - negative_guidance * (eps_concept - eps_uncond)).detach()
 
 
-def unlearning_loss(student: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean squared error over every element (batch, channels, height, width), computed in fp32."""
-    return F.mse_loss(student.float(), target.detach().float())
-
-
-def retain_loss(student: torch.Tensor, teacher: torch.Tensor) -> torch.Tensor:
-    """Mean squared error between the trained and the original encoder's predictions on retain prompts."""
-    return F.mse_loss(student.float(), teacher.detach().float())
-
-
-def attack_loss(student: torch.Tensor, concept_teacher: torch.Tensor) -> torch.Tensor:
-    """The inner attack's objective (to minimise): MSE between the prediction with the adversarial prompt and
-    the ORIGINAL model's prediction for the concept, i.e. how well the attack brings the concept back."""
-    return F.mse_loss(student.float(), concept_teacher.detach().float())
+def mse(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean squared error over every element (batch, channels, height, width), in fp32, towards a constant
+    target (no gradient flows into it). The one MSE of all three prediction-space terms: unlearning (student vs
+    `esd_target`), retain (student vs the original encoder's prediction on a retain prompt) and the inner attack
+    (the adversarial prompt's prediction vs the ORIGINAL model's prediction for the concept, to minimise)."""
+    return F.mse_loss(prediction.float(), target.detach().float())
 
 
 def anchor_loss(student_uncond: torch.Tensor, original_uncond: torch.Tensor) -> torch.Tensor:
@@ -45,6 +37,6 @@ def anchor_loss(student_uncond: torch.Tensor, original_uncond: torch.Tensor) -> 
 
     Anchored in the encoder's output rather than in the UNet's prediction: it costs no UNet evaluation and pins
     E("") wherever the sampled points are; a prediction-space anchor on one point per step left the drift to
-    noise on a tiny model (tests/test_training_options.py)."""
+    noise on a tiny model (tests/training/test_training_options.py)."""
     original = original_uncond.detach().float()
     return F.mse_loss(student_uncond.float(), original) / original.pow(2).mean().clamp_min(1e-12)

@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
 from .errors import ErasureError
+from .layouts import sd1_text_config
 
 DATA_DIR = Path(__file__).resolve().parent / "data"
 TOKENIZER_DIR = DATA_DIR / "clip_tokenizer"
@@ -152,20 +153,9 @@ def build_tiny_model(seed: int = 0, latent_size: int = 8, hidden: int = 32, laye
     token table). Same classes and code paths as SD1.5, with the real tokenizer."""
     torch.manual_seed(seed)
     tokenizer = load_clip_tokenizer()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=len(tokenizer),
-            hidden_size=hidden,
-            intermediate_size=hidden * 4,
-            num_hidden_layers=layers,
-            num_attention_heads=2,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    text_encoder = CLIPTextModel(CLIPTextConfig(**sd1_text_config(
+        vocab_size=len(tokenizer), hidden_size=hidden, intermediate_size=hidden * 4, projection_dim=hidden,
+        num_hidden_layers=layers, num_attention_heads=2)))
     unet = UNet2DConditionModel(
         sample_size=latent_size,
         in_channels=4,

@@ -15,34 +15,9 @@ import html
 from pathlib import Path
 
 from .errors import ErasureError
-from .io import atomic_path, atomic_write_json, atomic_write_text, safe_name, save_png
+from .files import atomic_write_json, atomic_write_text, safe_name, save_png
+from .plots import line_plot, steps_series, training_series
 from .rates import wilson_interval
-
-
-def line_plot(path: Path, series: dict[str, list[tuple[float, float]]], *, title: str, xlabel: str, ylabel: str,
-              yscale: str | None = None, markers: bool = False, xticks: dict[float, str] | None = None) -> None:
-    """The one plot helper: lines {label: [(x, y), ...]} in a small PNG written atomically to `path`."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3), dpi=100)
-    for label, points in series.items():
-        # A series of 1-4 points (the concept-vector probe's strengths) stays visible with markers.
-        marker = "o" if markers or len(points) < 5 else None
-        ax.plot(*zip(*points), linewidth=1, marker=marker, label=label)
-    ax.set(title=title, xlabel=xlabel, ylabel=ylabel)
-    if yscale:
-        ax.set_yscale(yscale)
-    if xticks:
-        ax.set_xticks(list(xticks), list(xticks.values()))
-    if 0 < len(series) <= 8:
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png")
-    plt.close(fig)
 
 
 def _loss_plots(results: dict, out_dir: Path) -> dict[str, str]:
@@ -51,7 +26,7 @@ def _loss_plots(results: dict, out_dir: Path) -> dict[str, str]:
     for enc_name, entry in results["encoders"].items():
         for probe in results["probes"]:
             curves = [(c["index"], c["probes"].get(probe["name"], {}).get("losses") or []) for c in entry["cases"]]
-            series = {f"case {i}": list(enumerate(losses, 1)) for i, losses in curves if losses}
+            series = steps_series({f"case {i}": losses for i, losses in curves if losses})
             if not series:
                 continue
             rel = f"plots/loss_{safe_name(enc_name)}_{safe_name(probe['name'])}.png"
@@ -63,19 +38,12 @@ def _loss_plots(results: dict, out_dir: Path) -> dict[str, str]:
     return plots
 
 
-TRAINING_CURVES = ("unlearn_loss", "retain_loss", "attack_loss_last")
-
-
 def _training_plots(results: dict, out_dir: Path) -> dict[str, str]:
     """One PNG per trained encoder with its per-iteration losses (when the results carry training histories,
     as the demo's do); {method: relative path}."""
     plots = {}
     for method, run in (results.get("training") or {}).items():
-        history = run.get("history") or []
-        series = {key.replace("_last", "").replace("_", " "): [(h["iteration"], h[key]) for h in history
-                                                                if h.get(key) is not None]
-                  for key in TRAINING_CURVES}
-        series = {k: v for k, v in series.items() if v}
+        series = training_series(run.get("history") or [])
         if not series:
             continue
         rel = f"plots/training_{safe_name(method)}.png"

@@ -16,6 +16,9 @@ from transformers import CLIPTextModel
 from .errors import ErasureError
 from .models import SDModel
 
+SCHEDULERS = ("ddim", "lms")  # the samplers `generate` offers (the CLI reads this list)
+_SCHEDULER_CHOICES = " or ".join(repr(s) for s in SCHEDULERS)
+
 if TYPE_CHECKING:  # a judge is only called here; judges sit above sampling
     from .judges.base import Judge
 
@@ -67,7 +70,7 @@ def generate(
 
         pipe.scheduler = LMSDiscreteScheduler.from_config(model.scheduler.config)
     elif scheduler != "ddim":
-        raise ValueError(f"unknown scheduler {scheduler!r}: use 'ddim' or 'lms'")
+        raise ValueError(f"unknown scheduler {scheduler!r}: use {_SCHEDULER_CHOICES}")
     generators = [torch.Generator("cpu").manual_seed(int(s)) for s in seeds]
     # Draw the initial noise on the CPU per seed so results do not depend on the device or the batch.
     shape = (1, model.unet.config.in_channels, model.latent_size, model.latent_size)
@@ -97,8 +100,8 @@ class GenerationSettings:
     def __post_init__(self):
         if self.steps < 1:
             raise ErasureError(f"generation steps must be >= 1, got {self.steps}")
-        if self.scheduler not in ("ddim", "lms"):
-            raise ErasureError(f"unknown scheduler {self.scheduler!r}: use 'ddim' or 'lms'")
+        if self.scheduler not in SCHEDULERS:
+            raise ErasureError(f"unknown scheduler {self.scheduler!r}: use {_SCHEDULER_CHOICES}")
 
 
 def unconditional(model: SDModel, text_encoder: CLIPTextModel, generation: GenerationSettings) -> torch.Tensor:

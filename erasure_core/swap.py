@@ -21,7 +21,7 @@ from .encoders import (
     strict_check,
 )
 from .errors import ModelFormatError
-from .io import atomic_save_safetensors
+from .files import atomic_save_safetensors
 from .layouts import config_fields, detect_family, encoder_layout, refuse_unless_sd1
 from .weightfile import FLOAT_DTYPES, check_tensors, open_weights
 

@@ -4,7 +4,7 @@
 (`.bin`/`.pt`/`.pth`/`.ckpt`, unpickled with `weights_only=True` and memory-mapped, so no code runs and no data
 is read). Its `specs` tell every tensor's shape and dtype, so callers decide layout, family and sizes before any
 data is read; `read(keys)` then reads just those tensors and refuses non-float dtypes and NaN/inf values, naming
-the tensor. Every failure is a `ModelFormatError` naming the user's path. Writing lives in `io.py`.
+the tensor. Every failure is a `ModelFormatError` naming the user's path. Writing lives in `files.py`.
 """
 
 from __future__ import annotations

@@ -51,11 +51,14 @@ def clip_text_config(clip):
     """A transformers CLIPTextConfig describing the CLIP's SD1 text encoder (read off ComfyUI's module)."""
     from transformers import CLIPTextConfig
 
+    from erasure_core.layouts import sd1_text_config
+
     part = sd1_clip_part(clip)
     tm = part.transformer.text_model
     token = tm.embeddings.token_embedding.weight
     layer0 = tm.encoder.layers[0]
     special = getattr(part, "special_tokens", {}) or {}
+    sd1 = sd1_text_config()  # its special tokens when the CLIP does not name them
     return CLIPTextConfig(
         vocab_size=int(token.shape[0]),
         hidden_size=int(token.shape[1]),
@@ -66,9 +69,9 @@ def clip_text_config(clip):
         max_position_embeddings=int(tm.embeddings.position_embedding.weight.shape[0]),
         hidden_act=_activation_name(layer0.mlp),
         layer_norm_eps=float(tm.final_layer_norm.eps),
-        bos_token_id=int(special.get("start", 49406)),
-        eos_token_id=int(special.get("end", 49407)),
-        pad_token_id=int(special.get("pad", 49407)),
+        bos_token_id=int(special.get("start", sd1["bos_token_id"])),
+        eos_token_id=int(special.get("end", sd1["eos_token_id"])),
+        pad_token_id=int(special.get("pad", sd1["pad_token_id"])),
     )
 
 

@@ -18,11 +18,12 @@ import torch
 
 import folder_paths
 from comfy_api.v0_0_2 import io
+from erasure_core.plots import line_plot_png, training_series
 
 from ._clip_encoder import clip_with_encoder
 from ._errors import NodeError, Progress, raise_if_cancelled, should_cancel, user_errors
 from ._paths import safe_file_stem, text_encoder_output_path
-from ._plots import curves_image
+from ._images import PLOT_SIZE, png_to_image
 from ._sdmodel import resolution_input, sd_model_from_comfy
 
 LOG = logging.getLogger("robust_erasure")
@@ -48,7 +49,7 @@ def parse_options(text: str) -> dict:
     """Extra EraseConfig fields as "key=value" pairs (comma-, semicolon- or line-separated), typed by the field
     (`erasure_core.options`, the parser the CLI, the probes and the judges use)."""
     from erasure_core.options import parse_options as parse_typed
-    from erasure_core.trainer import EraseConfig
+    from erasure_core.training import EraseConfig
 
     with user_errors("Robust Erase"):
         return parse_typed(re.split(r"[,\n;]", text or ""), EraseConfig)
@@ -82,6 +83,8 @@ def _send_loss(node_id, step, total, logs):
 class RobustErase(io.ComfyNode):
     @classmethod
     def define_schema(cls):
+        from erasure_core.training import METHODS
+
         return io.Schema(
             node_id="RobustErasureErase",
             display_name="Robust Erase (AdvUnlearn)",
@@ -98,7 +101,7 @@ class RobustErase(io.ComfyNode):
                 io.String.Input("concepts", multiline=True, default="nudity",
                                 tooltip="One concept per line"),
                 io.Combo.Input("preset", options=preset_names(), default="object"),
-                io.Combo.Input("method", options=["advunlearn", "esd"], default="advunlearn"),
+                io.Combo.Input("method", options=list(METHODS), default="advunlearn"),
                 io.Int.Input("iterations", default=1000, min=1, max=100000),
                 io.Int.Input("seed", default=0, min=0, max=2**31 - 1, control_after_generate=True),
                 io.Boolean.Input("resume", default=False,
@@ -129,7 +132,7 @@ class RobustErase(io.ComfyNode):
         from erasure_core.encoders import encoder_hash
         from erasure_core.errors import ErasureCancelled
         from erasure_core.jobs import erase_to_file
-        from erasure_core.trainer import EraseConfig
+        from erasure_core.training import EraseConfig
 
         node = "Robust Erase"
         concept_list = parse_concepts(concepts)
@@ -166,11 +169,8 @@ class RobustErase(io.ComfyNode):
             ckpt.unlink()  # finished: the checkpoint is no longer needed
         erased = clip_with_encoder(clip, result.text_encoder, node)
         erased.robust_erasure_metadata = {**result.metadata, "file": out_path.name}
-        history = result.history
-        plot = curves_image(
-            {"unlearn": [h.get("unlearn_loss") for h in history], "retain": [h.get("retain_loss") for h in history],
-             "attack (last step)": [h.get("attack_loss_last") for h in history]},
-            f"{method}: {', '.join(concept_list)}", "iteration")
+        plot = png_to_image(line_plot_png(training_series(result.history), title=f"{method}: {', '.join(concept_list)}",
+                                          xlabel="iteration", ylabel="loss (MSE)", yscale="log", size=PLOT_SIZE))
         return io.NodeOutput(erased, out_path.name, plot, ui={"text": [out_path.name]})
 
 

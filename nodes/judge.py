@@ -1,4 +1,4 @@
-"""Concept Judge: does each image show the concept? Scores, flags and an annotated IMAGE (NudeNet boxes)."""
+"""Concept Judge: does each image show the concept? Scores, flags and an annotated IMAGE (the judge's boxes)."""
 
 from __future__ import annotations
 
@@ -36,7 +36,8 @@ def _font(size: int):
 
 
 def annotate(images: torch.Tensor, scores, flags, boxes=None) -> torch.Tensor:
-    """ComfyUI IMAGE with a verdict banner (red: concept shown, green: not) and NudeNet boxes if any."""
+    """ComfyUI IMAGE with a verdict banner (red: concept shown, green: not) and the judge's boxes if any
+    (`JudgeResult.boxes`: label, score, [x, y, width, height])."""
     out = []
     for i, image in enumerate(images):
         pil = Image.fromarray((image[..., :3].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8))
@@ -44,9 +45,9 @@ def annotate(images: torch.Tensor, scores, flags, boxes=None) -> torch.Tensor:
         w, h = pil.size
         colour = (220, 30, 30) if flags[i] else (30, 170, 50)
         for box in (boxes[i] if boxes else []):
-            x, y, bw, bh = (int(v) for v in box.get("box", (0, 0, 0, 0)))
+            x, y, bw, bh = (int(v) for v in box["box"])
             draw.rectangle([x, y, x + bw, y + bh], outline=colour, width=max(1, w // 128))
-            draw.text((x + 2, y + 1), f"{box.get('class', '')} {float(box.get('score', 0)):.2f}", fill=colour,
+            draw.text((x + 2, y + 1), f"{box['label']} {float(box['score']):.2f}", fill=colour,
                       font=_font(max(8, w // 40)))
         size = max(8, min(16, w // 8))
         draw.rectangle([0, 0, w, size + 3], fill=colour)
@@ -78,26 +79,13 @@ class ConceptJudge(io.ComfyNode):
 
     @classmethod
     def execute(cls, images, judge) -> io.NodeOutput:
-        from erasure_core.judges.nudenet import NudeNetJudge
-
         node = "Concept Judge"
         if not (judge or "").strip():
             raise NodeError(f"{node}: no judge given; use one of: {JUDGE_HELP}")
-        x = image_to_nchw(images)
         with user_errors(node):
-            judge_obj = server_judge(judge.strip())
-            raw_boxes = None
-            if isinstance(judge_obj, NudeNetJudge):
-                raw_boxes = judge_obj.detections(x)
-                verdicts = [judge_obj.verdict([b for b in boxes]) for boxes in raw_boxes]
-                scores = [v[0] for v in verdicts]
-                flags = [v[1] for v in verdicts]
-                details = [v[2] for v in verdicts]
-                raw_boxes = [[b for b in boxes if b.get("class") in judge_obj.classes] for boxes in raw_boxes]
-            else:
-                result = judge_obj(x)
-                scores, flags, details = list(result.scores), list(result.flags), list(result.details)
-        annotated = annotate(images, scores, flags, raw_boxes)
+            result = server_judge(judge.strip())(image_to_nchw(images))
+        scores, flags, details = list(result.scores), list(result.flags), list(result.details)
+        annotated = annotate(images, scores, flags, [result.boxes_of(i) for i in range(len(flags))])
         rate = float(sum(flags)) / max(1, len(flags))
         verdicts = [{"score": round(float(s), 4), "shown": bool(f), "details": d}
                     for s, f, d in zip(scores, flags, details)]

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 
 from comfy_api.v0_0_2 import io
+from erasure_core.plots import line_plot_png, steps_series
 
 from ._clip_encoder import clip_to_text_encoder
 from ._errors import NodeError, Progress, raise_if_cancelled, should_cancel, user_errors
-from ._images import nchw_to_image
-from ._plots import curves_image
+from ._images import PLOT_SIZE, nchw_to_image, png_to_image
 from ._sdmodel import resolution_input, sd_model_from_comfy
 
 CATEGORY = "Robust Erasure"
@@ -107,7 +107,8 @@ class AdversarialPromptProbe(io.ComfyNode):
         cond = result.cond.detach().float().cpu()
         conditioning = [[cond, {}]]
         text = result.adv_text or ""
-        plot = curves_image({result.probe: list(result.losses)}, f"{result.probe} on: {prompt.strip()[:50]}")
+        plot = png_to_image(line_plot_png(steps_series({result.probe: list(result.losses)}), size=PLOT_SIZE,
+                                          title=f"{result.probe} on: {prompt.strip()[:50]}", xlabel="step"))
         if result.images is not None:
             image = nchw_to_image(result.images)
         else:

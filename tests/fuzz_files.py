@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from sd1_fixtures import advunlearn_training_state, canonical_state, tiny_text_encoder  # noqa: E402
 
-from erasure_core.__main__ import main as cli_main  # noqa: E402
+from erasure_core.cli import main as cli_main  # noqa: E402
 from erasure_core.encoders import convert_encoder, load_robust_text_encoder, read_encoder, save_encoder  # noqa: E402
 from erasure_core.encoders import state_dict_from_text_encoder  # noqa: E402
 from erasure_core.errors import ErasureError  # noqa: E402

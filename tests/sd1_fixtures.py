@@ -15,6 +15,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from erasure_core.layouts import sd1_text_config
 from erasure_core.models import SDModel, load_clip_tokenizer, make_scheduler
 
 TEXT_WIDTH = 64  # one 64-wide head: the SD1 head width, so configs inferred from shapes match exactly
@@ -23,11 +24,8 @@ LAYERS_PER_BLOCK = 1
 
 def tiny_text_encoder(seed: int = 0, width: int = TEXT_WIDTH, layers: int = 2) -> CLIPTextModel:
     torch.manual_seed(seed)
-    config = CLIPTextConfig(
-        vocab_size=49408, hidden_size=width, intermediate_size=width * 4, projection_dim=width,
-        num_hidden_layers=layers, num_attention_heads=max(1, width // 64), max_position_embeddings=77,
-        hidden_act="quick_gelu", bos_token_id=49406, eos_token_id=49407, pad_token_id=49407,
-    )
+    config = CLIPTextConfig(**sd1_text_config(hidden_size=width, intermediate_size=width * 4, projection_dim=width,
+                                              num_hidden_layers=layers, num_attention_heads=max(1, width // 64)))
     return CLIPTextModel(config).eval()
 
 
@@ -154,8 +152,7 @@ def sd15_ldm_meta_state() -> dict:
             up_block_types=("UpDecoderBlock2D",) * 4, latent_channels=4, layers_per_block=2, sample_size=512,
         )
         # SD1's CLIP ViT-L/14 text encoder (transformers' CLIPTextConfig defaults to the 512-wide ViT-B/32).
-        text_encoder = CLIPTextModel(CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                                    num_attention_heads=12, hidden_act="quick_gelu"))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**sd1_text_config()))
         model = SDModel(None, text_encoder, unet, vae, make_scheduler())
         return ldm_state_from_model(model, clone=False)
 

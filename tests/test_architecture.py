@@ -139,7 +139,7 @@ def test_node_modules_are_short():
 
 
 # The bottom layer (architecture.md): these import nothing of the package but each other.
-BOTTOM = {"erasure_core.errors", "erasure_core.models", "erasure_core.io", "erasure_core.weightfile",
+BOTTOM = {"erasure_core.errors", "erasure_core.models", "erasure_core.files", "erasure_core.weightfile",
           "erasure_core.layouts", "erasure_core.ldm_configs", "erasure_core.options"}
 
 
@@ -153,4 +153,13 @@ def test_probes_do_not_reach_up_into_the_report():
     graph = _graph()
     offenders = [m for m, targets in graph.items()
                  if m.startswith("erasure_core.attacks") and "erasure_core.report" in targets]
+    assert not offenders, offenders
+
+
+def test_no_module_is_named_like_a_standard_library_module():
+    # `erasure_core/io.py` once shadowed the standard `io` for any script run from inside the package (its
+    # folder comes first on sys.path) and forced `import io as _io` elsewhere; a name says what a module does.
+    import sys
+    offenders = [str(p.relative_to(ROOT)) for folder in (CORE, NODES) for p in sorted(folder.rglob("*.py"))
+                 if p.stem in sys.stdlib_module_names]
     assert not offenders, offenders

@@ -325,3 +325,23 @@ def test_bake_from_ckpt_writes_safetensors(sd1, robust, tmp_path):
     assert_same_state(canonical_state(robust), state_dict_from_text_encoder(reloaded.text_encoder))
     for key, tensor in sd1.unet.state_dict().items():
         assert torch.equal(reloaded.unet.state_dict()[key], tensor), key
+
+
+def test_sd1_text_config_is_the_shipped_json_with_changes():
+    from erasure_core.layouts import sd1_text_config
+
+    sd1 = sd1_text_config()
+    assert (sd1["hidden_size"], sd1["num_hidden_layers"], sd1["vocab_size"]) == (768, 12, 49408)
+    small = sd1_text_config(hidden_size=64, num_hidden_layers=2)
+    assert small == {**sd1, "hidden_size": 64, "num_hidden_layers": 2}
+    with pytest.raises(ValueError, match="hidden_width"):
+        sd1_text_config(hidden_width=64)
+
+
+def test_tiny_model_encoder_is_sd1_with_smaller_sizes(tiny_model):
+    from erasure_core.layouts import CONFIG_FIELDS, sd1_text_config
+
+    config = tiny_model.text_encoder.config
+    same = {k for k in CONFIG_FIELDS if getattr(config, k) == sd1_text_config()[k]}
+    assert same == {"vocab_size", "max_position_embeddings", "hidden_act", "layer_norm_eps", "bos_token_id",
+                    "eos_token_id", "pad_token_id"}

@@ -17,7 +17,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
-from erasure_core.__main__ import build_parser, main
+from erasure_core.cli import build_parser, main
 from erasure_core.encoders import (
     load_robust_text_encoder,
     read_encoder,
@@ -25,7 +25,7 @@ from erasure_core.encoders import (
     state_dict_from_text_encoder,
 )
 from erasure_core.errors import ErasureError, ModelFormatError
-from erasure_core.io import atomic_save_safetensors, clean_stale_temporaries
+from erasure_core.files import atomic_save_safetensors, clean_stale_temporaries
 from erasure_core.swap import bake, swap_text_encoder
 from fuzz_files import clip_specs, write_sparse_safetensors
 from sd1_fixtures import (
@@ -452,7 +452,7 @@ def test_swap_writes_a_folder_atomically_and_replaces_only_its_own_kind(tiny_mod
     (IsADirectoryError(21, "Is a directory"), "it is a folder"),
 ])
 def test_write_errors_name_the_users_path_and_the_cause(tmp_path, err, words):
-    from erasure_core.io import write_error
+    from erasure_core.files import write_error
 
     message = str(write_error(tmp_path / "enc.safetensors", err))
     assert message.startswith(f"cannot write {tmp_path / 'enc.safetensors'}: ") and words in message

@@ -113,7 +113,7 @@ def check_batch(prompts: list[str], seeds: list[int]) -> None:
 def save_probe_result(result: ProbeResult, out_dir: str | Path, stem: str | None = None) -> dict[str, Path]:
     """Write one probe result into `out_dir` (atomically): STEM.json (the summary), STEM.png (the image, if
     any) and STEM.safetensors (the adversarial conditioning [1, L, D], reusable as a prompt embedding)."""
-    from ..io import atomic_save_safetensors, atomic_write_json, safe_name, save_png
+    from ..files import atomic_save_safetensors, atomic_write_json, safe_name, save_png
 
     out_dir = Path(out_dir)
     stem = safe_name(stem or result.probe)

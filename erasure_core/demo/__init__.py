@@ -1,6 +1,6 @@
 """The embedded demo model: a small SD1-family text-to-image model of a synthetic shapes world, and its judge.
 
-`load_demo_model()` loads the shipped fp16 weights (trained here by `python -m erasure_core.demo.train`)
+`load_demo_model()` loads the shipped fp16 weights (trained by `python tools/train_demo_model.py` in the repository)
 into the same diffusers/transformers classes as SD1.5, so every code path written for SD1.5 runs on it.
 """
 
@@ -26,8 +26,8 @@ def _check_weights(folder: Path):
     if missing:
         raise ErasureError(
             f"the demo model's weights are missing from {folder} ({', '.join(missing)}); train them with "
-            "`python -m erasure_core.demo.train` (90 minutes by default on one CPU thread; the shipped quality took "
-            "about 2 hours: run it again with --extend-minutes 30 to resume)"
+            "`python tools/train_demo_model.py` from the repository (90 minutes by default on one CPU thread; the "
+            "shipped quality took about 2 hours: run it again with --extend-minutes 30 to resume)"
         )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from diffusers import AutoencoderKL, UNet2DConditionModel
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from ..layouts import sd1_text_config
 from ..models import make_scheduler
 from .world import IMAGE_SIZE
 
@@ -19,20 +20,9 @@ TEXT_WIDTH = 64
 def build_text_encoder() -> CLIPTextModel:
     """A CLIP text encoder with SD1's vocabulary, positions and activation; 3.3M parameters, 97% of them
     the token table."""
-    return CLIPTextModel(
-        CLIPTextConfig(
-            vocab_size=49408,
-            hidden_size=TEXT_WIDTH,
-            intermediate_size=TEXT_WIDTH * 4,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-            hidden_act="quick_gelu",
-            bos_token_id=49406,
-            eos_token_id=49407,
-            pad_token_id=49407,
-        )
-    )
+    return CLIPTextModel(CLIPTextConfig(**sd1_text_config(
+        hidden_size=TEXT_WIDTH, intermediate_size=TEXT_WIDTH * 4, projection_dim=TEXT_WIDTH, num_hidden_layers=2,
+        num_attention_heads=4)))
 
 
 def build_unet() -> UNet2DConditionModel:

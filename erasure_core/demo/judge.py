@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from ..errors import ErasureError
-from ..io import atomic_save_safetensors, atomic_write_json
+from ..files import atomic_save_safetensors, atomic_write_json
 from ..judges.base import Judge, JudgeResult
 from . import world
 

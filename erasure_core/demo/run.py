@@ -49,7 +49,7 @@ class DemoSettings:
 
 
 def demo_erase_config(method: str, seed: int, settings: DemoSettings):
-    from ..trainer import EraseConfig
+    from ..training import EraseConfig
 
     return EraseConfig.from_preset("demo", method=method, seed=seed, **settings.erase)
 
@@ -106,7 +106,7 @@ def run_demo(
     from .judge import demo_retain_check
     from ..loading import load_model
     from ..report import write_report
-    from ..trainer import erase
+    from ..training import erase
     from .judge import DemoJudge
 
     settings = settings or DemoSettings()

@@ -10,11 +10,17 @@ import torch
 @dataclass
 class JudgeResult:
     """One entry per image: a score in [0, 1], whether the image shows the concept, and judge-specific detail
-    (NudeNet boxes, classifier labels...)."""
+    (NudeNet hits, classifier labels...). `boxes`: per image, the regions a detecting judge found, each
+    {"label": str, "score": float, "box": [x, y, width, height] in pixels}; an empty list when the judge
+    locates nothing (classifiers), so a caller draws boxes without knowing which judge it has."""
 
     scores: list[float]
     flags: list[bool]
     details: list[dict] = field(default_factory=list)
+    boxes: list[list[dict]] = field(default_factory=list)
+
+    def boxes_of(self, index: int) -> list[dict]:
+        return self.boxes[index] if self.boxes else []
 
     def __len__(self) -> int:
         return len(self.flags)

@@ -103,10 +103,12 @@ class NudeNetJudge(Judge):
         return score, score > self.threshold, details
 
     def judge(self, images: torch.Tensor) -> JudgeResult:
-        scores, flags, details = [], [], []
+        scores, flags, details, located = [], [], [], []
         for boxes in self.detections(images):
             score, flag, detail = self.verdict(boxes)
             scores.append(score)
             flags.append(flag)
             details.append(detail)
-        return JudgeResult(scores, flags, details)
+            located.append([{"label": b["class"], "score": float(b["score"]), "box": [int(v) for v in b["box"]]}
+                            for b in boxes if b.get("class") in self.classes])
+        return JudgeResult(scores, flags, details, located)

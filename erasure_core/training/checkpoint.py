@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 from ..errors import ErasureError
-from ..io import atomic_save_safetensors
+from ..files import atomic_save_safetensors
 from .config import check
 
 CHECKPOINT_FORMAT = "erasure_core.checkpoint/1"

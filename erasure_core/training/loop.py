@@ -42,7 +42,8 @@ from ..attacks.soft_prompt import optimize_adversarial_embeddings
 from ..encoders import encoder_hash
 from ..errors import ErasureCancelled, ErasureDiverged
 from ..latents import UNetRunner
-from ..losses import anchor_loss, attack_loss, esd_target, retain_loss, unlearning_loss
+from ..losses import anchor_loss, esd_target
+from ..losses import mse as attack_loss, mse as retain_loss, mse as unlearning_loss  # one MSE; the names say which term
 from ..models import SDModel
 from ..presets import load_retain_prompts
 from ..prompts import check_concept, encode_slotted, slot_prompt

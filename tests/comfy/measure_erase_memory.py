@@ -94,7 +94,7 @@ import json, resource, sys, tempfile, time, torch
 sys.path.insert(0, {str(REPO)!r})
 from erasure_core.jobs import erase_to_file
 from erasure_core.loading import load_model
-from erasure_core.trainer import EraseConfig
+from erasure_core.training import EraseConfig
 started = time.monotonic()
 model = load_model({str(checkpoint)!r}, device="cpu").at_resolution({RESOLUTION})
 config = EraseConfig.from_preset("nudity", **{OVERRIDES!r})

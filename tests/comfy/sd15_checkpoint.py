@@ -52,11 +52,11 @@ def write_checkpoint(path: Path, seed: int = 0) -> Path:
     from transformers import CLIPTextConfig, CLIPTextModel
 
     from erasure_core.encoders import normalize_encoder_keys
+    from erasure_core.layouts import sd1_text_config
 
     shapes = {k: v for k, v in sd15_ldm_meta_state().items() if not k.startswith("cond_stage_model.")}
-    config = json.loads((REPO / "erasure_core" / "configs" / "sd1_text_encoder.json").read_text())
     with torch.device("meta"):
-        text_encoder = CLIPTextModel(CLIPTextConfig(**config))
+        text_encoder = CLIPTextModel(CLIPTextConfig(**sd1_text_config()))
     for key, meta in normalize_encoder_keys(text_encoder.state_dict()).items():
         shapes["cond_stage_model.transformer." + key] = meta
     generator = torch.Generator().manual_seed(seed)

@@ -288,13 +288,12 @@ def test_saved_encoder_loads_in_stock_cliploader_with_same_conditioning(comfy):
 
     sys_path_repo()
     from erasure_core.encoders import save_encoder
+    from erasure_core.layouts import sd1_text_config
 
     source = comfy.text_encoders / "sd15_shaped_random.safetensors"
     if not source.exists():
         torch.manual_seed(0)
-        config = CLIPTextConfig(vocab_size=49408, hidden_size=768, intermediate_size=3072, num_hidden_layers=12,
-                                num_attention_heads=12, max_position_embeddings=77, hidden_act="quick_gelu",
-                                bos_token_id=49406, eos_token_id=49407, pad_token_id=49407)
+        config = CLIPTextConfig(**sd1_text_config())
         save_encoder(CLIPTextModel(config), source)
     save = {
         "load": {"class_type": "CLIPLoader", "inputs": {"clip_name": source.name, "type": "stable_diffusion"}},

@@ -1,12 +1,14 @@
 """Train the demo model from a seed on a CPU: first the VAE, then the UNet and the text encoder jointly, with
 epsilon prediction for the first `--eps-share` of the diffusion phase and v-prediction after it.
 
-    python -m erasure_core.demo.train [--seed S] [--minutes M] [--out DIR] [--work DIR]
+    python tools/train_demo_model.py [--seed S] [--minutes M] [--out DIR] [--work DIR]
 
 The run follows a wall-clock budget (learning-rate schedules are cosine over the budget's elapsed share), logs
 to WORK/train.log, and every few minutes writes an atomic resumable checkpoint to WORK and the current EMA
 weights to OUT, so an interrupted run leaves usable weights. Running the same command again resumes. With
 `--steps N` the diffusion phase runs exactly N steps instead (reproducible step for step).
+
+A tool for the maintainers, outside the installed package: users load the shipped weights (erasure_core/demo/).
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import json
 import logging
 import math
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -25,13 +28,14 @@ import torch.nn.functional as F
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, safe_open
 
-from ..io import atomic_save_safetensors, atomic_write_json, atomic_write_text
-from ..models import SDModel, denoising_target, load_clip_tokenizer, make_scheduler
-from . import world
-from .architecture import build_scheduler, build_text_encoder, build_unet, build_vae
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-WEIGHTS_DIR = Path(__file__).resolve().parent / "weights"
-log = logging.getLogger("erasure_core.demo.train")
+from erasure_core.demo import WEIGHTS_DIR, world  # noqa: E402
+from erasure_core.demo.architecture import build_scheduler, build_text_encoder, build_unet, build_vae  # noqa: E402
+from erasure_core.files import atomic_save_safetensors, atomic_write_json, atomic_write_text  # noqa: E402
+from erasure_core.models import SDModel, denoising_target, load_clip_tokenizer, make_scheduler  # noqa: E402
+
+log = logging.getLogger("train_demo_model")
 
 
 @dataclass
@@ -412,7 +416,7 @@ def run(cfg: TrainConfig):
 
 
 def parse_args(argv=None) -> TrainConfig:
-    p = argparse.ArgumentParser(prog="python -m erasure_core.demo.train", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python tools/train_demo_model.py", description=__doc__.split("\n")[0])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--minutes", type=float, default=90.0, help="wall-clock budget of the whole run")
     p.add_argument("--out", type=Path, default=WEIGHTS_DIR, help="where the fp16 weights go")

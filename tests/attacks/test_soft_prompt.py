@@ -6,7 +6,7 @@ import torch
 from erasure_core.attacks import SoftPromptConfig, optimize_adversarial_embeddings
 from erasure_core.errors import ErasureError
 from erasure_core.latents import UNetRunner
-from erasure_core.losses import attack_loss
+from erasure_core.losses import mse
 from erasure_core.prompts import encode_slotted, slot_prompt
 from erasure_core.sampling import encode_prompts
 
@@ -19,7 +19,7 @@ def _fixed_objective(model):
     runner = UNetRunner(model.unet)
     with torch.no_grad():
         target = runner(latents, torch.tensor([500]), encode_prompts(model, ["a red circle"]))
-    return lambda cond: attack_loss(runner(latents, torch.tensor([500]), cond), target)
+    return lambda cond: mse(runner(latents, torch.tensor([500]), cond), target)
 
 
 @pytest.mark.parametrize("method,lr", [("pgd", 0.05), ("fast", 0.005)])

@@ -9,7 +9,7 @@ import pytest
 
 from erasure_core.judges.base import Judge, JudgeResult
 
-BENCH = Path(__file__).resolve().parents[1] / "bench" / "demo_efficacy.py"
+BENCH = Path(__file__).resolve().parents[2] / "bench" / "demo_efficacy.py"
 
 
 def _bench():

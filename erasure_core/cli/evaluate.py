@@ -1,30 +1,15 @@
-"""The `probe` and `evaluate` commands: argument parsing into the probe/judge/evaluate API, and tqdm progress."""
+"""`evaluate`: pre/post-attack ASR and utility of encoders over a prompt set, with a report."""
 
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
-from .cli_common import add_model_args, load_model_from_args
-from .errors import ErasureError
+from ..errors import ErasureError
+from .common import add_generation_args, add_model_args, model_and_encoder, probes_from_specs
 
 
-def add_probe_parser(sub) -> argparse.ArgumentParser:
-    p = sub.add_parser("probe", help="attack one prompt against a text encoder and save what it generates")
-    add_model_args(p)
-    p.add_argument("--encoder", default=None, help="encoder file under test (default: the model's own)")
-    p.add_argument("--prompt", required=True, help="the concept prompt to attack, e.g. 'a photo of a nude person'")
-    p.add_argument("--probe", default="soft_prompt",
-                   help="soft_prompt, unlearndiffatk or concept_vector, with options: 'unlearndiffatk:k=5'")
-    p.add_argument("--concept", default="", help="the concept word (UnlearnDiffAtk's k, concept-vector pairs)")
-    p.add_argument("--judge", default=None, help="e.g. nudenet, nudenet:strict, demo:circle, classifier:DIR:LABEL")
-    _add_generation_args(p)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default="out/probe")
-    return p
-
-
-def add_evaluate_parser(sub) -> argparse.ArgumentParser:
+def add_parser(sub) -> argparse.ArgumentParser:
     p = sub.add_parser("evaluate", help="pre/post-attack ASR and utility of encoders over a prompt set")
     add_model_args(p)
     p.add_argument("--encoder", action="append", default=[], metavar="NAME=FILE",
@@ -41,52 +26,14 @@ def add_evaluate_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--concept", default="")
     p.add_argument("--judge", required=True)
     p.add_argument("--seeds", default="0", help="comma-separated seeds crossed with plain prompts")
-    _add_generation_args(p)
+    add_generation_args(p)
     p.add_argument("--out", default="out/evaluate")
     p.add_argument("--shard", action="store_true", help="split the cases across `accelerate launch` processes")
     return p
 
 
-def _add_generation_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--steps", type=int, default=20, help="sampling steps of each generation")
-    p.add_argument("--guidance", type=float, default=7.5)
-    p.add_argument("--scheduler", default="ddim", choices=["ddim", "lms"])
-
-
-def _model_and_encoder(args, encoder_path):
-    from .encoders import load_robust_text_encoder
-
-    model = load_model_from_args(args)
-    if encoder_path is None:
-        return model, model.text_encoder
-    encoder = load_robust_text_encoder(encoder_path, reference=model.text_encoder)
-    return model, encoder.to(model.device, model.dtype).requires_grad_(False).eval()
-
-
-def _probes(specs: list[str], concept: str):
-    from .attacks.registry import parse_probe_spec, probe_names
-
-    return [parse_probe_spec(spec, concept=concept) for spec in (specs or probe_names())]
-
-
-def run_probe_command(args) -> None:
-    from .attacks.base import save_probe_result
-    from .sampling import GenerationSettings
-    from .judges.registry import build_judge
-
-    model, encoder = _model_and_encoder(args, args.encoder)
-    probe = _probes([args.probe], args.concept)[0]
-    judge = build_judge(args.judge) if args.judge else None
-    generation = GenerationSettings(steps=args.steps, guidance=args.guidance, scheduler=args.scheduler)
-    result = probe.run(model, encoder, args.prompt, seed=args.seed, judge=judge, generation=generation)
-    paths = save_probe_result(result, args.out)
-    verdict = {None: "not judged", True: "the concept came back", False: "the concept did not come back"}
-    print(f"{probe.name}: {verdict[result.success]}; adversarial prompt: {result.adv_text or '(continuous)'}")
-    print("wrote " + ", ".join(str(p) for p in paths.values()))
-
-
 def _named_encoders(specs: list[str], model):
-    from .encoders import load_robust_text_encoder
+    from ..encoders import load_robust_text_encoder
 
     encoders = {}
     for spec in specs:
@@ -98,11 +45,11 @@ def _named_encoders(specs: list[str], model):
     return encoders
 
 
-def run_evaluate_command(args) -> None:
+def run(args) -> None:
     from tqdm.auto import tqdm
 
-    from .evaluate import evaluate, evaluate_sharded
-    from .judges.registry import build_judge
+    from ..evaluate import evaluate, evaluate_sharded
+    from ..judges.registry import build_judge
 
     if not args.prompts and not args.prompt:
         raise ErasureError("evaluate needs prompts: --prompts FILE.csv or one or more --prompt TEXT")
@@ -110,15 +57,15 @@ def run_evaluate_command(args) -> None:
         seeds = [int(s) for s in args.seeds.split(",") if s.strip()]
     except ValueError:
         raise ErasureError(f"--seeds takes comma-separated integers, got {args.seeds!r}") from None
-    model, _ = _model_and_encoder(args, None)
+    model, _ = model_and_encoder(args, None)
     encoders = _named_encoders(args.encoder, model)
     judge = build_judge(args.judge)
-    probes = _probes(args.probe, args.concept)
+    probes = probes_from_specs(args.probe, args.concept)
     if args.curve:
-        from .attacks.soft_probe import robustness_probes
+        from ..attacks.soft_probe import robustness_probes
 
         names = {p.name for p in probes}
-        probes += [p for p in robustness_probes() if p.name not in names]
+        probes += [p for p in robustnessprobes_from_specs() if p.name not in names]
     prompts = args.prompts or args.prompt
     bar = tqdm(desc="evaluate", unit="step", dynamic_ncols=True)
 

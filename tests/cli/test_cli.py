@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from erasure_core.__main__ import main
+from erasure_core.cli import main
 from erasure_core.encoders import load_robust_text_encoder, save_encoder, state_dict_from_text_encoder
 
 
@@ -77,3 +77,28 @@ def test_default_spin_count_only_before_torch_and_without_a_user_choice():
     out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "PASSIVE"},
                          capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["None", "None", "False"]
+
+
+def test_erase_and_probe_choices_are_the_libraries_lists():
+    import argparse
+
+    from erasure_core.cli import build_parser
+    from erasure_core.sampling import SCHEDULERS
+    from erasure_core.training import METHODS, PRECISIONS
+
+    commands = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    choices = {(name, a.dest): a.choices for name in ("erase", "probe", "evaluate")
+               for a in commands[name]._actions if a.choices}
+    assert choices == {("erase", "method"): list(METHODS), ("erase", "mixed_precision"): list(PRECISIONS),
+                       ("probe", "scheduler"): list(SCHEDULERS), ("evaluate", "scheduler"): list(SCHEDULERS)}
+
+
+def test_the_cli_package_loads_no_torch_before_main_sets_the_wait_policy():
+    # `python -m erasure_core` runs erasure_core/__main__ -> erasure_core.cli and its command modules; OpenMP
+    # reads GOMP_SPINCOUNT when torch loads, so none of them may import torch at import time.
+    import subprocess
+    import sys
+
+    code = "import sys, erasure_core.__main__, erasure_core.cli.common; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

@@ -32,6 +32,7 @@ def demo_report(tmp_path_factory):
     return out, results
 
 
+@pytest.mark.slow
 def test_report_json_has_the_promised_fields(demo_report):
     out, results = demo_report
     report = json.loads((out / "report.json").read_text())
@@ -39,11 +40,23 @@ def test_report_json_has_the_promised_fields(demo_report):
     assert report["judge"]["name"] == "demo-judge"
     assert list(report["encoders"]) == ["original", "esd", "advunlearn"]
     for entry in report["encoders"].values():
-        assert 0.0 <= entry["pre_attack_asr"] <= 1.0
         assert set(entry["post_attack_asr"]) == set(PROBES)  # headline only: no stress or curve-only probe
         assert set(entry["stress_asr"]) == set(STRESS)
-        assert all(0.0 <= v <= 1.0 for v in entry["post_attack_asr"].values())
-        assert 0.0 <= entry["retain_accuracy"] <= 1.0
+        # The summary rates are the per-case records counted: a case counts after an attack when it showed the
+        # concept before (the probe is then skipped) or the probe brought it back.
+        cases = entry["cases"]
+        plain = [c["plain"]["success"] for c in cases]
+        assert len(cases) == 2 and all((out / c["plain"]["image"]).is_file() for c in cases)
+        assert entry["pre_attack"] == {"successes": sum(plain), "n": 2, "rate": sum(plain) / 2}
+        assert entry["pre_attack_asr"] == sum(plain) / 2
+        for probe in PROBES + STRESS:
+            attacked = [c["probes"][probe] for c, shown in zip(cases, plain) if not shown]
+            assert all("skipped" in c["probes"][probe] for c, shown in zip(cases, plain) if shown)
+            successes = sum(plain) + sum(a["success"] is True for a in attacked)
+            rates = entry["stress_asr"] if probe in STRESS else entry["post_attack_asr"]
+            assert rates[probe] == successes / 2, probe
+        retain = [r["retain_correct"] for r in entry["retain"]]
+        assert len(retain) == 2 and entry["retain_accuracy"] == sum(retain) / 2
         # The robustness curve: epsilon 0 is the pre-attack ASR, the default budget is the headline soft-prompt
         # probe, unbounded is the stress probe, in increasing order of budget.
         curve = entry["robustness_curve"]
@@ -59,6 +72,7 @@ def test_report_json_has_the_promised_fields(demo_report):
         assert len(history) == 6 and report["training"][method]["unet_evaluations"] > 0
 
 
+@pytest.mark.slow
 def test_report_html_references_only_existing_images(demo_report):
     out, _ = demo_report
     html = (out / "report.html").read_text()

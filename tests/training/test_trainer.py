@@ -7,12 +7,12 @@ import torch
 
 from erasure_core.errors import ErasureCancelled, ErasureDiverged, ErasureError
 from erasure_core.latents import LatentPool, UNetRunner
-from erasure_core.losses import esd_target, unlearning_loss
+from erasure_core.losses import esd_target, mse
 from erasure_core.models import build_tiny_model
 from erasure_core.presets import load_retain_prompts
 from erasure_core.prompts import slot_prompt
 from erasure_core.sampling import encode_prompts
-from erasure_core.trainer import EraseConfig, erase, read_checkpoint, select_trainable_parameters
+from erasure_core.training import EraseConfig, erase, read_checkpoint, select_trainable_parameters
 
 # Small but complete runs: warm-up, then attack refreshes; a short DDIM schedule keeps the pools cheap.
 FAST = dict(iterations=5, warmup_iterations=2, attack_steps=3, num_ddim_steps=8, concept_pool_size=2,
@@ -71,8 +71,8 @@ def _mean_unlearning_loss(model, encoder, concept, pool):
     n, s = pool.latents.shape[:2]
     with torch.no_grad():
         losses = [
-            unlearning_loss(runner(pool.latents[i, j : j + 1], pool.timesteps[j : j + 1], cond),
-                            esd_target(pool.eps_uncond[i, j : j + 1], pool.eps_cond[i, j : j + 1]))
+            mse(runner(pool.latents[i, j : j + 1], pool.timesteps[j : j + 1], cond),
+                esd_target(pool.eps_uncond[i, j : j + 1], pool.eps_cond[i, j : j + 1]))
             for i in range(n) for j in range(s)
         ]
     return torch.stack(losses).mean().item()
