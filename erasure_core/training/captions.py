@@ -35,7 +35,7 @@ import re
 
 import torch
 
-from ..losses import esd_target, unlearning_loss
+from ..losses import esd_target, mse
 from ..prompts import encode_slotted, slot_prompt
 
 
@@ -139,7 +139,7 @@ class ConceptCaptions:
         rows = self.draw(concept, points.latents.shape[0], rng)
         target = self.target(runner, points, concept, rows, negative_guidance)
         cond = encode_slotted(student, self.ids[concept][rows])
-        return unlearning_loss(runner(points.latents, points.timesteps, cond), target)
+        return mse(runner(points.latents, points.timesteps, cond), target)
 
     def plain_target(self, runner, points, rng: torch.Generator, negative_guidance: float):
         """The bare concept's target with a random contrast word in place of "" (`plain_contrast`):

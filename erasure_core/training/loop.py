@@ -42,8 +42,7 @@ from ..attacks.soft_prompt import optimize_adversarial_embeddings
 from ..encoders import encoder_hash
 from ..errors import ErasureCancelled, ErasureDiverged
 from ..latents import UNetRunner
-from ..losses import anchor_loss, esd_target
-from ..losses import mse as attack_loss, mse as retain_loss, mse as unlearning_loss  # one MSE; the names say which term
+from ..losses import anchor_loss, esd_target, mse
 from ..models import SDModel
 from ..presets import load_retain_prompts
 from ..prompts import check_concept, encode_slotted, slot_prompt
@@ -251,7 +250,7 @@ class _Trainer:
             eps = self.runner(points.latents, points.timesteps, cond)
             goal = points.eps_cond if self.captions is None else self.captions.attacked_teacher(
                 self.runner, points, concept)
-            return attack_loss(eps, goal)
+            return mse(eps, goal)
 
         init = None if restart else self.adversarial.get(concept)
         with self._autocast():
@@ -280,11 +279,11 @@ class _Trainer:
             adv = self.adversarial[concept]
             adv_target = target if self.captions is None else self.captions.attacked_target(
                 self.runner, points, concept, target, config.negative_guidance)
-            logs["unlearn_loss"] = self._backward(step, "unlearning", 1.0, lambda: unlearning_loss(
+            logs["unlearn_loss"] = self._backward(step, "unlearning", 1.0, lambda: mse(
                 self._predict(points, self._attacked_prompt(concept), adv), adv_target))
         plain_weight = config.plain_weight if adversarial else 1.0
         if plain_weight > 0:
-            plain = self._backward(step, "unlearning", plain_weight, lambda: unlearning_loss(
+            plain = self._backward(step, "unlearning", plain_weight, lambda: mse(
                 self._predict(points, self.plain_slots[concept]), target))
             logs["plain_loss"] = plain
             logs.setdefault("unlearn_loss", plain)
@@ -318,7 +317,7 @@ class _Trainer:
         for rows in torch.arange(config.retain_batch).split(config.max_unet_batch):
             ids = self.retain_ids[points.prompt_index[rows]]
             share = len(rows) / config.retain_batch
-            total += share * self._backward(step, "retain", config.retain_weight * share, lambda: retain_loss(
+            total += share * self._backward(step, "retain", config.retain_weight * share, lambda: mse(
                 self.runner(points.latents[rows], points.timesteps[rows], encode_slotted(self.student, ids)),
                 points.eps_cond[rows]))
         return total
