@@ -152,8 +152,8 @@ class _Trainer:
         tok, config, encoder = self.model.tokenizer, self.config, self.model.text_encoder
         self.plain_slots = [slot_prompt(tok, c, 0) for c in self.concepts]
         self.adv_slots = [
-            slot_prompt(tok, c, config.attack_k, config.attack_insertion,
-                        replace_word=c if config.attack_insertion == "replace" else None)
+            slot_prompt(tok, c, config.attack.k, config.attack.insertion,
+                        replace_word=c if config.attack.insertion == "replace" else None)
             for c in self.concepts
         ]
         self.encode0 = lambda ids: encoder(ids.to(encoder.device))[0].float().to(self.device)  # noqa: E731
@@ -255,7 +255,7 @@ class _Trainer:
         init = None if restart else self.adversarial.get(concept)
         with self._autocast():
             result = optimize_adversarial_embeddings(self.student, self._attacked_prompt(concept), objective,
-                                                     self.config.attack_config(), init=init, generator=self.rng)
+                                                     self.config.attack, init=init, generator=self.rng)
         self.adversarial[concept] = result.embeds
         return result.losses
 
@@ -263,8 +263,8 @@ class _Trainer:
         """The prompt the attacker's tokens go into: the bare concept, or the caption under attack."""
         if self.captions is None or concept not in self.captions.attacked:
             return self.adv_slots[concept]
-        replace = self.concepts[concept] if self.config.attack_insertion == "replace" else None
-        return self.captions.attacked_prompt(concept, self.config.attack_k, self.config.attack_insertion, replace)
+        replace = self.concepts[concept] if self.config.attack.insertion == "replace" else None
+        return self.captions.attacked_prompt(concept, self.config.attack.k, self.config.attack.insertion, replace)
 
     def _training_step(self, step: int, concept: int, adversarial: bool) -> dict:
         config = self.config

@@ -102,3 +102,20 @@ def test_the_cli_package_loads_no_torch_before_main_sets_the_wait_policy():
     code = "import sys, erasure_core.__main__, erasure_core.cli.common; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_evaluate_curve_adds_the_robustness_probes(tmp_path, monkeypatch):
+    """--curve adds one soft-prompt probe per budget of the robustness curve to the probes given."""
+    import erasure_core.evaluate as evaluation
+
+    seen = {}
+
+    def fake_evaluate(model, encoders, prompts, probes, judge, **options):
+        seen["probes"] = [p.name for p in probes]
+        return {"encoders": {}}
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    assert main(["evaluate", "--model", "tiny", "--judge", "demo:circle", "--prompt", "a circle", "--curve",
+                 "--probe", "soft_prompt", "--out", str(tmp_path)]) == 0
+    assert seen["probes"] == ["soft_prompt", "soft_prompt_eps0.5", "soft_prompt_eps2", "soft_prompt_eps4",
+                              "soft_prompt_unbounded"]
