@@ -100,7 +100,7 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
         encoders, shared_latents = {}, {}
         for method in settings.methods:
             for seed in settings.training_seeds:
-                config = demo_erase_config(method, seed, settings.demo)
+                config = demo_erase_config(method, seed, settings.demo, concept)
                 result = erase(model, [concept], config, latent_cache=shared_latents)
                 encoders[f"{method}_s{seed}"] = result.text_encoder
         training_seconds = time.perf_counter() - t0

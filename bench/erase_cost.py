@@ -45,7 +45,7 @@ def our_counts(config: EraseConfig, concepts: int = 1, retain_prompts: int | Non
 
     retain_prompts: how many retain prompts the alignment check (retain_max_alignment) scores; by default the
     config's retain list (its name filter can only lower this, by the few prompts that name the concept)."""
-    batch, steps, attack = config.retain_batch, config.num_ddim_steps, config.attack_steps
+    batch, steps, attack = config.retain_batch, config.num_ddim_steps, config.attack.steps
     retain_on = batch > 0 and config.retain_weight > 0
     points, attack_points = config.concept_batch, config.attack_batch
     if config.reuse_latents:
@@ -67,7 +67,7 @@ def our_counts(config: EraseConfig, concepts: int = 1, retain_prompts: int | Non
     warm_iters = config.iterations - adversarial_iters
     refreshes = -(-adversarial_iters // config.attack_every)
     # per refresh: every start runs `attack` steps; with several starts each one's final objective is evaluated
-    starts = config.attack_restarts
+    starts = config.attack.restarts
     refresh_cost = starts * attack * per_attack_step + (starts * per_attack_step if starts > 1 else 0)
     plain = points if config.plain_weight > 0 else 0  # the plain prompt beside the attacked one after warm-up
     adversarial = warm + plain
@@ -325,7 +325,7 @@ def main(argv=None):
     defaults = EraseConfig.from_preset(args.preset, reuse_latents=not args.no_reuse_latents,
                                        mixed_precision=args.mixed_precision, seed=0, checkpoint_every=0)
     overrides = dict(iterations=args.measure_warmup + args.measure_adversarial, warmup_iterations=args.measure_warmup,
-                     attack_steps=args.attack_steps if args.attack_steps is not None else defaults.attack_steps,
+                     attack_steps=args.attack_steps if args.attack_steps is not None else defaults.attack.steps,
                      concept_pool_size=args.concept_pool or defaults.concept_pool_size,
                      retain_pool_size=args.retain_pool or defaults.retain_pool_size,
                      num_ddim_steps=args.ddim_steps or defaults.num_ddim_steps)
@@ -350,7 +350,7 @@ def report(args, model, description, defaults, measured_config, run):
     t_fwd, t_public_bwd = timing["forward"], timing["backward_with_weights"]
     per_attack_step = _per_attack_step_seconds(run, measured_config)
     warm_s = _mean(run["warm"])
-    adv_s = warm_s + defaults.attack_steps * per_attack_step if per_attack_step is not None else None
+    adv_s = warm_s + defaults.attack.steps * per_attack_step if per_attack_step is not None else None
     public_warm_s = (public["warmup_iteration"] - 6) * t_fwd + 6 * t_public_bwd
     public_adv_s = (public["adversarial_iteration"] - 36) * t_fwd + 36 * t_public_bwd
     ours_run_s = _run_seconds(ours, warm_s, adv_s, _pool_seconds(run, ours))
@@ -362,9 +362,9 @@ def report(args, model, description, defaults, measured_config, run):
         f"our config: preset {defaults.preset}, reuse_latents={defaults.reuse_latents}"
         + (f", pools {defaults.concept_pool_size} concept + {defaults.retain_pool_size} retain trajectories x "
            f"{defaults.num_ddim_steps} steps" if defaults.reuse_latents else " (every point re-sampled)")
-        + f", retain batch {defaults.retain_batch}, {defaults.attack_steps} attack steps",
+        + f", retain batch {defaults.retain_batch}, {defaults.attack.steps} attack steps",
         f"measured: {measured_config.iterations} iterations ({measured_config.warmup_iterations} warm-up), "
-        f"attack steps {measured_config.attack_steps}, pools {measured_config.concept_pool_size}+"
+        f"attack steps {measured_config.attack.steps}, pools {measured_config.concept_pool_size}+"
         f"{measured_config.retain_pool_size} x {measured_config.num_ddim_steps} steps: "
         f"{measured_total} UNet evaluations, the count formula says {expected['per_run']:.0f} ({check})",
         "",
@@ -419,9 +419,9 @@ def _mean(values):
 
 
 def _per_attack_step_seconds(run, config):
-    if not run["adversarial"] or not config.attack_steps:
+    if not run["adversarial"] or not config.attack.steps:
         return None
-    return max(0.0, (_mean(run["adversarial"]) - _mean(run["warm"])) / config.attack_steps)
+    return max(0.0, (_mean(run["adversarial"]) - _mean(run["warm"])) / config.attack.steps)
 
 
 def _pool_seconds(run, counts):

@@ -10,11 +10,19 @@ thing everywhere and a wrong one gets the same message: which key, what was give
 converted to the type the dataclass field declares: bool (true/false, yes/no, 1/0), int, float, str, `none` for a
 field that may be None, and tuples/lists of those as comma-separated text. A field that may also be a str (e.g.
 `layers: str | list[int]`) keeps the text: the dataclass validates it itself.
+
+Nested configs: a field declared with `nested(factory, prefix)` holds another config dataclass (EraseConfig.attack
+holds a SoftPromptConfig) whose fields are options spelled `prefix + name` (`attack_k`, `attack_epsilon`; the
+soft-prompt probe uses prefix "", so its spec says `k=3`). `@flat_options` lets the class's constructor take those
+names, `flat_dict` writes them back: users, presets, checkpoints and file metadata keep one flat spelling, the code
+holds one config object, and a new field of the nested config is an option everywhere it is held, with no copy.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import functools
 import types
 import typing
 from dataclasses import dataclass, field
@@ -24,6 +32,7 @@ from .errors import ErasureError
 
 _TRUE = ("1", "true", "yes")
 _FALSE = ("0", "false", "no")
+_PREFIX = "erasure_core.options.prefix"  # dataclass field metadata: the prefix of a nested config's options
 
 
 @dataclass
@@ -39,9 +48,79 @@ def normalise_key(key: str) -> str:
     return key.strip().lower().replace("-", "_")
 
 
-def _field_types(config_cls) -> dict[str, Any]:
+def nested(factory, prefix: str):
+    """A dataclass field holding the config `factory()` makes, its fields given as options `prefix + name`."""
+    return field(default_factory=factory, metadata={_PREFIX: prefix})
+
+
+def _nested_fields(config_cls) -> list[tuple[dataclasses.Field, str, type]]:
+    """(field, prefix, nested config class) for each nested-config field of `config_cls`."""
     hints = typing.get_type_hints(config_cls)
-    return {f.name: hints.get(f.name, str) for f in dataclasses.fields(config_cls)}
+    return [(f, f.metadata[_PREFIX], hints[f.name]) for f in dataclasses.fields(config_cls) if _PREFIX in f.metadata]
+
+
+def _field_types(config_cls) -> dict[str, Any]:
+    """{option name: type}: the dataclass's own fields, a nested config's fields under their prefixed names."""
+    hints = typing.get_type_hints(config_cls)
+    types_ = {}
+    for f in dataclasses.fields(config_cls):
+        if _PREFIX in f.metadata:
+            types_.update({f.metadata[_PREFIX] + name: tp for name, tp in _field_types(hints[f.name]).items()})
+        else:
+            types_[f.name] = hints.get(f.name, str)
+    return types_
+
+
+def option_names(config_cls) -> list[str]:
+    """Every option name `config_cls` takes, in field order (nested configs' fields under their prefix)."""
+    return list(_field_types(config_cls))
+
+
+def nest(config_cls, values: Mapping[str, Any]) -> dict[str, Any]:
+    """Flat options -> `config_cls`'s own keyword arguments: {"attack_k": 3} -> {"attack": SoftPromptConfig(k=3,
+    the other fields at the field's defaults)}. A nested field may also be given itself (a config, or a dict of
+    its fields as `dataclasses.asdict` writes it): the flat names then change a copy of it. Other names pass
+    through untouched (the constructor refuses unknown ones)."""
+    values = dict(values)
+    for f, prefix, nested_cls in _nested_fields(config_cls):
+        inner = {f2.name for f2 in dataclasses.fields(nested_cls)}
+        flat = {name: values.pop(name) for name in list(values)
+                if name.startswith(prefix) and name[len(prefix):] in inner}
+        base = values.pop(f.name, None)
+        if base is None or isinstance(base, Mapping):
+            base = dataclasses.replace(f.default_factory(), **(base or {}))
+        values[f.name] = dataclasses.replace(base, **{name[len(prefix):]: v for name, v in flat.items()})
+    return values
+
+
+def flat_dict(config) -> dict[str, Any]:
+    """`dataclasses.asdict`, with each nested config's fields under their prefixed option names (`nest` undone)."""
+    values = {}
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if _PREFIX in f.metadata:
+            values.update({f.metadata[_PREFIX] + name: v for name, v in flat_dict(value).items()})
+        else:
+            values[f.name] = copy.deepcopy(value)
+    return values
+
+
+def flat_options(cls):
+    """Class decorator, above `@dataclass`: `cls(attack_k=3)` builds `cls(attack=<default with k=3>)` (`nest`),
+    so Python callers use the option names users type. Refuses a class where an option name would be ambiguous."""
+    own = {f.name for f in dataclasses.fields(cls) if _PREFIX not in f.metadata}
+    for f, prefix, nested_cls in _nested_fields(cls):
+        clash = own & {prefix + f2.name for f2 in dataclasses.fields(nested_cls)}
+        if clash:
+            raise TypeError(f"{cls.__name__}: option(s) {sorted(clash)} name both a field and a field of {f.name}")
+    init = cls.__init__
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        init(self, *args, **nest(cls, kwargs))
+
+    cls.__init__ = __init__
+    return cls
 
 
 def _union_args(tp) -> tuple | None:

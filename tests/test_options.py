@@ -4,7 +4,7 @@ from dataclasses import dataclass
 import pytest
 
 from erasure_core.errors import ErasureError
-from erasure_core.options import convert, parse_options, parse_spec
+from erasure_core.options import convert, flat_dict, flat_options, nested, option_names, parse_options, parse_spec
 
 
 @dataclass
@@ -71,7 +71,7 @@ def test_probe_and_judge_specs_use_the_shared_parser():
     from erasure_core.judges.registry import build_judge
 
     probe = parse_probe_spec("soft_prompt:k=2:epsilon=none")
-    assert probe.config.k == 2 and probe.config.epsilon is None
+    assert probe.config.attack.k == 2 and probe.config.attack.epsilon is None
     with pytest.raises(ErasureError, match="probe spec 'soft_prompt:k=abc': option k='abc' is not a valid int"):
         parse_probe_spec("soft_prompt:k=abc")
     with pytest.raises(ErasureError, match="unknown probe 'bogus'"):
@@ -80,3 +80,46 @@ def test_probe_and_judge_specs_use_the_shared_parser():
         build_judge("nudenet:threshold=high")
     judge = build_judge("nudenet:Threshold=0.3:classes=FEET_EXPOSED, BELLY_EXPOSED")
     assert judge.threshold == 0.3 and judge.classes == ("FEET_EXPOSED", "BELLY_EXPOSED")
+
+
+@dataclass
+class Inner:
+    k: int = 1
+    epsilon: float | None = None
+
+
+@flat_options
+@dataclass
+class Outer:
+    iterations: int = 5
+    attack: Inner = nested(lambda: Inner(epsilon=1.0), "attack_")
+    attack_every: int = 1  # starts with the prefix but is no field of Inner: the outer config's own
+
+
+def test_nested_config_options_are_spelled_flat():
+    assert option_names(Outer) == ["iterations", "attack_k", "attack_epsilon", "attack_every"]
+    options = parse_options(["attack_k=3", "attack_epsilon=none", "attack_every=2"], Outer)
+    assert options == {"attack_k": 3, "attack_epsilon": None, "attack_every": 2}
+    outer = Outer(**options)
+    assert outer.attack == Inner(k=3, epsilon=None) and outer.attack_every == 2
+    assert Outer(attack_k=2).attack == Inner(k=2, epsilon=1.0)  # the field's own default, not Inner's
+    assert flat_dict(outer) == {"iterations": 5, "attack_k": 3, "attack_epsilon": None, "attack_every": 2}
+    assert Outer(**flat_dict(outer)) == outer
+    # The nested config given itself (or as asdict writes it): flat names change a copy of it.
+    given = Inner(k=4, epsilon=2.0)
+    assert Outer(attack=given, attack_epsilon=None).attack == Inner(k=4, epsilon=None) and given.epsilon == 2.0
+    assert Outer(attack={"k": 6}).attack == Inner(k=6, epsilon=1.0)
+    with pytest.raises(ErasureError, match="unknown option 'attack_x'"):
+        parse_options(["attack_x=1"], Outer)
+    with pytest.raises(TypeError):
+        Outer(attack_x=1)
+
+
+def test_an_ambiguous_nested_option_is_refused():
+    @dataclass
+    class Clash:
+        k: int = 1
+        attack: Inner = nested(Inner, "")
+
+    with pytest.raises(TypeError, match="'k'"):
+        flat_options(Clash)

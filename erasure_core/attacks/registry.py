@@ -10,10 +10,8 @@ Names: soft_prompt, unlearndiffatk, concept_vector. Options are the fields of ea
 
 from __future__ import annotations
 
-import dataclasses
-
 from ..errors import ErasureError
-from ..options import parse_spec
+from ..options import option_names, parse_spec
 from .base import Probe
 from .concept_vector import ConceptVectorConfig, ConceptVectorProbe
 from .soft_probe import SoftPromptProbe, SoftPromptProbeConfig
@@ -37,7 +35,7 @@ def build_probe(name: str, concept: str = "", **options) -> Probe:
     if key not in PROBES:
         raise ErasureError(f"unknown probe {name!r}: use one of {', '.join(PROBES)}")
     probe_cls, config_cls = PROBES[key]
-    fields = {f.name: f for f in dataclasses.fields(config_cls)}
+    fields = option_names(config_cls)  # a nested config's fields too (the soft-prompt probe's k, steps, ...)
     unknown = [k for k in options if k not in fields]
     if unknown:
         raise ErasureError(f"probe {key!r} has no option(s) {unknown}; its options are {', '.join(fields)}")

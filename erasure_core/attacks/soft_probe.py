@@ -31,6 +31,7 @@ from ..errors import ErasureError
 from ..judges.base import Judge
 from ..latents import UNetRunner, ddim_scheduler
 from ..models import SDModel
+from ..options import flat_options, nested
 from ..prompts import encode_slotted, slot_prompt, token_embedding_table
 from ..sampling import GenerationSettings, encode_prompts, generate_and_judge_batch
 from .base import Probe, ProbeResult, cached_per_case, check_batch
@@ -40,28 +41,26 @@ from .soft_prompt import DEFAULT_EPSILON, SoftPromptConfig, optimize_adversarial
 CURVE_EPSILONS = (0.5, 1.0, 2.0, 4.0, None)
 
 
+@flat_options
 @dataclass
 class SoftPromptProbeConfig:
-    k: int = 3
-    steps: int = 100
-    lr: float = 0.01
-    method: str = "pgd"  # "pgd" (Adam) or "fast" (sign steps)
-    insertion: str = "prefix"
+    """`attack`: the optimiser's settings, whose fields are this probe's options k, steps, lr, method ("pgd" =
+    Adam, "fast" = sign steps), insertion, epsilon (x the median token norm; None = unbounded) and restarts
+    (spec `soft_prompt:k=3:epsilon=none`, or `SoftPromptProbeConfig(k=3)`); the others say where it aims."""
+
+    attack: SoftPromptConfig = nested(lambda: SoftPromptConfig(k=3, steps=100, lr=0.01, epsilon=DEFAULT_EPSILON), "")
     trajectories: int = 2  # DDIM trajectories of the original model for the concept prompt
     points: int = 8  # (trajectory, step) pairs the objective averages over
     sampling_steps: int = 50
     sampling_guidance: float = 3.0
-    epsilon: float | None = DEFAULT_EPSILON  # L2 bound per token, x the median token norm; None = unbounded
-    restarts: int = 1
-
-    def attack_config(self) -> SoftPromptConfig:
-        return SoftPromptConfig(k=self.k, steps=self.steps, lr=self.lr, method=self.method, init="random_vocab",
-                                insertion=self.insertion, epsilon=self.epsilon, restarts=self.restarts).validate()
 
     def check(self):
         if self.trajectories < 1 or self.points < 1 or self.sampling_steps < 1:
             raise ErasureError("the soft-prompt probe needs trajectories, points and sampling_steps >= 1")
-        self.attack_config()
+        if self.attack.init != "random_vocab":
+            raise ErasureError(f"the soft-prompt probe starts from random vocabulary (it has no previous tokens): "
+                               f"init must be random_vocab, got {self.attack.init!r}")
+        self.attack.validate()
 
 
 def probe_name(epsilon: float | None) -> str:
@@ -127,13 +126,13 @@ def nearest_tokens(model: SDModel, text_encoder: CLIPTextModel, embeds: torch.Te
 class SoftPromptProbe(Probe):
     def __init__(self, config: SoftPromptProbeConfig | None = None, role: str | None = None):
         self.config = config or SoftPromptProbeConfig()
-        self.name = probe_name(self.config.epsilon)
-        self.role = role or ("stress" if self.config.epsilon is None else "headline")
+        self.name = probe_name(self.config.attack.epsilon)
+        self.role = role or ("stress" if self.config.attack.epsilon is None else "headline")
 
     def describe(self) -> dict:
-        c = self.config
-        return {"name": self.name, "role": self.role, "k": c.k, "steps": c.steps, "lr": c.lr, "method": c.method,
-                "insertion": c.insertion, "points": c.points, "epsilon": c.epsilon, "restarts": c.restarts}
+        c, a = self.config, self.config.attack
+        return {"name": self.name, "role": self.role, "k": a.k, "steps": a.steps, "lr": a.lr, "method": a.method,
+                "insertion": a.insertion, "points": c.points, "epsilon": a.epsilon, "restarts": a.restarts}
 
     def run(
         self,
@@ -159,7 +158,7 @@ class SoftPromptProbe(Probe):
     ) -> list[ProbeResult]:
         check_batch(prompts, seeds)
         self.config.check()
-        attack = self.config.attack_config()
+        attack = self.config.attack
         generation = generation or GenerationSettings()
         # Two streams per case, both from its seed: the original model's targets (cached across encoders) and
         # the attack's starts, so a cached target leaves the attack's draws unchanged.
@@ -182,7 +181,7 @@ class SoftPromptProbe(Probe):
                 model, text_encoder, conds, [seeds[i] for i in members], judge, generation)
             for j, i in enumerate(members):
                 details = {"prompt": prompts[i], "final_loss": found[j].final_loss,
-                           "adv_positions": slotted[i].adv_positions, "epsilon": self.config.epsilon,
+                           "adv_positions": slotted[i].adv_positions, "epsilon": self.config.attack.epsilon,
                            "radius": found[j].radius, "adv_norms": found[j].embeds.norm(dim=-1).tolist(),
                            "nearest_tokens": nearest_tokens(model, text_encoder, found[j].embeds), **judged[j]}
                 results[i] = ProbeResult(self.name, conds[j:j + 1].cpu(), None, None,

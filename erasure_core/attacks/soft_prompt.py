@@ -30,7 +30,7 @@ from typing import Callable
 import torch
 
 from ..errors import ErasureError
-from ..prompts import SlottedPrompt, encode_slotted, token_embedding_table
+from ..prompts import INSERTIONS, SlottedPrompt, encode_slotted, token_embedding_table
 
 ATTACK_METHODS = ("pgd", "fast")
 ATTACK_INITS = ("random_vocab", "previous")
@@ -41,6 +41,10 @@ DEFAULT_EPSILON = 1.0
 
 @dataclass
 class SoftPromptConfig:
+    """The attack's settings. The training (`EraseConfig.attack`, options `attack_k`, `attack_steps`, ...) and the
+    soft-prompt probe (`SoftPromptProbeConfig.attack`, options `k`, `steps`, ...) each hold one, so a field added
+    here is an option of both (see `erasure_core.options.nested`)."""
+
     k: int = 1
     steps: int = 30
     lr: float = 1e-3  # the public code's attack learning rate
@@ -50,18 +54,21 @@ class SoftPromptConfig:
     epsilon: float | None = None  # L2 bound per token, in units of the token table's median row norm
     restarts: int = 1
 
-    def validate(self) -> "SoftPromptConfig":
+    def validate(self, prefix: str = "") -> "SoftPromptConfig":
+        """Refuse bad values; messages name the options as the holder spells them (`prefix`: "attack_")."""
         if self.method not in ATTACK_METHODS:
             raise ErasureError(f"unknown attack method {self.method!r}: use one of {', '.join(ATTACK_METHODS)}")
         if self.init not in ATTACK_INITS:
             raise ErasureError(f"unknown attack init {self.init!r}: use one of {', '.join(ATTACK_INITS)}")
-        if self.k < 1 or self.steps < 0 or self.lr <= 0:
-            raise ErasureError(f"attack needs k >= 1, steps >= 0 and lr > 0 (got k={self.k}, steps={self.steps}, "
-                               f"lr={self.lr})")
+        if self.insertion not in INSERTIONS:
+            raise ErasureError(f"unknown insertion {self.insertion!r}: use one of {', '.join(INSERTIONS)}")
+        for name, least in (("k", 1), ("steps", 0), ("restarts", 1)):
+            if getattr(self, name) < least:
+                raise ErasureError(f"{prefix}{name} must be >= {least}, got {getattr(self, name)}")
+        if not self.lr > 0:
+            raise ErasureError(f"{prefix}lr must be > 0, got {self.lr}")
         if self.epsilon is not None and not self.epsilon > 0:
-            raise ErasureError(f"attack epsilon must be > 0 (or None for unbounded), got {self.epsilon}")
-        if self.restarts < 1:
-            raise ErasureError(f"attack restarts must be >= 1, got {self.restarts}")
+            raise ErasureError(f"{prefix}epsilon must be > 0 (or None for unbounded), got {self.epsilon}")
         return self
 
 

@@ -29,6 +29,10 @@ def add_parser(sub) -> argparse.ArgumentParser:
     p.add_argument("--attack-steps", type=int, default=None)
     p.add_argument("--attack-k", type=int, default=None)
     p.add_argument("--mixed-precision", choices=list(PRECISIONS), default=None)
+    p.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                   help="any other training option (repeatable), e.g. caption_weight=1 or "
+                        "contrast_words=square,triangle; the names are EraseConfig's (python -m erasure_core erase "
+                        "--option help lists them)")
     p.add_argument("--out", default=None, help="encoder file to write (.safetensors)")
     p.add_argument("--checkpoint", default=None, help="resumable checkpoint path (default: beside --out)")
     p.add_argument("--checkpoint-every", type=int, default=None,
@@ -48,6 +52,7 @@ def run(args) -> None:
         retain_weight=args.retain_weight, attack_steps=args.attack_steps, attack_k=args.attack_k,
         checkpoint_every=args.checkpoint_every,
     ).items() if v is not None}
+    overrides = {**_options(args.option, set(overrides)), **overrides}
     preset = args.preset or ("demo" if args.model == "demo" else "object")
     config = EraseConfig.from_preset(preset, **overrides)
     out = Path(args.out or f"{'_'.join(c.replace(' ', '-') for c in args.concept)}_{config.method}.safetensors")
@@ -67,6 +72,22 @@ def run(args) -> None:
         finally:
             bar.close()
     print(f"wrote {out} ({result.unet_evaluations} UNet evaluations)")
+
+
+def _options(parts: list[str], flagged: set[str]) -> dict:
+    """--option KEY=VALUE parts, typed by the one options parser; a key also given as its own flag is refused."""
+    from ..options import parse_options
+    from ..training import EraseConfig
+
+    if "help" in parts:
+        from ..options import option_names
+
+        raise ErasureError("--option takes KEY=VALUE with KEY one of: " + ", ".join(option_names(EraseConfig)))
+    values = parse_options(parts, EraseConfig, context="--option: ")
+    both = sorted(flagged & set(values))
+    if both:
+        raise ErasureError(f"--option {both[0]}=... repeats --{both[0].replace('_', '-')}: give it once")
+    return values
 
 
 def _layers(value: str | None):

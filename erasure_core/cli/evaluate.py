@@ -65,7 +65,7 @@ def run(args) -> None:
         from ..attacks.soft_probe import robustness_probes
 
         names = {p.name for p in probes}
-        probes += [p for p in robustnessprobes_from_specs() if p.name not in names]
+        probes += [p for p in robustness_probes() if p.name not in names]
     prompts = args.prompts or args.prompt
     bar = tqdm(desc="evaluate", unit="step", dynamic_ncols=True)
 

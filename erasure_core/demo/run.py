@@ -48,10 +48,20 @@ class DemoSettings:
         return asdict(self)
 
 
-def demo_erase_config(method: str, seed: int, settings: DemoSettings):
+# The baseline as published (ESD-TE: the bare word against "", nothing anchored): the options the demo preset adds
+# for AdvUnlearn are switched off, so the comparison is with the method the paper compares with.
+ESD_BASELINE = dict(anchor_weight=0.0, caption_weight=0.0, plain_contrast=False, attack_captions=False)
+
+
+def demo_erase_config(method: str, seed: int, settings: DemoSettings, concept: str | None = None):
+    """The demo preset for `method`; for a concept of the world, its siblings as the contrast words (the other
+    values of its attribute, e.g. square/triangle/star for circle); for ESD, the published baseline."""
     from ..training import EraseConfig
 
-    return EraseConfig.from_preset("demo", method=method, seed=seed, **settings.erase)
+    values = dict(ESD_BASELINE) if method == "esd" else {}
+    if concept is not None and method != "esd":
+        values["contrast_words"] = world.siblings(concept)
+    return EraseConfig.from_preset("demo", method=method, seed=seed, **{**values, **settings.erase})
 
 
 def demo_probes(concept: str, settings: DemoSettings) -> list:
@@ -121,7 +131,7 @@ def run_demo(
     shared_latents: dict = {}  # ESD and AdvUnlearn sample the same latent pools: sample them once
     for method in METHODS:
         t0 = time.perf_counter()
-        config = demo_erase_config(method, seed, settings)
+        config = demo_erase_config(method, seed, settings, concept)
         result = erase(model, [concept], config, latent_cache=shared_latents)
         encoders[method] = result.text_encoder
         training[method] = {"seconds": round(time.perf_counter() - t0, 1), "history": result.history,

@@ -48,6 +48,12 @@ def attribute_of(value: str) -> str:
         raise ErasureError(f"{value!r} is not a value of the demo shapes world; valid values are {valid}") from None
 
 
+def siblings(value: str) -> list[str]:
+    """The other values of `value`'s attribute ("circle" -> square, triangle, star): the demo's contrast words
+    (EraseConfig.contrast_words), derived from the world's structure alike for every concept."""
+    return [v for v in WORLD[attribute_of(value)] if v != value]
+
+
 def random_attrs(rng: random.Random) -> dict[str, str]:
     return {attribute: rng.choice(values) for attribute, values in WORLD.items()}
 

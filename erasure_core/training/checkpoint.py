@@ -1,7 +1,7 @@
 """The training checkpoint codec: one safetensors file holding the trainable weights, Adam's state, the
 adversarial embeddings and the RNG states as tensors, and the step, config and history as JSON metadata.
 
-A resumed run ends bit-identical to an uninterrupted one (tests/test_trainer.py checks it), so everything a
+A resumed run ends bit-identical to an uninterrupted one (tests/training/test_trainer.py checks it), so everything a
 future iteration reads must be here: anything derived from the step alone (attack restarts, diagnostics points)
 is recomputed instead of stored.
 """

@@ -42,15 +42,16 @@ from ..attacks.soft_prompt import optimize_adversarial_embeddings
 from ..encoders import encoder_hash
 from ..errors import ErasureCancelled, ErasureDiverged
 from ..latents import UNetRunner
-from ..losses import anchor_loss, esd_target
-from ..losses import mse as attack_loss, mse as retain_loss, mse as unlearning_loss  # one MSE; the names say which term
+from ..losses import anchor_loss, esd_target, mse
 from ..models import SDModel
 from ..presets import load_retain_prompts
 from ..prompts import check_concept, encode_slotted, slot_prompt
 from .checkpoint import check_resumable, load_checkpoint_into, read_checkpoint, write_checkpoint
+from .captions import ConceptCaptions
 from .config import EraseConfig, check, select_trainable_parameters
 from .diagnostics import Diagnostics
 from .points import TrainingPoints
+from .precision import encoder_checkpointing, resolve_precision
 from .retain import concept_alignment, filter_retain_prompts, select_by_alignment
 
 
@@ -112,7 +113,7 @@ class _Trainer:
         self.checkpoint_path = Path(checkpoint_path) if checkpoint_path else None
         self.last_checkpoint: Path | None = None
         self.device = model.device
-        self.precision = _resolve_precision(config.mixed_precision, self.device)
+        self.precision = resolve_precision(config.mixed_precision, self.device)
         model.unet.requires_grad_(False)
         model.text_encoder.requires_grad_(False)
         self.runner = UNetRunner(model.unet)
@@ -151,8 +152,8 @@ class _Trainer:
         tok, config, encoder = self.model.tokenizer, self.config, self.model.text_encoder
         self.plain_slots = [slot_prompt(tok, c, 0) for c in self.concepts]
         self.adv_slots = [
-            slot_prompt(tok, c, config.attack_k, config.attack_insertion,
-                        replace_word=c if config.attack_insertion == "replace" else None)
+            slot_prompt(tok, c, config.attack.k, config.attack.insertion,
+                        replace_word=c if config.attack.insertion == "replace" else None)
             for c in self.concepts
         ]
         self.encode0 = lambda ids: encoder(ids.to(encoder.device))[0].float().to(self.device)  # noqa: E731
@@ -161,6 +162,12 @@ class _Trainer:
         self.concept_conds = torch.cat([self.encode0(s.input_ids) for s in self.plain_slots])
         prompts = config.retain_prompts if config.retain_prompts is not None else load_retain_prompts(config.retain_set)
         self.retain_prompts = filter_retain_prompts(list(prompts), self.concepts)
+        self.captions = None
+        if config.caption_weight > 0 or config.plain_contrast:  # the prompts the filter left out: the captions
+            self.captions = ConceptCaptions(tok, self.encode0, list(prompts), self.concepts, config.contrast_words)
+            check(not config.caption_weight or any(self.captions.count(c) for c in range(len(self.concepts))),
+                  "caption_weight > 0 but no retain prompt names a concept being erased: add captions that name it "
+                  "to retain_prompts, or set caption_weight 0")
         check(not self._uses_retain or bool(self.retain_prompts),
               "no retain prompts left (all mention a concept being erased): pass other retain_prompts")
         self.retain_ids = self.retain_conds = None
@@ -225,42 +232,64 @@ class _Trainer:
         logs = self._training_step(step, self.current_concept, adversarial)
         if attack_losses:
             logs.update(attack_loss_first=attack_losses[0], attack_loss_last=attack_losses[-1])
+            if self.captions is not None and self.current_concept in self.captions.attacked:
+                logs["attacked_caption"] = self.captions.pairs[self.current_concept][
+                    self.captions.attacked[self.current_concept]][0]
         return logs
 
     def _attack(self, concept: int, should_cancel, restart: bool) -> list[float]:
         """The inner attack: adversarial embeddings that make the current encoder reproduce the concept."""
+
+        if self.config.attack_captions:
+            self.captions.choose_attacked(concept, self.rng)
 
         def objective(cond):
             if should_cancel is not None and should_cancel():
                 raise _CancelRequested()
             points = self.points.concept(concept, self.config.attack_batch, need_uncond=False)
             eps = self.runner(points.latents, points.timesteps, cond)
-            return attack_loss(eps, points.eps_cond)
+            goal = points.eps_cond if self.captions is None else self.captions.attacked_teacher(
+                self.runner, points, concept)
+            return mse(eps, goal)
 
         init = None if restart else self.adversarial.get(concept)
         with self._autocast():
-            result = optimize_adversarial_embeddings(self.student, self.adv_slots[concept], objective,
-                                                     self.config.attack_config(), init=init, generator=self.rng)
+            result = optimize_adversarial_embeddings(self.student, self._attacked_prompt(concept), objective,
+                                                     self.config.attack, init=init, generator=self.rng)
         self.adversarial[concept] = result.embeds
         return result.losses
+
+    def _attacked_prompt(self, concept: int):
+        """The prompt the attacker's tokens go into: the bare concept, or the caption under attack."""
+        if self.captions is None or concept not in self.captions.attacked:
+            return self.adv_slots[concept]
+        replace = self.concepts[concept] if self.config.attack.insertion == "replace" else None
+        return self.captions.attacked_prompt(concept, self.config.attack.k, self.config.attack.insertion, replace)
 
     def _training_step(self, step: int, concept: int, adversarial: bool) -> dict:
         config = self.config
         self.optimizer.zero_grad(set_to_none=True)
         points = self.points.concept(concept, config.concept_batch, need_uncond=True)
         target = esd_target(points.eps_uncond, points.eps_cond, config.negative_guidance)
+        if config.plain_contrast:
+            target = self.captions.plain_target(self.runner, points, self.rng, config.negative_guidance)
         logs = dict(iteration=step + 1, concept=self.concepts[concept], adversarial=adversarial,
                     timestep=int(points.timesteps[0]))
         if adversarial:
             adv = self.adversarial[concept]
-            logs["unlearn_loss"] = self._backward(step, "unlearning", 1.0, lambda: unlearning_loss(
-                self._predict(points, self.adv_slots[concept], adv), target))
+            adv_target = target if self.captions is None else self.captions.attacked_target(
+                self.runner, points, concept, target, config.negative_guidance)
+            logs["unlearn_loss"] = self._backward(step, "unlearning", 1.0, lambda: mse(
+                self._predict(points, self._attacked_prompt(concept), adv), adv_target))
         plain_weight = config.plain_weight if adversarial else 1.0
         if plain_weight > 0:
-            plain = self._backward(step, "unlearning", plain_weight, lambda: unlearning_loss(
+            plain = self._backward(step, "unlearning", plain_weight, lambda: mse(
                 self._predict(points, self.plain_slots[concept]), target))
             logs["plain_loss"] = plain
             logs.setdefault("unlearn_loss", plain)
+        if config.caption_weight > 0 and self.captions.count(concept):
+            logs["caption_loss"] = self._backward(step, "caption", config.caption_weight, lambda: self.captions.loss(
+                self.student, self.runner, points, concept, self.rng, config.negative_guidance))
         if config.anchor_weight > 0:
             logs["anchor_loss"] = self._backward(step, "anchor", config.anchor_weight, lambda: anchor_loss(
                 encode_slotted(self.student, self.uncond_ids), self.uncond))
@@ -288,7 +317,7 @@ class _Trainer:
         for rows in torch.arange(config.retain_batch).split(config.max_unet_batch):
             ids = self.retain_ids[points.prompt_index[rows]]
             share = len(rows) / config.retain_batch
-            total += share * self._backward(step, "retain", config.retain_weight * share, lambda: retain_loss(
+            total += share * self._backward(step, "retain", config.retain_weight * share, lambda: mse(
                 self.runner(points.latents[rows], points.timesteps[rows], encode_slotted(self.student, ids)),
                 points.eps_cond[rows]))
         return total
@@ -349,13 +378,13 @@ class _Trainer:
         unet = self.model.unet
         was_on = bool(getattr(unet, "is_gradient_checkpointing", False))
         if self.config.gradient_checkpointing:
-            _encoder_checkpointing(self.student, True)
+            encoder_checkpointing(self.student, True)
             unet.enable_gradient_checkpointing()
         try:
             yield
         finally:
             if self.config.gradient_checkpointing:
-                _encoder_checkpointing(self.student, False)
+                encoder_checkpointing(self.student, False)
                 if not was_on:
                     unet.disable_gradient_checkpointing()
 
@@ -389,6 +418,7 @@ class _Trainer:
         metadata = dict(
             step=step, concepts=self.concepts, config=self.config.to_dict(), history=self.history,
             current_concept=self.current_concept, unet_evaluations=self.total_evaluations,
+            attack_captions=sorted(self.captions.attacked.items()) if self.captions is not None else [],
             scaler=self.scaler.state_dict(), base_encoder_fingerprint=self.base_encoder_hash,
         )
         write_checkpoint(self.checkpoint_path, named_params=self.named_params, optimizer=self.optimizer,
@@ -407,24 +437,6 @@ class _Trainer:
             self.scaler.load_state_dict(meta["scaler"])
         self.start_step, self.history = int(meta["step"]), list(meta["history"])
         self.current_concept = int(meta["current_concept"])
+        if self.captions is not None:
+            self.captions.attacked = {int(c): int(row) for c, row in meta.get("attack_captions", [])}
         self.previous_evaluations = int(meta["unet_evaluations"])
-
-
-def _encoder_checkpointing(encoder, on: bool):
-    """Activation checkpointing of the encoder's layers (transformers 5 renamed the 4.x methods)."""
-    if on:
-        kwargs = {"use_reentrant": False}  # re-entrant checkpointing drops gradients of frozen-input layers
-        if hasattr(encoder, "activation_checkpointing_enable"):
-            encoder.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
-        else:
-            encoder.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
-    elif hasattr(encoder, "activation_checkpointing_disable"):
-        encoder.activation_checkpointing_disable()
-    else:
-        encoder.gradient_checkpointing_disable()
-
-
-def _resolve_precision(requested: str, device: torch.device) -> str:
-    if requested == "auto":
-        return "bf16" if device.type == "cuda" else "no"
-    return requested

@@ -56,7 +56,7 @@ def test_soft_probe_is_deterministic_and_lowers_its_objective(tiny_model):
     first = probe.run(tiny_model, tiny_model.text_encoder, PROMPT, seed=7, generation=GEN)
     second = probe.run(tiny_model, tiny_model.text_encoder, PROMPT, seed=7, generation=GEN)
     _same(first, second)
-    assert len(first.losses) == config.steps + 1  # the objective before each step, then after the last
+    assert len(first.losses) == config.attack.steps + 1  # the objective before each step, then after the last
     assert first.losses[-1] < first.losses[0]
     assert first.cond.shape == (1, 77, 32) and first.images.shape == (1, 3, 16, 16)
     assert first.adv_text is None and len(first.details["nearest_tokens"]) == 2
@@ -255,7 +255,7 @@ def test_bounded_soft_probe_never_leaves_its_ball_and_unbounded_is_stress(tiny_m
     assert free.name == "soft_prompt_unbounded" and free.role == "stress"
     unbounded = free.run(tiny_model, tiny_model.text_encoder, PROMPT, seed=1, generation=GEN)
     assert max(unbounded.details["adv_norms"]) > radius  # the same steps without a ball do leave it
-    assert SoftPromptProbe().config.epsilon == DEFAULT_EPSILON and SoftPromptProbe().name == "soft_prompt"
+    assert SoftPromptProbe().config.attack.epsilon == DEFAULT_EPSILON and SoftPromptProbe().name == "soft_prompt"
 
 
 def test_batched_probes_equal_one_by_one(tiny_model):
@@ -276,9 +276,15 @@ def test_probe_spec_budget_options():
     from erasure_core.attacks.registry import parse_probe_spec
 
     probe = parse_probe_spec("soft_prompt:epsilon=none:restarts=3")
-    assert probe.config.epsilon is None and probe.config.restarts == 3 and probe.role == "stress"
-    assert parse_probe_spec("soft_prompt:epsilon=2").config.epsilon == 2.0
+    assert probe.config.attack.epsilon is None and probe.config.attack.restarts == 3 and probe.role == "stress"
+    assert parse_probe_spec("soft_prompt:epsilon=2").config.attack.epsilon == 2.0
     with pytest.raises(ErasureError, match="steps cannot be none"):
         parse_probe_spec("soft_prompt:steps=none")
     with pytest.raises(ErasureError, match="restarts must be >= 1"):
         parse_probe_spec("soft_prompt:restarts=0").config.check()
+
+
+def test_soft_probe_has_no_previous_tokens_to_start_from():
+    with pytest.raises(ErasureError, match="init must be random_vocab"):
+        parse_probe_spec("soft_prompt:init=previous").config.check()
+    assert parse_probe_spec("soft_prompt:k=2:lr=0.5").describe()["k"] == 2

@@ -102,3 +102,42 @@ def test_the_cli_package_loads_no_torch_before_main_sets_the_wait_policy():
     code = "import sys, erasure_core.__main__, erasure_core.cli.common; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "False"
+
+
+def test_evaluate_curve_adds_the_robustness_probes(tmp_path, monkeypatch):
+    """--curve adds one soft-prompt probe per budget of the robustness curve to the probes given."""
+    import erasure_core.evaluate as evaluation
+
+    seen = {}
+
+    def fake_evaluate(model, encoders, prompts, probes, judge, **options):
+        seen["probes"] = [p.name for p in probes]
+        return {"encoders": {}}
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    assert main(["evaluate", "--model", "tiny", "--judge", "demo:circle", "--prompt", "a circle", "--curve",
+                 "--probe", "soft_prompt", "--out", str(tmp_path)]) == 0
+    assert seen["probes"] == ["soft_prompt", "soft_prompt_eps0.5", "soft_prompt_eps2", "soft_prompt_eps4",
+                              "soft_prompt_unbounded"]
+
+
+SMALL = ["--option", "num_ddim_steps=4", "--option", "concept_pool_size=2", "--option", "retain_pool_size=2"]
+
+
+def test_erase_takes_any_training_option_and_refuses_bad_ones(tmp_path, capsys):
+    out = tmp_path / "enc.safetensors"
+    assert main(["erase", "--model", "tiny", "--concept", "nudity", "--iterations", "2", "--out", str(out),
+                 "--option", "caption_weight=0.5", "--option", "contrast_words=clothes,people",
+                 "--option", "retain_prompts=a dog,nudity on a beach,a tree", *SMALL]) == 0
+    from erasure_core.encoders import read_encoder
+
+    config = read_encoder(out).metadata["hyperparameters"]
+    assert config["caption_weight"] == 0.5 and config["contrast_words"] == ["clothes", "people"]
+    for bad, message in ((["--option", "caption_wieght=1"], "unknown option 'caption_wieght'"),
+                         (["--option", "iterations=3"], "repeats --iterations"),
+                         (["--option", "caption_weight=lots"], "caption_weight"),
+                         (["--option", "help"], "caption_weight")):
+        capsys.readouterr()
+        assert main(["erase", "--model", "tiny", "--concept", "nudity", "--iterations", "2",
+                     "--out", str(tmp_path / "x.safetensors"), *bad]) == 2
+        assert message in capsys.readouterr().err

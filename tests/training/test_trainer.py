@@ -187,7 +187,7 @@ def test_config_round_trip_presets_and_errors(tiny_model):
     assert EraseConfig.from_preset("style").retain_weight == 0.5 == EraseConfig.from_preset("object").retain_weight
     for name in ("nudity", "style", "object"):  # the paper's presets; "demo" is tuned for the shapes world
         preset = EraseConfig.from_preset(name)
-        assert (preset.lr, preset.iterations, preset.warmup_iterations, preset.attack_steps, preset.attack_k,
+        assert (preset.lr, preset.iterations, preset.warmup_iterations, preset.attack.steps, preset.attack.k,
                 preset.retain_batch) == (1e-5, 1000, 200, 30, 1, 5)
     with pytest.raises(ErasureError, match="unknown preset"):
         EraseConfig.from_preset("violence")

@@ -142,6 +142,6 @@ def test_new_options_are_checked():
             EraseConfig(**bad).validate()
     # Option strings (nodes, CLI): "none" switches a budget off, numbers are read as numbers.
     config = EraseConfig(attack_epsilon="none", retain_max_alignment="0.5").validate()
-    assert config.attack_epsilon is None and config.retain_max_alignment == 0.5
+    assert config.attack.epsilon is None and config.retain_max_alignment == 0.5
     with pytest.raises(ErasureError, match="attack_epsilon must be a number or none"):
         EraseConfig(attack_epsilon="big")
