@@ -21,6 +21,7 @@ a run on its own, for the cost of one batched UNet call per step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -134,6 +135,11 @@ class SoftPromptProbe(Probe):
         c = self.config
         return {"name": self.name, "role": self.role, "k": c.k, "steps": c.steps, "lr": c.lr, "method": c.method,
                 "insertion": c.insertion, "points": c.points, "epsilon": c.epsilon, "restarts": c.restarts}
+
+    def budget(self) -> tuple[tuple, float]:
+        """k tokens at the same slots, each inside the epsilon ball (unbounded = an infinite ball)."""
+        c = self.config
+        return ("soft_prompt", c.k, c.insertion), math.inf if c.epsilon is None else float(c.epsilon)
 
     def run(
         self,
