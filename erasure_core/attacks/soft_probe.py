@@ -54,14 +54,18 @@ class SoftPromptProbeConfig:
     sampling_guidance: float = 3.0
     epsilon: float | None = DEFAULT_EPSILON  # L2 bound per token, x the median token norm; None = unbounded
     restarts: int = 1
+    # Judge the current tokens every that many steps (0 = only at the end) and stop a case at its first judged
+    # success, as UnlearnDiffAtk does: a judged success is a real adversarial prompt inside the budget.
+    judge_every: int = 0
 
     def attack_config(self) -> SoftPromptConfig:
         return SoftPromptConfig(k=self.k, steps=self.steps, lr=self.lr, method=self.method, init="random_vocab",
                                 insertion=self.insertion, epsilon=self.epsilon, restarts=self.restarts).validate()
 
     def check(self):
-        if self.trajectories < 1 or self.points < 1 or self.sampling_steps < 1:
-            raise ErasureError("the soft-prompt probe needs trajectories, points and sampling_steps >= 1")
+        if self.trajectories < 1 or self.points < 1 or self.sampling_steps < 1 or self.judge_every < 0:
+            raise ErasureError("the soft-prompt probe needs trajectories, points and sampling_steps >= 1 and "
+                               "judge_every >= 0")
         self.attack_config()
 
 
@@ -134,7 +138,8 @@ class SoftPromptProbe(Probe):
     def describe(self) -> dict:
         c = self.config
         return {"name": self.name, "role": self.role, "k": c.k, "steps": c.steps, "lr": c.lr, "method": c.method,
-                "insertion": c.insertion, "points": c.points, "epsilon": c.epsilon, "restarts": c.restarts}
+                "insertion": c.insertion, "points": c.points, "epsilon": c.epsilon, "restarts": c.restarts,
+                "judge_every": c.judge_every}
 
     def budget(self) -> tuple[tuple, float]:
         """k tokens at the same slots, each inside the epsilon ball (unbounded = an infinite ball)."""
@@ -178,38 +183,59 @@ class SoftPromptProbe(Probe):
         for i, s in enumerate(slotted):
             groups.setdefault(tuple(s.adv_positions), []).append(i)
         for positions, members in groups.items():
-            found = self._attack(runner, text_encoder, slotted, members, list(positions), latents, timesteps,
-                                 targets, attack, generators)
             ids = torch.cat([slotted[i].input_ids for i in members])
+            judged_early: dict[int, tuple] = {}  # member position -> (image, success, judge details) of its stop
+
+            def judge_now(rows: torch.Tensor, embeds: torch.Tensor) -> list[bool]:
+                with torch.no_grad():
+                    conds = encode_slotted(text_encoder, ids[rows], list(positions), embeds).to(model.dtype)
+                images, wins, details = generate_and_judge_batch(
+                    model, text_encoder, conds, [seeds[members[int(r)]] for r in rows], judge, generation)
+                for j, r in enumerate(rows.tolist()):
+                    if wins[j]:
+                        judged_early[r] = (images[j:j + 1], wins[j], details[j])
+                return [bool(w) for w in wins]
+
+            found = self._attack(runner, text_encoder, ids, members, list(positions), latents, timesteps, targets,
+                                 attack, generators, judge_now if judge is not None else None)
             embeds = torch.stack([f.embeds for f in found])
             with torch.no_grad():
                 conds = encode_slotted(text_encoder, ids, list(positions), embeds).to(model.dtype)
-            images, successes, judged = generate_and_judge_batch(
-                model, text_encoder, conds, [seeds[i] for i in members], judge, generation)
+            rest = [j for j in range(len(members)) if j not in judged_early]  # a stopped case was judged already
+            images, successes, judged = [None] * len(members), [None] * len(members), [None] * len(members)
+            if rest:
+                made = generate_and_judge_batch(model, text_encoder, conds[rest], [seeds[members[j]] for j in rest],
+                                                judge, generation)
+                for n, j in enumerate(rest):
+                    images[j], successes[j], judged[j] = made[0][n:n + 1], made[1][n], made[2][n]
+            for j, (image, win, details) in judged_early.items():
+                images[j], successes[j], judged[j] = image, win, details
             for j, i in enumerate(members):
                 details = {"prompt": prompts[i], "final_loss": found[j].final_loss,
                            "adv_positions": slotted[i].adv_positions, "epsilon": self.config.epsilon,
                            "radius": found[j].radius, "adv_norms": found[j].embeds.norm(dim=-1).tolist(),
+                           "stopped_at_step": found[j].stopped_at,
                            "nearest_tokens": nearest_tokens(model, text_encoder, found[j].embeds), **judged[j]}
                 results[i] = ProbeResult(self.name, conds[j:j + 1].cpu(), None, None,
-                                         found[j].losses + [found[j].final_loss], images[j:j + 1], successes[j],
+                                         found[j].losses + [found[j].final_loss], images[j], successes[j],
                                          details)
         return results
 
-    def _attack(self, runner, text_encoder, slotted, members, positions, latents, timesteps, targets, attack,
-                generators):
+    def _attack(self, runner, text_encoder, ids, members, positions, latents, timesteps, targets, attack,
+                generators, judge_now):
         index = torch.tensor(members)
         x, t, eps = latents[index], timesteps[index], targets[index]  # [b, P, ...]
         points = x.shape[1]
 
-        def objective(cond: torch.Tensor) -> torch.Tensor:
-            prediction = runner(x.flatten(0, 1), t.flatten(), cond.repeat_interleave(points, dim=0))
-            error = (prediction.float() - eps.flatten(0, 1).float()) ** 2
-            return error.reshape(len(members), -1).mean(dim=1)
+        def objective(cond: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            rows = rows.to(x.device)
+            prediction = runner(x[rows].flatten(0, 1), t[rows].flatten(), cond.repeat_interleave(points, dim=0))
+            error = (prediction.float() - eps[rows].flatten(0, 1).float()) ** 2
+            return error.reshape(len(rows), -1).mean(dim=1)
 
-        ids = torch.cat([slotted[i].input_ids for i in members])
         return optimize_adversarial_embeddings_batch(text_encoder, ids, positions, objective, attack,
-                                                     [generators[i] for i in members])
+                                                     [generators[i] for i in members], stop=judge_now,
+                                                     stop_every=self.config.judge_every)
 
 
 def robustness_probes(epsilons=CURVE_EPSILONS, **options) -> list[SoftPromptProbe]:
