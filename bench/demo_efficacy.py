@@ -4,17 +4,21 @@ seeds, headline probes, the stress probe and the robustness curve, with 95% Wils
     python bench/demo_efficacy.py                  # full: 8 concepts, 64 prompts x 4 seeds, 3 training seeds
     python bench/demo_efficacy.py --quick          # 2 concepts, 32 prompts x 4 seeds, 1 training seed
     python bench/demo_efficacy.py --device cuda    # the same on a GPU
-    python bench/demo_efficacy.py --quick --probe-option soft_prompt:points=2 --curve 1,none   # cheaper probes
+    python bench/demo_efficacy.py --quick --curve 1,none --erase-option iterations=20   # a smoke run
 
 For each concept: erase it with every method at every training seed (the demo preset), then evaluate the
 original and all erased encoders in ONE `evaluate` call on the same cases (prompts x generation seeds), so the
 original is measured once and every encoder sees the same prompts. Generation and probes run batched across
-cases (`--batch-size`). Writes efficacy.json (the contract below) and prints a table; each concept's full
+cases (`--batch-size`); on a CPU two worker processes of one thread each take a concept at a time (`--workers`).
+Cases that succeed before the attack are not attacked, and the curve's budgets are nested (evaluate.py). Writes
+efficacy.json (the contract below) and prints a table; each concept's full
 report (images, report.html) is in OUT/CONCEPT/.
 
 efficacy.json: results.<concept>.<method> has pre_attack, post_attack {probe: ...} (headline probes only),
 stress_attack {probe: ...}, utility.retain_accuracy and robustness_curve, each rate {rate, successes, n, low,
-high} pooled over the training seeds, with per_seed beside it (in the order of `training_seeds`).
+high} pooled over the training seeds, with per_seed beside it (in the order of `training_seeds`); beside the
+results: seconds and cpu_seconds (all processes), workers, and per concept the wall and CPU seconds of every
+training run and of the evaluation.
 
 Sample sizes: a cell's 95% interval is about +-6 points near 0.5 at N = 256 and [0, 0.015] at 0/256; pooled
 over 3 training seeds (N = 768) about +-3.5 near 0.5. Targets (issue 10) for AdvUnlearn: pre-attack ASR <= 0.02,
@@ -166,7 +170,8 @@ _WORKER_MODEL = None
 
 
 def _worker_init(model_name: str, device: str) -> None:
-    """A worker process: one thread (2 processes x 1 thread beat 1 x 2 on the small demo model), its own model."""
+    """A worker process: one thread (the work splits into independent concepts, so no thread waits on another;
+    2 x 1 against 1 x 2 could not be timed fairly on the shared machine), its own model."""
     global _WORKER_MODEL
     import torch
 
