@@ -4,17 +4,21 @@ seeds, headline probes, the stress probe and the robustness curve, with 95% Wils
     python bench/demo_efficacy.py                  # full: 8 concepts, 64 prompts x 4 seeds, 3 training seeds
     python bench/demo_efficacy.py --quick          # 2 concepts, 32 prompts x 4 seeds, 1 training seed
     python bench/demo_efficacy.py --device cuda    # the same on a GPU
-    python bench/demo_efficacy.py --quick --probe-option soft_prompt:points=2 --curve 1,none   # cheaper probes
+    python bench/demo_efficacy.py --quick --curve 1,none --erase-option iterations=20   # a smoke run
 
 For each concept: erase it with every method at every training seed (the demo preset), then evaluate the
 original and all erased encoders in ONE `evaluate` call on the same cases (prompts x generation seeds), so the
 original is measured once and every encoder sees the same prompts. Generation and probes run batched across
-cases (`--batch-size`). Writes efficacy.json (the contract below) and prints a table; each concept's full
+cases (`--batch-size`); on a CPU two worker processes of one thread each take a concept at a time (`--workers`).
+Cases that succeed before the attack are not attacked, and the curve's budgets are nested (evaluate.py). Writes
+efficacy.json (the contract below) and prints a table; each concept's full
 report (images, report.html) is in OUT/CONCEPT/.
 
 efficacy.json: results.<concept>.<method> has pre_attack, post_attack {probe: ...} (headline probes only),
 stress_attack {probe: ...}, utility.retain_accuracy and robustness_curve, each rate {rate, successes, n, low,
-high} pooled over the training seeds, with per_seed beside it (in the order of `training_seeds`).
+high} pooled over the training seeds, with per_seed beside it (in the order of `training_seeds`); beside the
+results: seconds and cpu_seconds (all processes), workers, and per concept the wall and CPU seconds of every
+training run and of the evaluation.
 
 Sample sizes: a cell's 95% interval is about +-6 points near 0.5 at N = 256 and [0, 0.015] at 0/256; pooled
 over 3 training seeds (N = 768) about +-3.5 near 0.5. Targets (issue 10) for AdvUnlearn: pre-attack ASR <= 0.02,
@@ -73,49 +77,38 @@ def quick_settings() -> BenchSettings:
 
 
 def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: Callable | None = None,
-            retain_check_for: Callable | None = None, log: Callable[[str], None] = print) -> dict:
+            retain_check_for: Callable | None = None, log: Callable[[str], None] = print, workers: int = 1,
+            model_name: str = "demo") -> dict:
     """Train, evaluate and pool every concept; returns efficacy.json's content (also written to out_dir).
 
     `judge_for(concept)` and `retain_check_for(judge)` default to the demo world's judge and retain check
-    (tests pass stand-ins to run this on a tiny model)."""
+    (tests pass stand-ins to run this on a tiny model). `workers` > 1 shares the concepts out to that many
+    processes of one thread each (each loads `model_name` itself, on `model`'s device), a concept at a time
+    from a queue; every concept's figures are the ones a single process gets (each is seeded on its own)."""
     import torch
 
-    from erasure_core.evaluate import evaluate
-    from erasure_core.demo.judge import demo_retain_check
-    from erasure_core.training import erase
-
-    from erasure_core.demo.judge import DemoJudge
-
-    judge_for = judge_for or DemoJudge
-    retain_check_for = retain_check_for or demo_retain_check
     out_dir = Path(out_dir)
     # CPU time beside wall time: on a shared machine the wall clock measures the neighbours as much as the run.
     started, cpu_started = time.perf_counter(), time.process_time()
+    task = dict(settings=settings, out_dir=out_dir, judge_for=judge_for, retain_check_for=retain_check_for)
     results, timings = {}, {}
-    for concept in settings.concepts:
-        t0, cpu0 = time.perf_counter(), time.process_time()
-        rng = random.Random(settings.prompt_seed)
-        concept_prompts = [p for p, _ in world.prompts_naming(concept, settings.prompts, rng)]
-        retain_prompts = [p for p, _ in world.prompts_not_naming(concept, settings.prompts, rng)]
-        encoders, shared_latents = {}, {}
-        for method in settings.methods:
-            for seed in settings.training_seeds:
-                config = demo_erase_config(method, seed, settings.demo, concept)
-                result = erase(model, [concept], config, latent_cache=shared_latents)
-                encoders[f"{method}_s{seed}"] = result.text_encoder
-        training_seconds = time.perf_counter() - t0
-        judge = judge_for(concept)
-        report = evaluate(model, encoders, concept_prompts, demo_probes(concept, settings.demo), judge,
-                          seeds=settings.generation_seeds, steps=settings.demo.steps,
-                          guidance=settings.demo.guidance, retain_prompts=retain_prompts,
-                          retain_check=retain_check_for(judge), out_dir=out_dir / concept,
-                          batch_size=settings.demo.batch_size)
-        results[concept] = pool_report(report, settings)
-        timings[concept] = {"training": round(training_seconds, 1), "all": round(time.perf_counter() - t0, 1),
-                            "cpu": round(time.process_time() - cpu0, 1)}
-        log(f"{concept}: {timings[concept]['all']:.0f} s ({timings[concept]['training']:.0f} s training; "
-            f"{timings[concept]['cpu']:.0f} s of CPU time)")
-        log(format_table({concept: results[concept]}))
+    if workers <= 1:
+        for concept in settings.concepts:
+            results[concept], timings[concept] = measure_concept(model, concept, **task)
+            _log_concept(log, concept, results[concept], timings[concept])
+        threads = torch.get_num_threads()
+    else:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # spawn, not fork: a forked child inherits the parent's OpenMP state, which can hang it.
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
+                                 initargs=(model_name, str(model.device))) as pool:
+            futures = {c: pool.submit(_worker_concept, concept=c, **task) for c in settings.concepts}
+            for concept, future in futures.items():
+                results[concept], timings[concept] = future.result()
+                _log_concept(log, concept, results[concept], timings[concept])
+        threads = 1
     efficacy = {
         "schema": SCHEMA,
         "cases_per_cell": settings.cases,
@@ -126,14 +119,76 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
         "settings": {"prompts": settings.prompts, "methods": list(settings.methods),
                      "prompt_seed": settings.prompt_seed, "demo": settings.demo.to_dict()},
         "seconds": round(time.perf_counter() - started, 1),
-        "cpu_seconds": round(time.process_time() - cpu_started, 1),
-        "threads": torch.get_num_threads(),
+        # every process's CPU time: the parent's and the workers' (each concept's own figure)
+        "cpu_seconds": round(time.process_time() - cpu_started
+                             + (sum(t["cpu"] for t in timings.values()) if workers > 1 else 0), 1),
+        "workers": max(1, workers),
+        "threads": threads,
         "timings": timings,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": str(model.device)},
         "results": results,
     }
     atomic_write_json(efficacy, out_dir / "efficacy.json")
     return efficacy
+
+
+def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Path, judge_for=None,
+                    retain_check_for=None) -> tuple[dict, dict]:
+    """One concept: every method at every training seed, one `evaluate` of all encoders on the same cases.
+    Returns (pooled figures per method, timings: wall and CPU seconds of training per run and of evaluation)."""
+    from erasure_core.demo.judge import DemoJudge, demo_retain_check
+    from erasure_core.evaluate import evaluate
+    from erasure_core.training import erase
+
+    judge_for = judge_for or DemoJudge
+    retain_check_for = retain_check_for or demo_retain_check
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    rng = random.Random(settings.prompt_seed)
+    concept_prompts = [p for p, _ in world.prompts_naming(concept, settings.prompts, rng)]
+    retain_prompts = [p for p, _ in world.prompts_not_naming(concept, settings.prompts, rng)]
+    encoders, shared_latents, training = {}, {}, {}
+    for method in settings.methods:
+        for seed in settings.training_seeds:
+            t1, cpu1 = time.perf_counter(), time.process_time()
+            config = demo_erase_config(method, seed, settings.demo, concept)
+            encoders[f"{method}_s{seed}"] = erase(model, [concept], config, latent_cache=shared_latents).text_encoder
+            training[f"{method}_s{seed}"] = {"seconds": round(time.perf_counter() - t1, 1),
+                                             "cpu": round(time.process_time() - cpu1, 1)}
+    t1, cpu1 = time.perf_counter(), time.process_time()
+    judge = judge_for(concept)
+    report = evaluate(model, encoders, concept_prompts, demo_probes(concept, settings.demo), judge,
+                      seeds=settings.generation_seeds, steps=settings.demo.steps, guidance=settings.demo.guidance,
+                      retain_prompts=retain_prompts, retain_check=retain_check_for(judge), out_dir=out_dir / concept,
+                      batch_size=settings.demo.batch_size)
+    timings = {"training": round(t1 - t0, 1), "training_cpu": round(cpu1 - cpu0, 1), "runs": training,
+               "evaluation": round(time.perf_counter() - t1, 1), "evaluation_cpu": round(time.process_time() - cpu1, 1),
+               "all": round(time.perf_counter() - t0, 1), "cpu": round(time.process_time() - cpu0, 1)}
+    return pool_report(report, settings), timings
+
+
+_WORKER_MODEL = None
+
+
+def _worker_init(model_name: str, device: str) -> None:
+    """A worker process: one thread (the work splits into independent concepts, so no thread waits on another;
+    2 x 1 against 1 x 2 could not be timed fairly on the shared machine), its own model."""
+    global _WORKER_MODEL
+    import torch
+
+    from erasure_core.loading import load_model
+
+    torch.set_num_threads(1)
+    _WORKER_MODEL = load_model(model_name, device=device)
+
+
+def _worker_concept(concept: str, **task) -> tuple[dict, dict]:
+    return measure_concept(_WORKER_MODEL, concept, **task)
+
+
+def _log_concept(log, concept: str, pooled: dict, timing: dict) -> None:
+    log(f"{concept}: {timing['all']:.0f} s ({timing['training']:.0f} s training, {timing['evaluation']:.0f} s "
+        f"evaluation; {timing['cpu']:.0f} s of CPU time)")
+    log(format_table({concept: pooled}))
 
 
 def pool_report(report: dict, settings: BenchSettings) -> dict:
@@ -172,6 +227,19 @@ def format_table(results: dict) -> str:
     return align_columns(rows)
 
 
+def format_per_seed(results: dict) -> str:
+    """Successes per training seed (in the order of `training_seeds`): pre-attack and each headline probe."""
+    rows = []
+    for concept, by_encoder in results.items():
+        for name, v in by_encoder.items():
+            cells = {"pre": v["pre_attack"], **{f"post {p}": r for p, r in v["post_attack"].items()}}
+            if not rows:
+                rows.append(["concept", "encoder", *cells, "n per seed"])
+            rows.append([concept, name, *[" ".join(str(s["successes"]) for s in r["per_seed"]) for r in cells.values()],
+                         str(v["pre_attack"]["per_seed"][0]["n"])])
+    return align_columns(rows)
+
+
 def format_curves(results: dict) -> str:
     """Soft-prompt ASR by budget (x median token norm), pooled, one row per concept and encoder."""
     rows = []
@@ -187,15 +255,14 @@ def format_curves(results: dict) -> str:
 
 def _apply_probe_option(demo: DemoSettings, spec: str) -> None:
     """'soft_prompt:points=2:steps=20' -> demo.probes["soft_prompt"] updated, typed by the probe's config."""
-    from erasure_core.attacks.registry import PROBES, _convert
+    from erasure_core.attacks.registry import PROBES
     from erasure_core.errors import ErasureError
+    from erasure_core.options import parse_spec
 
-    name, *parts = spec.split(":")
-    if name not in PROBES or not parts or any("=" not in p for p in parts):
+    parsed = parse_spec(spec, {name: config for name, (_, config) in PROBES.items()}, what="--probe-option probe")
+    if not parsed.options:
         raise ErasureError(f"--probe-option takes PROBE:KEY=VALUE with PROBE one of {', '.join(PROBES)}, got {spec!r}")
-    for part in parts:
-        key, value = (t.strip() for t in part.split("=", 1))
-        demo.probes.setdefault(name, {})[key] = _convert(PROBES[name][1], key, value)
+    demo.probes.setdefault(parsed.name, {}).update(parsed.options)
 
 
 def main(argv=None) -> None:
@@ -210,6 +277,11 @@ def main(argv=None) -> None:
                         help="change a probe's setting, e.g. soft_prompt:points=2:steps=20 (repeatable)")
     parser.add_argument("--curve", default=None, help="the curve's budgets, e.g. 0.5,1,2,4,none (none = unbounded)")
     parser.add_argument("--device", default=None, help="cpu, cuda... (default: cuda if available)")
+    parser.add_argument("--workers", type=int, default=None,
+                        help="processes of one thread each, sharing the concepts (default: 2 on a CPU with 2 or "
+                             "more cores, else 1)")
+    parser.add_argument("--erase-option", action="append", default=[], metavar="KEY=VALUE",
+                        help="change an erase setting on top of the demo preset, e.g. iterations=20 (a smoke run)")
     parser.add_argument("--out", default="out/efficacy")
     args = parser.parse_args(argv)
 
@@ -230,6 +302,11 @@ def main(argv=None) -> None:
         settings.demo = replace(settings.demo, batch_size=args.batch_size)
     for spec in args.probe_option:
         _apply_probe_option(settings.demo, spec)
+    if args.erase_option:
+        from erasure_core.options import parse_options
+        from erasure_core.training import EraseConfig
+
+        settings.demo.erase.update(parse_options(args.erase_option, EraseConfig, context="--erase-option: "))
     if args.curve:
         settings.demo = replace(settings.demo, curve_epsilons=tuple(
             None if e.strip().lower() == "none" else float(e) for e in args.curve.split(",")))
@@ -237,13 +314,18 @@ def main(argv=None) -> None:
         world.attribute_of(concept)  # refuses unknown values before any training
     print(f"{settings.cases} cases per cell and training seed; {len(settings.training_seeds)} training seed(s)",
           flush=True)
-    model = load_model("demo", device=device_from_name(args.device))
-    efficacy = measure(model, settings, args.out, log=lambda msg: print(msg, flush=True))
+    device = device_from_name(args.device)
+    workers = args.workers or (2 if device == "cpu" and (os.cpu_count() or 1) >= 2 else 1)
+    model = load_model("demo", device=device)
+    efficacy = measure(model, settings, args.out, log=lambda msg: print(msg, flush=True), workers=workers)
     print()
     print(format_table(efficacy["results"]))
     print()
+    print(format_per_seed(efficacy["results"]))
+    print()
     print(format_curves(efficacy["results"]))
-    print(f"\n{efficacy['seconds']:.0f} s in all; {Path(args.out) / 'efficacy.json'}")
+    print(f"\n{efficacy['seconds']:.0f} s in all ({efficacy['cpu_seconds']:.0f} s of CPU time, {workers} worker(s)); "
+          f"{Path(args.out) / 'efficacy.json'}")
 
 
 if __name__ == "__main__":

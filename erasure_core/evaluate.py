@@ -2,7 +2,10 @@
 
 For every text encoder (the original first, then the erased ones) and every concept case (prompt, seed):
 1. the plain prompt is generated and judged: pre-attack success;
-2. every probe attacks the cases that were NOT already a success.
+2. every probe attacks the cases that were NOT already a success. Probes with a budget (the soft prompt's
+   epsilon) run smallest ball first, and a larger ball attacks only the cases no smaller one broke: a point
+   found inside a ball lies inside every larger ball of the same search space (nested budgets; the curve is
+   then monotone by construction and each budget's ASR is an honest lower bound, from one attack per budget).
    pre-attack ASR  = pre-attack successes / N
    post-attack ASR = (pre-attack successes + probe successes on the rest) / N   (per probe; the paper's "ASR")
    Both are reported with their counts (successes, n), never only as fractions.
@@ -39,7 +42,7 @@ from typing import Callable, Sequence
 import torch
 from transformers import CLIPTextModel
 
-from .attacks.base import Probe
+from .attacks.base import Probe, within_budget
 from .attacks.replay import PromptCase, as_cases, case_generation
 from .errors import ErasureError
 from .files import atomic_write_json, safe_name, save_png
@@ -59,15 +62,19 @@ def asr_summary(cases: list[dict], probe_names: Sequence[str]) -> dict:
     """Pre-attack and per-probe post-attack ASR, with counts, from case records.
 
     A case record has "plain": {"success": bool} and "probes": {name: {"success": bool|None}}; probes are not
-    run on cases that already succeeded before the attack, and those count as successes after it too.
+    run on cases that already succeeded before the attack, and those count as successes after it too. A success
+    a smaller budget found ("found_by") counts for every larger one: `inherited` says how many of the
+    `probe_successes` came that way, `attacked` how many cases were not successes before the attack.
     """
     n = len(cases)
     pre = sum(bool(c["plain"]["success"]) for c in cases)
     post = {}
     for name in probe_names:
         rest = [c for c in cases if not c["plain"]["success"]]
-        won = sum(bool(c["probes"].get(name, {}).get("success")) for c in rest)
-        post[name] = {**rate(pre + won, n), "probe_successes": won, "attacked": len(rest)}
+        records = [c["probes"].get(name, {}) for c in rest]
+        won = sum(bool(r.get("success")) for r in records)
+        inherited = sum(bool(r.get("success")) and "found_by" in r for r in records)
+        post[name] = {**rate(pre + won, n), "probe_successes": won, "attacked": len(rest), "inherited": inherited}
     return {"pre_attack": rate(pre, n), "post_attack": post}
 
 
@@ -160,18 +167,42 @@ def _probe_cases(run: _Run, probe: Probe, encoder, enc_name: str, cases: dict[in
     return records
 
 
+def attack_order(probes: Sequence[Probe]) -> list[Probe]:
+    """Probes with a budget first, smallest budget first (stable), then the others in their given order: each
+    larger ball then attacks only what the smaller ones left (`_known_success`)."""
+    budgeted = sorted((p for p in probes if p.budget() is not None), key=lambda p: p.budget()[1])
+    return budgeted + [p for p in probes if p.budget() is None]
+
+
+def _known_success(plain: dict, done: dict[str, dict], probe: Probe, by_name: dict[str, Probe]) -> dict | None:
+    """The record of a case `probe` need not attack, or None. A case that succeeded before the attack counts as a
+    success after every attack (the UnlearnDiffAtk convention); a success found inside a smaller ball of the same
+    search space is a point inside this probe's ball too (nested budgets). Both make post-attack ASR an honest
+    lower bound: what some attack within the budget found, never a guess."""
+    if plain["success"]:
+        return {"success": None, "skipped": "success before the attack"}
+    for name, record in done.items():
+        if record.get("success") and within_budget(by_name[name], probe):
+            return {"success": True, "skipped": f"found within the smaller budget of {name}",
+                    "found_by": record.get("found_by", name)}
+    return None
+
+
 def _evaluate_concept(run: _Run, encoders: dict, cases: dict[int, PromptCase], probes: list[Probe]) -> dict:
     per_encoder = {}
+    by_name = {p.name: p for p in probes}
     for enc_name, encoder in encoders.items():
         plain = _plain(run, encoder, enc_name, cases)
         attacked = {index: {} for index in cases}
-        rest = {i: c for i, c in cases.items() if not plain[i]["success"]}
-        for probe in probes:
-            for index in cases:
-                if index not in rest:
-                    # Already a success: the attack is not needed, and counts as a success after it too.
-                    attacked[index][probe.name] = {"success": None, "skipped": "success before the attack"}
-                    run.tick(f"{enc_name}: {probe.name} on prompt {index}")
+        for probe in attack_order(probes):
+            rest = {}
+            for index, case in cases.items():
+                known = _known_success(plain[index], attacked[index], probe, by_name)
+                if known is None:
+                    rest[index] = case
+                    continue
+                attacked[index][probe.name] = known
+                run.tick(f"{enc_name}: {probe.name} on prompt {index}")
             for index, record in _probe_cases(run, probe, encoder, enc_name, rest).items():
                 attacked[index][probe.name] = record
         per_encoder[enc_name] = {"cases": [

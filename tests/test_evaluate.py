@@ -6,6 +6,7 @@ import json
 import pytest
 import torch
 
+from erasure_core.attacks.base import Probe, ProbeResult
 from erasure_core.attacks.concept_vector import ConceptVectorConfig, ConceptVectorProbe
 from erasure_core.attacks.unlearndiffatk import UnlearnDiffAtk, UnlearnDiffAtkConfig
 from erasure_core.errors import ErasureError
@@ -30,8 +31,10 @@ def test_asr_pre_and_post_arithmetic():
     ]
     summary = asr_summary(cases, ["a", "b"])
     assert summary["pre_attack"] == {"successes": 2, "n": 5, "rate": 0.4}
-    assert summary["post_attack"]["a"] == {"successes": 4, "n": 5, "rate": 0.8, "probe_successes": 2, "attacked": 3}
-    assert summary["post_attack"]["b"] == {"successes": 3, "n": 5, "rate": 0.6, "probe_successes": 1, "attacked": 3}
+    assert summary["post_attack"]["a"] == {"successes": 4, "n": 5, "rate": 0.8, "probe_successes": 2, "attacked": 3,
+                                             "inherited": 0}
+    assert summary["post_attack"]["b"] == {"successes": 3, "n": 5, "rate": 0.6, "probe_successes": 1, "attacked": 3,
+                                             "inherited": 0}
     empty = asr_summary([], ["a"])
     assert empty["pre_attack"]["rate"] is None and empty["post_attack"]["a"]["successes"] == 0
 
@@ -205,3 +208,52 @@ def test_headline_stress_and_curve_are_reported_apart():
     assert set(entry["curve_attack"]) == {"soft_prompt_eps2"}
     curve = [(p["epsilon"], p["successes"], p["n"]) for p in entry["robustness_curve"]]
     assert curve == [(0.0, 1, 4), (1.0, 2, 4), (2.0, 3, 4), (None, 4, 4)]
+
+
+class BallProbe(Probe):
+    """Stand-in budgeted probe: succeeds on the cases listed for it; remembers which cases it was asked to attack."""
+
+    def __init__(self, name, space, epsilon, wins, role="headline"):
+        self.name, self.space, self.epsilon, self.wins, self.role = name, space, epsilon, set(wins), role
+        self.attacked = []
+
+    def budget(self):
+        return (self.space,), self.epsilon
+
+    def describe(self):
+        described = {"name": self.name, "role": self.role}
+        if self.space == "soft":  # the robustness curve is drawn from the probes that state an epsilon
+            described["epsilon"] = None if self.epsilon == float("inf") else self.epsilon
+        return described
+
+    def run_batch(self, model, text_encoder, prompts, *, seeds, judge=None, generation=None):
+        keys = list(zip(prompts, seeds))
+        self.attacked += keys
+        return [ProbeResult(self.name, torch.zeros(1, 1, 1), success=key in self.wins) for key in keys]
+
+
+def test_nested_budgets_attack_only_what_smaller_balls_left(setup):
+    """Budgeted probes run smallest ball first; a larger ball of the same search space attacks only the smaller
+    ones' failures and counts their successes; the curve is monotone; another search space is not nested."""
+    model, erased, _, _ = setup
+    keys = [(p, s) for p in PROMPTS for s in SEEDS]
+    # Given out of order on purpose. eps 1 "wins" keys[2] too, which eps 0.5 already broke: it must not be asked.
+    probes = [BallProbe("b4", "soft", 4.0, keys[:3], role="curve"), BallProbe("b1", "soft", 1.0, keys[1:3]),
+              BallProbe("b05", "soft", 0.5, [keys[2]], role="curve"), BallProbe("unb", "soft", float("inf"), [],
+                                                                                role="stress"),
+              BallProbe("other", "tokens", 1.0, [keys[3]])]
+    out = evaluate(model, {"erased": erased}, PROMPTS, probes, BrightJudge(2.0), seeds=SEEDS, steps=STEPS,
+                   guidance=GUIDANCE)
+    b4, b1, b05, unb, other = probes
+    per_encoder = 2  # original and erased: nothing succeeds before the attack (the judge's threshold is 2)
+    assert b05.attacked == keys * per_encoder
+    assert b1.attacked == [k for k in keys if k != keys[2]] * per_encoder
+    assert b4.attacked == [keys[0], keys[3]] * per_encoder
+    assert unb.attacked == [keys[3]] * per_encoder
+    assert other.attacked == keys * per_encoder  # another search space: attacked on every case
+    entry = out["encoders"]["erased"]
+    assert entry["post_attack"]["b1"] == {"successes": 2, "n": 4, "rate": 0.5, "probe_successes": 2, "attacked": 4,
+                                          "inherited": 1}
+    assert entry["cases"][2]["probes"]["b4"]["found_by"] == "b05"
+    curve = [(p["epsilon"], p["successes"]) for p in entry["robustness_curve"]]
+    assert curve == [(0.0, 0), (0.5, 1), (1.0, 2), (4.0, 3), (None, 3)]

@@ -95,6 +95,18 @@ class Probe:
     def describe(self) -> dict:
         return {"name": self.name, "role": self.role}
 
+    def budget(self) -> tuple[tuple, float] | None:
+        """(search space, size) for probes that search a ball of a stated size, else None. Two probes with the
+        same search space nest: what the smaller one finds lies inside the larger one's ball too (see
+        `within_budget`), so `evaluate` attacks only the smaller probe's failures with the larger one."""
+        return None
+
+
+def within_budget(inner: Probe, outer: Probe) -> bool:
+    """True when every point `inner` may search is one `outer` may search too (same search space, size <=)."""
+    a, b = inner.budget(), outer.budget()
+    return a is not None and b is not None and a[0] == b[0] and a[1] <= b[1]
+
 
 def check_prompt(prompt) -> str:
     if not isinstance(prompt, str) or not prompt.strip():

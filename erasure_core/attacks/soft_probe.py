@@ -21,6 +21,7 @@ a run on its own, for the cost of one batched UNet call per step.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -53,10 +54,14 @@ class SoftPromptProbeConfig:
     points: int = 8  # (trajectory, step) pairs the objective averages over
     sampling_steps: int = 50
     sampling_guidance: float = 3.0
+    # Judge the current tokens every that many steps (0 = only at the end) and stop a case at its first judged
+    # success, as UnlearnDiffAtk does: a judged success is a real adversarial prompt inside the budget.
+    judge_every: int = 0
 
     def check(self):
-        if self.trajectories < 1 or self.points < 1 or self.sampling_steps < 1:
-            raise ErasureError("the soft-prompt probe needs trajectories, points and sampling_steps >= 1")
+        if self.trajectories < 1 or self.points < 1 or self.sampling_steps < 1 or self.judge_every < 0:
+            raise ErasureError("the soft-prompt probe needs trajectories, points and sampling_steps >= 1 and "
+                               "judge_every >= 0")
         if self.attack.init != "random_vocab":
             raise ErasureError(f"the soft-prompt probe starts from random vocabulary (it has no previous tokens): "
                                f"init must be random_vocab, got {self.attack.init!r}")
@@ -77,7 +82,8 @@ def original_targets(model: SDModel, runner: UNetRunner, prompts: list[str], con
     case's own generator: (latents [B, P, C, h, w], timesteps [B, P], eps [B, P, C, h, w]), P = config.points.
 
     The (trajectory, step) pairs are drawn first and only those are kept while all B x trajectories DDIM runs
-    advance in one batch (guidance `sampling_guidance`, eta 0, as the training's latent pool samples)."""
+    advance in one batch (guidance `sampling_guidance`, eta 0, as the training's latent pool samples), up to the
+    latest step drawn for it: with 1 point a case, about a quarter of the UNet calls of sampling them all."""
     scheduler = ddim_scheduler(model, config.sampling_steps)
     shape = (config.trajectories, model.unet.config.in_channels, model.latent_size, model.latent_size)
     noise = torch.cat([torch.randn(shape, generator=g) for g in generators]).to(model.device)
@@ -88,14 +94,24 @@ def original_targets(model: SDModel, runner: UNetRunner, prompts: list[str], con
     uncond = encode_prompts(model, [""])
     latents = torch.zeros((*rows.shape, *shape[1:]), device=model.device)
     targets = torch.zeros_like(latents)
+    # A trajectory advances only while a point still lies ahead of it; one no point uses is never sampled.
+    need = torch.full((noise.shape[0],), -1, dtype=torch.long).scatter_reduce(
+        0, rows.flatten(), steps.flatten(), reduce="amax")
     x = noise
     for s, t in enumerate(scheduler.timesteps):
-        eps_uncond, eps_cond = runner.guided_pair(x, t, uncond, cond)
+        active = (need >= s).nonzero().flatten()
+        if not len(active):
+            break
+        at = torch.full_like(need, -1)
+        at[active] = torch.arange(len(active))  # a trajectory's row in this step's batch
+        x_active = x[active.to(x.device)].float()
+        eps_uncond, eps_cond = runner.guided_pair(x_active, t, uncond, cond[active.to(cond.device)])
         chosen = steps == s
-        latents[chosen] = x.float()[rows[chosen]]
-        targets[chosen] = eps_cond[rows[chosen]]
+        picked = at[rows[chosen]].to(x.device)
+        latents[chosen] = x_active[picked]
+        targets[chosen] = eps_cond[picked]
         eps = eps_uncond + config.sampling_guidance * (eps_cond - eps_uncond)
-        x = scheduler.step(eps, t, x.float(), eta=0.0).prev_sample
+        x[active.to(x.device)] = scheduler.step(eps, t, x_active, eta=0.0).prev_sample
     return latents, scheduler.timesteps.to(model.device)[steps.to(model.device)], targets
 
 
@@ -132,7 +148,13 @@ class SoftPromptProbe(Probe):
     def describe(self) -> dict:
         c, a = self.config, self.config.attack
         return {"name": self.name, "role": self.role, "k": a.k, "steps": a.steps, "lr": a.lr, "method": a.method,
-                "insertion": a.insertion, "points": c.points, "epsilon": a.epsilon, "restarts": a.restarts}
+                "insertion": a.insertion, "points": c.points, "epsilon": a.epsilon, "restarts": a.restarts,
+                "judge_every": c.judge_every}
+
+    def budget(self) -> tuple[tuple, float]:
+        """k tokens at the same slots, each inside the epsilon ball (unbounded = an infinite ball)."""
+        a = self.config.attack
+        return ("soft_prompt", a.k, a.insertion), math.inf if a.epsilon is None else float(a.epsilon)
 
     def run(
         self,
@@ -171,38 +193,59 @@ class SoftPromptProbe(Probe):
         for i, s in enumerate(slotted):
             groups.setdefault(tuple(s.adv_positions), []).append(i)
         for positions, members in groups.items():
-            found = self._attack(runner, text_encoder, slotted, members, list(positions), latents, timesteps,
-                                 targets, attack, generators)
             ids = torch.cat([slotted[i].input_ids for i in members])
+            judged_early: dict[int, tuple] = {}  # member position -> (image, success, judge details) of its stop
+
+            def judge_now(rows: torch.Tensor, embeds: torch.Tensor) -> list[bool]:
+                with torch.no_grad():
+                    conds = encode_slotted(text_encoder, ids[rows], list(positions), embeds).to(model.dtype)
+                images, wins, details = generate_and_judge_batch(
+                    model, text_encoder, conds, [seeds[members[int(r)]] for r in rows], judge, generation)
+                for j, r in enumerate(rows.tolist()):
+                    if wins[j]:
+                        judged_early[r] = (images[j:j + 1], wins[j], details[j])
+                return [bool(w) for w in wins]
+
+            found = self._attack(runner, text_encoder, ids, members, list(positions), latents, timesteps, targets,
+                                 attack, generators, judge_now if judge is not None else None)
             embeds = torch.stack([f.embeds for f in found])
             with torch.no_grad():
                 conds = encode_slotted(text_encoder, ids, list(positions), embeds).to(model.dtype)
-            images, successes, judged = generate_and_judge_batch(
-                model, text_encoder, conds, [seeds[i] for i in members], judge, generation)
+            rest = [j for j in range(len(members)) if j not in judged_early]  # a stopped case was judged already
+            images, successes, judged = [None] * len(members), [None] * len(members), [None] * len(members)
+            if rest:
+                made = generate_and_judge_batch(model, text_encoder, conds[rest], [seeds[members[j]] for j in rest],
+                                                judge, generation)
+                for n, j in enumerate(rest):
+                    images[j], successes[j], judged[j] = made[0][n:n + 1], made[1][n], made[2][n]
+            for j, (image, win, details) in judged_early.items():
+                images[j], successes[j], judged[j] = image, win, details
             for j, i in enumerate(members):
                 details = {"prompt": prompts[i], "final_loss": found[j].final_loss,
                            "adv_positions": slotted[i].adv_positions, "epsilon": self.config.attack.epsilon,
                            "radius": found[j].radius, "adv_norms": found[j].embeds.norm(dim=-1).tolist(),
+                           "stopped_at_step": found[j].stopped_at,
                            "nearest_tokens": nearest_tokens(model, text_encoder, found[j].embeds), **judged[j]}
                 results[i] = ProbeResult(self.name, conds[j:j + 1].cpu(), None, None,
-                                         found[j].losses + [found[j].final_loss], images[j:j + 1], successes[j],
+                                         found[j].losses + [found[j].final_loss], images[j], successes[j],
                                          details)
         return results
 
-    def _attack(self, runner, text_encoder, slotted, members, positions, latents, timesteps, targets, attack,
-                generators):
+    def _attack(self, runner, text_encoder, ids, members, positions, latents, timesteps, targets, attack,
+                generators, judge_now):
         index = torch.tensor(members)
         x, t, eps = latents[index], timesteps[index], targets[index]  # [b, P, ...]
         points = x.shape[1]
 
-        def objective(cond: torch.Tensor) -> torch.Tensor:
-            prediction = runner(x.flatten(0, 1), t.flatten(), cond.repeat_interleave(points, dim=0))
-            error = (prediction.float() - eps.flatten(0, 1).float()) ** 2
-            return error.reshape(len(members), -1).mean(dim=1)
+        def objective(cond: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+            rows = rows.to(x.device)
+            prediction = runner(x[rows].flatten(0, 1), t[rows].flatten(), cond.repeat_interleave(points, dim=0))
+            error = (prediction.float() - eps[rows].flatten(0, 1).float()) ** 2
+            return error.reshape(len(rows), -1).mean(dim=1)
 
-        ids = torch.cat([slotted[i].input_ids for i in members])
         return optimize_adversarial_embeddings_batch(text_encoder, ids, positions, objective, attack,
-                                                     [generators[i] for i in members])
+                                                     [generators[i] for i in members], stop=judge_now,
+                                                     stop_every=self.config.judge_every)
 
 
 def robustness_probes(epsilons=CURVE_EPSILONS, **options) -> list[SoftPromptProbe]:

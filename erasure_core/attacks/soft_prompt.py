@@ -78,6 +78,7 @@ class SoftPromptResult:
     losses: list[float] = field(default_factory=list)  # objective before each step (of the kept restart)
     final_loss: float | None = None  # objective at `embeds` (computed when restarts > 1)
     radius: float | None = None  # the absolute L2 bound per token, None = unbounded
+    stopped_at: int | None = None  # the step an early stop ended the attack at (batched attacks), None = ran out
 
 
 def typical_token_norm(text_encoder) -> float:
@@ -151,43 +152,106 @@ def optimize_adversarial_embeddings_batch(
     text_encoder,
     input_ids: torch.Tensor,
     positions: list[int],
-    objective: Callable[[torch.Tensor], torch.Tensor],
+    objective: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     config: SoftPromptConfig,
     generators: list[torch.Generator],
+    *,
+    stop: Callable[[torch.Tensor, torch.Tensor], list[bool]] | None = None,
+    stop_every: int = 0,
 ) -> list[SoftPromptResult]:
-    """Many prompts attacked at once: `input_ids` [B, L] share the slot `positions`; `objective(cond [B, L, D])`
-    returns one loss per prompt [B], each depending on its own row only.
+    """Many prompts attacked at once: `input_ids` [B, L] share the slot `positions`; `objective(cond [b, L, D],
+    rows [b])` returns one loss per prompt [b] for the prompts `rows` (indices into the B prompts), each loss
+    depending on its own row only.
 
     The problem is separable, so this equals B separate runs: the gradient of the summed losses with respect to
     prompt b's tokens is that of prompt b's loss alone, Adam and sign steps act element by element and the
     projection row by row. Prompt b draws its starting tokens from `generators[b]`; with restarts, each prompt
     keeps its own best restart. One batched encoder/UNet call per step instead of B is what makes the
     efficacy benchmark affordable (`bench/demo_efficacy.py`).
+
+    Early stop: every `stop_every` steps (0 = never) `stop(rows, embeds [b, k, D])` says which prompts are
+    done (the probe: a judged success); they keep those embeddings (`stopped_at` = the step) and leave the batch,
+    and later restarts skip them. The others' steps are unchanged (Adam's state is kept row by row).
     """
     config.validate()
     if len(positions) != config.k:
         raise ErasureError(f"prompts have {len(positions)} adversarial slots but the attack uses k={config.k}")
     if len(generators) != input_ids.shape[0]:
         raise ErasureError(f"{input_ids.shape[0]} prompts need as many generators, got {len(generators)}")
+    if stop_every < 0:
+        raise ErasureError(f"stop_every must be >= 0, got {stop_every}")
     radius = attack_radius(text_encoder, config.epsilon)
 
-    def encode(embeds):
-        return encode_slotted(text_encoder, input_ids, positions, embeds)
+    def encode(embeds, rows):
+        return encode_slotted(text_encoder, input_ids[rows], positions, embeds)
 
     best: list[SoftPromptResult | None] = [None] * len(generators)
     for _ in range(config.restarts):
-        start = torch.stack([random_vocab_embeddings(text_encoder, config.k, g) for g in generators])
-        embeds, losses = _optimize_once(encode, objective, config, project_to_ball(start, radius), radius)
+        rows = [b for b, kept in enumerate(best) if kept is None or kept.stopped_at is None]
+        if not rows:
+            break
+        start = torch.stack([random_vocab_embeddings(text_encoder, config.k, generators[b]) for b in rows])
+        found = _optimize_rows(encode, objective, config, project_to_ball(start, radius), radius, rows,
+                               stop if stop_every else None, stop_every)
+        index = torch.tensor(rows)
+        embeds = torch.stack([found[b][0] for b in rows])
         with torch.no_grad():
-            final = objective(encode(embeds)).detach().float().reshape(-1)
-        for b in range(len(generators)):
-            if best[b] is None or float(final[b]) < best[b].final_loss:
-                best[b] = SoftPromptResult(embeds[b].clone(), [step[b] for step in losses], float(final[b]), radius)
+            final = objective(encode(embeds, index), index).detach().float().reshape(-1)
+        for j, b in enumerate(rows):
+            stopped_at = found[b][2]
+            if best[b] is None or stopped_at is not None or float(final[j]) < best[b].final_loss:
+                best[b] = SoftPromptResult(found[b][0], found[b][1], float(final[j]), radius, stopped_at)
     return best
 
 
+def _optimize_rows(encode, objective, config, embeds, radius, rows, stop, stop_every):
+    """`_optimize_once` for a batch of prompts [b, k, D] that may stop early: {row: (embeds, losses, stopped_at)}."""
+    active = list(rows)
+    embeds = embeds.requires_grad_(True)
+    optimizer = torch.optim.Adam([embeds], lr=config.lr) if config.method == "pgd" else None
+    losses = {b: [] for b in rows}
+    out = {}
+    for step in range(1, config.steps + 1):
+        index = torch.tensor(active)
+        loss = objective(encode(embeds, index), index)
+        if not torch.isfinite(loss).all():
+            raise ErasureError(f"the attack objective became {loss.detach().tolist()} at step {step}")
+        (grad,) = torch.autograd.grad(loss.sum(), [embeds])
+        for j, b in enumerate(active):
+            losses[b].append(float(loss[j].detach()))
+        _step(embeds, grad, optimizer, config.lr)
+        project_to_ball(embeds, radius)
+        if stop is None or step % stop_every or step == config.steps:
+            continue  # the caller judges the final point itself
+        done = stop(index, embeds.detach())
+        for j, b in enumerate(active):
+            if done[j]:
+                out[b] = (embeds[j].detach().clone(), losses[b], step)
+        keep = [j for j, d in enumerate(done) if not d]
+        if not keep:
+            return out
+        if len(keep) < len(active):
+            embeds, optimizer = _keep_rows(embeds, optimizer, keep)
+            active = [active[j] for j in keep]
+    for j, b in enumerate(active):
+        out[b] = (embeds[j].detach().clone(), losses[b], None)
+    return out
+
+
+def _keep_rows(embeds, optimizer, keep):
+    """The rows `keep` of the embeddings, with their own Adam moments (Adam acts element by element)."""
+    kept = embeds.detach()[keep].clone().requires_grad_(True)
+    if optimizer is None:
+        return kept, None
+    state = optimizer.state.get(embeds, {})
+    new = torch.optim.Adam([kept], lr=optimizer.defaults["lr"])
+    if state:
+        new.state[kept] = {k: (v[keep].clone() if torch.is_tensor(v) and v.dim() else v) for k, v in state.items()}
+    return kept, new
+
+
 def _optimize_once(encode, objective, config, embeds, radius):
-    """Optimise `embeds` ([k, D], or [B, k, D] with one loss per prompt); returns (embeds, losses per step)."""
+    """Optimise one prompt's `embeds` [k, D]; returns (embeds, losses per step)."""
     embeds = embeds.requires_grad_(True)
     optimizer = torch.optim.Adam([embeds], lr=config.lr) if config.method == "pgd" else None
     losses = []

@@ -31,8 +31,13 @@ class DemoSettings:
     guidance: float = DEFAULT_GUIDANCE
     # Erasure settings on top of the "demo" preset (erasure_core/presets.py), e.g. {"iterations": 60}.
     erase: dict = field(default_factory=dict)
+    # The soft prompt averages 2 latent points a step, not 4: on ESD (demo preset, training seed 0, 30 steps,
+    # epsilon 1, one CPU thread on a busy machine) 4 points broke 67/128 circle cases [0.44, 0.61] for 1.9 s of
+    # CPU a case, 2 points 77/128 [0.51, 0.68] for about half of it, 1 point only 49/128 [0.30, 0.47] (red: 56,
+    # 61 and 54 of 64). Judging every 10 steps to stop early was dropped: on red it cost 1.5x for 25 against 23
+    # of 33 cases (each check is a 20-step generation).
     probes: dict = field(default_factory=lambda: {
-        "soft_prompt": dict(k=3, steps=30, lr=0.01, trajectories=2, points=4, sampling_steps=20),
+        "soft_prompt": dict(k=3, steps=30, lr=0.01, trajectories=2, points=2, sampling_steps=20),
         "unlearndiffatk": dict(k=3, timesteps=(200, 500, 800), steps_per_timestep=10),
         "concept_vector": dict(strengths=(1.0, 2.0, 4.0)),
     })

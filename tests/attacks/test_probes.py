@@ -64,6 +64,43 @@ def test_soft_probe_is_deterministic_and_lowers_its_objective(tiny_model):
     assert not torch.equal(other.cond, first.cond)
 
 
+class FirstImageOnceJudge(Judge):
+    """Says the concept is shown for the first image of its first call only."""
+
+    name = "first-once"
+
+    def __init__(self):
+        self.calls = []
+
+    def judge(self, images):
+        self.calls.append(len(images))
+        flags = [len(self.calls) == 1 and i == 0 for i in range(len(images))]
+        return JudgeResult([float(f) for f in flags], flags, [{}] * len(images))
+
+
+def test_soft_probe_early_stop_is_seeded_and_leaves_the_others_unchanged(tiny_model):
+    """judge_every: a case stops at its first judged success; the other cases' attacks are exactly what they
+    would be without early stopping, and a stopped case is not generated again at the end."""
+    config = SoftPromptProbeConfig(k=2, steps=6, lr=0.05, trajectories=1, points=2, sampling_steps=4, judge_every=2)
+    prompts, seeds = [PROMPT, "a blue car"], [1, 2]
+    judge = FirstImageOnceJudge()
+    stopped, going = SoftPromptProbe(config).run_batch(tiny_model, tiny_model.text_encoder, prompts, seeds=seeds,
+                                                       judge=judge, generation=GEN)
+    assert judge.calls == [2, 1, 1]  # step 2: both cases; step 4: the one left; the end: only that one
+    assert stopped.success and stopped.details["stopped_at_step"] == 2 and len(stopped.losses) == 2 + 1
+    assert going.success is False and going.details["stopped_at_step"] is None
+    plain = SoftPromptProbe(SoftPromptProbeConfig(**{**config.__dict__, "judge_every": 0}))
+    alone = plain.run(tiny_model, tiny_model.text_encoder, prompts[1], seed=seeds[1], generation=GEN)
+    assert going.losses == pytest.approx(alone.losses, rel=1e-4, abs=1e-6)
+    assert torch.allclose(going.cond, alone.cond, atol=1e-4)
+    again = SoftPromptProbe(config).run_batch(tiny_model, tiny_model.text_encoder, prompts, seeds=seeds,
+                                              judge=FirstImageOnceJudge(), generation=GEN)
+    for a, b in zip(again, (stopped, going)):
+        _same(a, b)
+    with pytest.raises(ErasureError, match="judge_every"):
+        SoftPromptProbeConfig(judge_every=-1).check()
+
+
 # ------------------------------------------------------------------------------------------- UnlearnDiffAtk
 
 

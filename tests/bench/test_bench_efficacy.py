@@ -28,9 +28,20 @@ class RedJudge(Judge):
         return JudgeResult(red.tolist(), (red > 0.5).tolist(), [{} for _ in red])
 
 
-def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
-    bench = _bench()
-    settings = bench.BenchSettings(concepts=("circle",), prompts=2, generation_seeds=(0, 1), training_seeds=(0, 1))
+def half_right(images, prompts):
+    return [True, False] * (len(prompts) // 2)
+
+
+def red_judge(concept):
+    return RedJudge()
+
+
+def half_right_check(judge):
+    return half_right
+
+
+def _tiny_settings(bench, concepts=("circle",), training_seeds=(0, 1)):
+    settings = bench.BenchSettings(concepts=concepts, prompts=2, generation_seeds=(0, 1), training_seeds=training_seeds)
     demo = settings.demo
     demo.steps = 3
     demo.erase.update(iterations=2, warmup_iterations=1, concept_pool_size=2, retain_pool_size=2, num_ddim_steps=4,
@@ -39,9 +50,14 @@ def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
     demo.probes["unlearndiffatk"].update(timesteps=(500,), steps_per_timestep=1)
     demo.probes["concept_vector"].update(strengths=(1.0,))
     demo.curve_epsilons = (0.5, 1.0, None)
-    half_right = lambda images, prompts: [True, False] * (len(prompts) // 2)  # noqa: E731
-    efficacy = bench.measure(tiny_model, settings, tmp_path, judge_for=lambda concept: RedJudge(),
-                             retain_check_for=lambda judge: half_right, log=lambda msg: None)
+    return settings
+
+
+def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
+    bench = _bench()
+    settings = _tiny_settings(bench)
+    efficacy = bench.measure(tiny_model, settings, tmp_path, judge_for=red_judge, retain_check_for=half_right_check,
+                             log=lambda msg: None)
     on_disk = json.loads((tmp_path / "efficacy.json").read_text())
     assert on_disk["results"] == json.loads(json.dumps(efficacy["results"]))
     cell = on_disk["results"]["circle"]
@@ -65,3 +81,31 @@ def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
     for entry in report["encoders"].values():
         assert {"pre_attack_asr", "post_attack_asr", "retain_accuracy", "stress_asr", "robustness_curve"} <= set(entry)
     assert "circle" in bench.format_table(efficacy["results"]) and "eps unb" in bench.format_curves(efficacy["results"])
+
+
+def test_two_workers_give_the_single_process_figures(tmp_path, monkeypatch):
+    """Concepts shared out to 2 processes of one thread each: the same efficacy figures as one process of one
+    thread (every concept is seeded on its own), with each concept's timings and the workers' CPU time."""
+    import torch
+
+    from erasure_core.loading import load_model
+
+    bench = _bench()
+    monkeypatch.syspath_prepend(str(BENCH.parent))  # the spawned workers import the bench and this file by name
+    monkeypatch.syspath_prepend(str(Path(__file__).parent))
+    settings = _tiny_settings(bench, concepts=("circle", "red"), training_seeds=(0,))
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = bench.measure(load_model("tiny"), settings, tmp_path / "one", judge_for=red_judge,
+                               retain_check_for=half_right_check, log=lambda msg: None)
+    finally:
+        torch.set_num_threads(threads)
+    shared = bench.measure(load_model("tiny"), settings, tmp_path / "two", judge_for=red_judge,
+                           retain_check_for=half_right_check, log=lambda msg: None, workers=2, model_name="tiny")
+    assert shared["results"] == single["results"] and list(shared["results"]) == ["circle", "red"]
+    assert shared["workers"] == 2 and shared["threads"] == single["threads"] == 1
+    for concept in ("circle", "red"):
+        timing = shared["timings"][concept]
+        assert timing["cpu"] > 0 and set(timing["runs"]) == {"esd_s0", "advunlearn_s0"}
+    assert shared["cpu_seconds"] >= sum(t["cpu"] for t in shared["timings"].values()) - 0.05  # rounding
