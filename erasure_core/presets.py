@@ -45,9 +45,9 @@ PRESETS: dict[str, dict] = {
     # - caption_weight 1 with attack_captions (training/captions.py; the demo and the benchmark pass the concept's
     #   siblings as contrast_words): trained on the bare word only, "red" stayed in captions (pre-attack 61/128,
     #   post-attack 120/128, seeds 0+1); captions alone brought red to 1/128 / 76/128, attacking captions too to
-    #   9/64 post-attack (seed 0). Circle: 38/128 post-attack without captions, 2/128 with them, 1/64 attacked.
-    # - retain weight 10: with the caption attack, retain accuracy on red fell to 47/64 at weight 3 and 54/64 at 10
-    #   (original 63/64); circle 60/64 at 10 (original 64/64).
+    #   2/128 / 40/128. Circle: 38/128 post-attack without captions, 2/128 with them, 1/128 attacked too.
+    # - retain weight 10: with the caption attack, retain accuracy on red (seed 0) was 47/64 at weight 3 and 54/64
+    #   at 10 (original 63/64); at 10, seeds 0+1: red 113/128 (original 126/128), circle 123/128 (128/128).
     "demo": dict(
         lr=1e-3, iterations=200, warmup_iterations=20, attack_steps=10, attack_k=3, attack_lr=1e-2,
         attack_insertion="prefix", attack_batch=2, concept_batch=4, plain_weight=1.0,
