@@ -265,19 +265,57 @@ def _apply_probe_option(demo: DemoSettings, spec: str) -> None:
     demo.probes.setdefault(parsed.name, {}).update(parsed.options)
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: a whole number >= 1 (argparse turns the error into a usage message and exit 2)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number >= 1, got {value}")
+    return value
+
+
+def _int_list(text: str) -> tuple[int, ...]:
+    """'0,1,2' -> (0, 1, 2): seeds, at least one, each a whole number >= 0."""
+    try:
+        values = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers like 0,1,2, got {text!r}") from None
+    if not values or min(values) < 0:
+        raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers >= 0 like 0,1,2, got {text!r}")
+    return values
+
+
+def _budgets(text: str) -> tuple[float | None, ...]:
+    """'0.5,1,none' -> (0.5, 1.0, None): the curve's soft-prompt budgets, each > 0 or none (unbounded)."""
+    values = []
+    for part in (p.strip().lower() for p in text.split(",") if p.strip()):
+        try:
+            value = None if part == "none" else float(part)
+        except ValueError:
+            value = -1.0
+        if value is not None and not value > 0:
+            raise argparse.ArgumentTypeError(f"each budget must be a number > 0 or none, got {part!r} in {text!r}")
+        values.append(value)
+    if not values:
+        raise argparse.ArgumentTypeError("give at least one budget, e.g. 0.5,1,2,4,none")
+    return tuple(values)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 concepts, 128 cases, 1 training seed")
     parser.add_argument("--concepts", default=None, help="comma-separated (default: the 4 shapes and 4 colours)")
-    parser.add_argument("--prompts", type=int, default=None, help="concept (and retain) prompts per concept")
-    parser.add_argument("--generation-seeds", default=None, help="e.g. 0,1,2,3")
-    parser.add_argument("--training-seeds", default=None, help="e.g. 0,1,2")
-    parser.add_argument("--batch-size", type=int, default=None, help="cases generated/attacked at once")
+    parser.add_argument("--prompts", type=_positive_int, default=None, help="concept (and retain) prompts per concept")
+    parser.add_argument("--generation-seeds", type=_int_list, default=None, help="e.g. 0,1,2,3")
+    parser.add_argument("--training-seeds", type=_int_list, default=None, help="e.g. 0,1,2")
+    parser.add_argument("--batch-size", type=_positive_int, default=None, help="cases generated/attacked at once")
     parser.add_argument("--probe-option", action="append", default=[], metavar="PROBE:KEY=VALUE[:KEY=VALUE]",
                         help="change a probe's setting, e.g. soft_prompt:points=2:steps=20 (repeatable)")
-    parser.add_argument("--curve", default=None, help="the curve's budgets, e.g. 0.5,1,2,4,none (none = unbounded)")
+    parser.add_argument("--curve", type=_budgets, default=None, help="the curve's budgets, e.g. 0.5,1,2,4,none (none = unbounded)")
     parser.add_argument("--device", default=None, help="cpu, cuda... (default: cuda if available)")
-    parser.add_argument("--workers", type=int, default=None,
+    parser.add_argument("--workers", type=_positive_int, default=None,
                         help="processes of one thread each, sharing the concepts (default: 2 on a CPU with 2 or "
                              "more cores, else 1)")
     parser.add_argument("--erase-option", action="append", default=[], metavar="KEY=VALUE",
@@ -289,15 +327,14 @@ def main(argv=None) -> None:
     from erasure_core.loading import load_model
 
     settings = quick_settings() if args.quick else BenchSettings()
-    ints = lambda text: tuple(int(s) for s in text.split(","))  # noqa: E731
     if args.concepts:
         settings.concepts = tuple(c.strip() for c in args.concepts.split(","))
     if args.prompts:
         settings.prompts = args.prompts
     if args.generation_seeds:
-        settings.generation_seeds = ints(args.generation_seeds)
+        settings.generation_seeds = args.generation_seeds
     if args.training_seeds:
-        settings.training_seeds = ints(args.training_seeds)
+        settings.training_seeds = args.training_seeds
     if args.batch_size:
         settings.demo = replace(settings.demo, batch_size=args.batch_size)
     for spec in args.probe_option:
@@ -308,8 +345,7 @@ def main(argv=None) -> None:
 
         settings.demo.erase.update(parse_options(args.erase_option, EraseConfig, context="--erase-option: "))
     if args.curve:
-        settings.demo = replace(settings.demo, curve_epsilons=tuple(
-            None if e.strip().lower() == "none" else float(e) for e in args.curve.split(",")))
+        settings.demo = replace(settings.demo, curve_epsilons=args.curve)
     for concept in settings.concepts:
         world.attribute_of(concept)  # refuses unknown values before any training
     print(f"{settings.cases} cases per cell and training seed; {len(settings.training_seeds)} training seed(s)",

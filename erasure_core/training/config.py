@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..attacks.soft_prompt import DEFAULT_EPSILON, SoftPromptConfig
 from ..errors import ErasureError
-from ..options import flat_dict, flat_options, nested, option_names
+from ..options import convert, flat_dict, flat_options, nested, option_names
 from ..presets import PRESETS, preset_values
 
 METHODS = ("advunlearn", "esd")
@@ -102,9 +102,8 @@ class EraseConfig:
         # text from option strings: "none" = off
         self.attack.epsilon = _optional_float("attack_epsilon", self.attack.epsilon)
         self.retain_max_alignment = _optional_float("retain_max_alignment", self.retain_max_alignment)
-        if isinstance(self.contrast_words, str):  # "square,triangle" from an option string; "none" = remove
-            words = [w.strip() for w in self.contrast_words.split(",") if w.strip()]
-            self.contrast_words = None if words in ([], ["none"]) else words
+        if isinstance(self.contrast_words, str):  # "square,triangle" as text, read by the one options parser
+            self.contrast_words = convert(self.contrast_words, list[str] | None, "contrast_words") or None
 
     def to_dict(self) -> dict:
         """The options as flat {name: value} (attack_k, not attack.k): checkpoints and metadata keep this shape."""

@@ -109,3 +109,17 @@ def test_two_workers_give_the_single_process_figures(tmp_path, monkeypatch):
         timing = shared["timings"][concept]
         assert timing["cpu"] > 0 and set(timing["runs"]) == {"esd_s0", "advunlearn_s0"}
     assert shared["cpu_seconds"] >= sum(t["cpu"] for t in shared["timings"].values()) - 0.05  # rounding
+
+
+@pytest.mark.parametrize("bad, message", [
+    (["--workers", "0"], "--workers: expected a whole number >= 1, got 0"),
+    (["--prompts", "-2"], "--prompts: expected a whole number >= 1"),
+    (["--generation-seeds", "a,b"], "--generation-seeds: expected comma-separated whole numbers"),
+    (["--curve", "1,x"], "--curve: each budget must be a number > 0 or none"),
+    (["--curve", "0"], "--curve: each budget must be a number > 0 or none"),
+])
+def test_bad_command_line_values_are_refused_before_any_work(bad, message, capsys):
+    with pytest.raises(SystemExit) as exited:
+        _bench().main(bad)
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
