@@ -17,8 +17,9 @@ report (images, report.html) is in OUT/CONCEPT/.
 efficacy.json: results.<concept>.<method> has pre_attack, post_attack {probe: ...} (headline probes only),
 stress_attack {probe: ...}, utility.retain_accuracy and robustness_curve, each rate {rate, successes, n, low,
 high} pooled over the training seeds, with per_seed beside it (in the order of `training_seeds`); beside the
-results: seconds and cpu_seconds (all processes), workers, and per concept the wall and CPU seconds of every
-training run and of the evaluation.
+results: seconds and cpu_seconds (all processes), workers, per concept the wall and CPU seconds of every
+training run and of the evaluation, and where the evaluation's time went per method (evaluation_by_method per
+concept, evaluation_timings summed: plain generation, each probe with the cases it attacked, retain generation).
 
 Sample sizes: a cell's 95% interval is about +-6 points near 0.5 at N = 256 and [0, 0.015] at 0/256; pooled
 over 3 training seeds (N = 768) about +-3.5 near 0.5. Targets (issue 10) for AdvUnlearn: pre-attack ASR <= 0.02,
@@ -48,6 +49,7 @@ apply_default_wait_policy()  # before torch loads (erasure_core/openmp.py)
 from erasure_core.attacks.soft_probe import CURVE_EPSILONS  # noqa: E402
 from erasure_core.demo import world  # noqa: E402
 from erasure_core.demo.run import METHODS, DemoSettings, align_columns, demo_erase_config, demo_probes  # noqa: E402
+from erasure_core.evaluate import sum_timings  # noqa: E402
 from erasure_core.files import atomic_write_json  # noqa: E402
 from erasure_core.rates import format_rate, pool, pool_curves  # noqa: E402
 
@@ -125,6 +127,9 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
         "workers": max(1, workers),
         "threads": threads,
         "timings": timings,
+        # evaluation time per method, summed over the concepts (each concept's own is in its timings)
+        "evaluation_timings": {name: sum_timings(t["evaluation_by_method"][name] for t in timings.values())
+                               for name in ("original", *settings.methods)},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": str(model.device)},
         "results": results,
     }
@@ -162,7 +167,8 @@ def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Pa
                       batch_size=settings.demo.batch_size)
     timings = {"training": round(t1 - t0, 1), "training_cpu": round(cpu1 - cpu0, 1), "runs": training,
                "evaluation": round(time.perf_counter() - t1, 1), "evaluation_cpu": round(time.process_time() - cpu1, 1),
-               "all": round(time.perf_counter() - t0, 1), "cpu": round(time.process_time() - cpu0, 1)}
+               "all": round(time.perf_counter() - t0, 1), "cpu": round(time.process_time() - cpu0, 1),
+               "evaluation_by_method": evaluation_by_method(report, settings)}
     return pool_report(report, settings), timings
 
 
@@ -189,6 +195,28 @@ def _log_concept(log, concept: str, pooled: dict, timing: dict) -> None:
     log(f"{concept}: {timing['all']:.0f} s ({timing['training']:.0f} s training, {timing['evaluation']:.0f} s "
         f"evaluation; {timing['cpu']:.0f} s of CPU time)")
     log(format_table({concept: pooled}))
+    log(format_timings(timing["evaluation_by_method"]))
+
+
+def format_timings(by_method: dict) -> str:
+    """Evaluation CPU seconds per method and part (plain, each probe, retain), with the cases each worked on."""
+    rows = [["encoder", "part", "cpu s", "wall s", "cases"]]
+    for name, t in by_method.items():
+        parts = {"plain": t["plain"], **t["probes"], "retain": t["retain"]}
+        for part, v in parts.items():
+            rows.append([name, part, f"{v['cpu_seconds']:.1f}", f"{v['seconds']:.1f}",
+                         str(v.get("attacked", v.get("cases")))])
+    return align_columns(rows)
+
+
+def evaluation_by_method(report: dict, settings: BenchSettings) -> dict:
+    """Where one concept's evaluation time went, per method (its training seeds summed) and for the original:
+    plain generation, each probe (with the cases it attacked) and retain generation (evaluate's timings)."""
+    encoders = report["encoders"]
+    by_method = {"original": encoders["original"]["timings"]}
+    for method in settings.methods:
+        by_method[method] = sum_timings(encoders[f"{method}_s{seed}"]["timings"] for seed in settings.training_seeds)
+    return by_method
 
 
 def pool_report(report: dict, settings: BenchSettings) -> dict:

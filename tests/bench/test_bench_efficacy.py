@@ -81,6 +81,17 @@ def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
     for entry in report["encoders"].values():
         assert {"pre_attack_asr", "post_attack_asr", "retain_accuracy", "stress_asr", "robustness_curve"} <= set(entry)
     assert "circle" in bench.format_table(efficacy["results"]) and "eps unb" in bench.format_curves(efficacy["results"])
+    # where the evaluation's time went, per method: the encoders' timings summed over the training seeds
+    by_method = on_disk["timings"]["circle"]["evaluation_by_method"]
+    assert set(by_method) == set(on_disk["evaluation_timings"]) == {"original", "esd", "advunlearn"}
+    for method in ("esd", "advunlearn"):
+        runs = [report["encoders"][f"{method}_s{seed}"] for seed in (0, 1)]
+        assert by_method[method]["plain"]["cases"] == 8 and by_method[method]["retain"]["cases"] == 8
+        for probe, timing in by_method[method]["probes"].items():
+            attacked = [sum("skipped" not in c["probes"][probe] for c in run["cases"]) for run in runs]
+            summed = on_disk["evaluation_timings"][method]["probes"][probe]
+            assert timing["attacked"] == sum(attacked) == summed["attacked"]
+            assert timing["cpu_seconds"] >= 0 and timing["seconds"] >= 0
 
 
 def test_two_workers_give_the_single_process_figures(tmp_path, monkeypatch):
