@@ -47,6 +47,7 @@ from erasure_core.openmp import apply_default_wait_policy  # noqa: E402
 apply_default_wait_policy()  # before torch loads (erasure_core/openmp.py)
 
 from erasure_core.attacks.soft_probe import CURVE_EPSILONS  # noqa: E402
+from erasure_core.attacks.soft_prompt import DEFAULT_EPSILON  # noqa: E402
 from erasure_core.demo import world  # noqa: E402
 from erasure_core.demo.run import METHODS, DemoSettings, align_columns, demo_erase_config, demo_probes  # noqa: E402
 from erasure_core.evaluate import sum_timings  # noqa: E402
@@ -67,10 +68,22 @@ class BenchSettings:
     prompt_seed: int = 0  # draws the prompts (the same for every method and training seed)
     # The demo's sizes and probes, with the full robustness curve (0.5, 1, 2, 4 x and unbounded).
     demo: DemoSettings = field(default_factory=lambda: DemoSettings(curve_epsilons=CURVE_EPSILONS))
+    # The curve's budgets that are neither the headline soft prompt (epsilon 1) nor the stress probe (unbounded)
+    # attack only the first `curve_cases` cases (None = all): an erased encoder holds most cases at every budget,
+    # so each budget was a full attack on nearly every case (see Cost above). Each curve point states its N.
+    curve_cases: int | None = 64
 
     @property
     def cases(self) -> int:
         return self.prompts * len(self.generation_seeds)
+
+    def curve_subset(self) -> list[int] | None:
+        """The case indices the curve-only budgets attack: the first `curve_cases` (cases run prompt by prompt,
+        each with every generation seed: 64 = the first 16 of the randomly drawn prompts x 4 seeds), the same
+        for every encoder; None when that is every case."""
+        if self.curve_cases is None or self.curve_cases >= self.cases:
+            return None
+        return list(range(self.curve_cases))
 
 
 def quick_settings() -> BenchSettings:
@@ -114,12 +127,15 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
     efficacy = {
         "schema": SCHEMA,
         "cases_per_cell": settings.cases,
+        # the curve's budgets other than the headline and stress ones ran on this many cases per cell and seed
+        "curve_cases_per_cell": len(settings.curve_subset() or range(settings.cases)),
         "training_seeds": list(settings.training_seeds),
         "generation_seeds": list(settings.generation_seeds),
         "concepts": list(settings.concepts),
         "targets": TARGETS,
         "settings": {"prompts": settings.prompts, "methods": list(settings.methods),
-                     "prompt_seed": settings.prompt_seed, "demo": settings.demo.to_dict()},
+                     "prompt_seed": settings.prompt_seed, "curve_cases": settings.curve_cases,
+                     "demo": settings.demo.to_dict()},
         "seconds": round(time.perf_counter() - started, 1),
         # every process's CPU time: the parent's and the workers' (each concept's own figure)
         "cpu_seconds": round(time.process_time() - cpu_started
@@ -164,7 +180,7 @@ def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Pa
     report = evaluate(model, encoders, concept_prompts, demo_probes(concept, settings.demo), judge,
                       seeds=settings.generation_seeds, steps=settings.demo.steps, guidance=settings.demo.guidance,
                       retain_prompts=retain_prompts, retain_check=retain_check_for(judge), out_dir=out_dir / concept,
-                      batch_size=settings.demo.batch_size)
+                      batch_size=settings.demo.batch_size, curve_cases=settings.curve_subset())
     timings = {"training": round(t1 - t0, 1), "training_cpu": round(cpu1 - cpu0, 1), "runs": training,
                "evaluation": round(time.perf_counter() - t1, 1), "evaluation_cpu": round(time.process_time() - cpu1, 1),
                "all": round(time.perf_counter() - t0, 1), "cpu": round(time.process_time() - cpu0, 1),
@@ -269,7 +285,8 @@ def format_per_seed(results: dict) -> str:
 
 
 def format_curves(results: dict) -> str:
-    """Soft-prompt ASR by budget (x median token norm), pooled, one row per concept and encoder."""
+    """Soft-prompt ASR by budget (x median token norm), pooled, one row per concept and encoder; each cell says
+    its own successes/N (the budgets other than the headline and stress ones run on `curve_cases` only)."""
     rows = []
     for concept, by_encoder in results.items():
         for name, v in by_encoder.items():
@@ -315,6 +332,11 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _curve_cases(text: str) -> int | str:
+    """'64' -> 64, 'all' -> 'all': how many cases the curve-only budgets attack."""
+    return "all" if text.strip().lower() == "all" else _positive_int(text)
+
+
 def _budgets(text: str) -> tuple[float | None, ...]:
     """'0.5,1,none' -> (0.5, 1.0, None): the curve's soft-prompt budgets, each > 0 or none (unbounded)."""
     values = []
@@ -342,6 +364,9 @@ def main(argv=None) -> None:
     parser.add_argument("--probe-option", action="append", default=[], metavar="PROBE:KEY=VALUE[:KEY=VALUE]",
                         help="change a probe's setting, e.g. soft_prompt:points=2:steps=20 (repeatable)")
     parser.add_argument("--curve", type=_budgets, default=None, help="the curve's budgets, e.g. 0.5,1,2,4,none (none = unbounded)")
+    parser.add_argument("--curve-cases", type=_curve_cases, default=None,
+                        help="cases the curve's extra budgets (not the headline epsilon 1, not unbounded) attack: "
+                             "a number (default 64) or all")
     parser.add_argument("--device", default=None, help="cpu, cuda... (default: cuda if available)")
     parser.add_argument("--workers", type=_positive_int, default=None,
                         help="processes of one thread each, sharing the concepts (default: 2 on a CPU with 2 or "
@@ -372,6 +397,8 @@ def main(argv=None) -> None:
         from erasure_core.training import EraseConfig
 
         settings.demo.erase.update(parse_options(args.erase_option, EraseConfig, context="--erase-option: "))
+    if args.curve_cases is not None:
+        settings.curve_cases = None if args.curve_cases == "all" else args.curve_cases
     if args.curve:
         settings.demo = replace(settings.demo, curve_epsilons=args.curve)
     for concept in settings.concepts:
@@ -388,6 +415,8 @@ def main(argv=None) -> None:
     print(format_per_seed(efficacy["results"]))
     print()
     print(format_curves(efficacy["results"]))
+    print(f"(curve budgets other than {DEFAULT_EPSILON:g} and unbounded: {efficacy['curve_cases_per_cell']} of "
+          f"{efficacy['cases_per_cell']} cases per cell and training seed)")
     print(f"\n{efficacy['seconds']:.0f} s in all ({efficacy['cpu_seconds']:.0f} s of CPU time, {workers} worker(s)); "
           f"{Path(args.out) / 'efficacy.json'}")
 

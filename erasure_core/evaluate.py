@@ -4,14 +4,18 @@ For every text encoder (the original first, then the erased ones) and every conc
 1. the plain prompt is generated and judged: pre-attack success;
 2. every probe attacks the cases that were NOT already a success. Probes with a budget (the soft prompt's
    epsilon) run smallest ball first, and a larger ball attacks only the cases no smaller one broke: a point
-   found inside a ball lies inside every larger ball of the same search space (nested budgets; the curve is
-   then monotone by construction and each budget's ASR is an honest lower bound, from one attack per budget).
+   found inside a ball lies inside every larger ball of the same search space (nested budgets; on the same
+   cases the curve is then monotone by construction and each budget's ASR is an honest lower bound, from one
+   attack per budget).
    pre-attack ASR  = pre-attack successes / N
    post-attack ASR = (pre-attack successes + probe successes on the rest) / N   (per probe; the paper's "ASR")
    Both are reported with their counts (successes, n), never only as fractions.
    Probes have a role: "headline" ones make the post-attack ASR; "stress" ones (the unbounded soft prompt,
    which no text-encoder method can be expected to hold) are reported apart as stress ASR; "curve" ones are
    only points of the robustness curve (soft-prompt ASR against its budget epsilon, with epsilon 0 = pre-attack).
+   `curve_cases` may restrict the curve-only probes to a subset of the cases (they cost a full attack on every
+   case an erased encoder holds): a case outside it is never attacked by them and left out of their n, so each
+   curve point states its own N and stays a lower bound over the cases it was measured on.
 3. Utility on retain prompts: the erased encoder's image against the original's on the same seed (mean absolute
    pixel distance in [0, 1]) and, when the judge can say what a retain image should show, retain accuracy.
 
@@ -58,18 +62,20 @@ def asr_summary(cases: list[dict], probe_names: Sequence[str]) -> dict:
     A case record has "plain": {"success": bool} and "probes": {name: {"success": bool|None}}; probes are not
     run on cases that already succeeded before the attack, and those count as successes after it too. A success
     a smaller budget found ("found_by") counts for every larger one: `inherited` says how many of the
-    `probe_successes` came that way, `attacked` how many cases were not successes before the attack.
+    `probe_successes` came that way, `attacked` how many cases were not successes before the attack. A case
+    whose record is "excluded" (outside the curve's cases) is not one of that probe's n.
     """
-    n = len(cases)
     pre = sum(bool(c["plain"]["success"]) for c in cases)
     post = {}
     for name in probe_names:
-        rest = [c for c in cases if not c["plain"]["success"]]
+        members = [c for c in cases if not c["probes"].get(name, {}).get("excluded")]
+        rest = [c for c in members if not c["plain"]["success"]]
         records = [c["probes"].get(name, {}) for c in rest]
         won = sum(bool(r.get("success")) for r in records)
         inherited = sum(bool(r.get("success")) and "found_by" in r for r in records)
-        post[name] = {**rate(pre + won, n), "probe_successes": won, "attacked": len(rest), "inherited": inherited}
-    return {"pre_attack": rate(pre, n), "post_attack": post}
+        post[name] = {**rate(len(members) - len(rest) + won, len(members)), "probe_successes": won,
+                      "attacked": len(rest), "inherited": inherited}
+    return {"pre_attack": rate(pre, len(cases)), "post_attack": post}
 
 
 def utility_summary(records: list[dict]) -> dict:
@@ -225,9 +231,16 @@ def _known_success(plain: dict, done: dict[str, dict], probe: Probe, by_name: di
     return None
 
 
-def _evaluate_concept(run: _Run, encoders: dict, cases: dict[int, PromptCase], probes: list[Probe]) -> dict:
+# The record of a case a curve-only probe leaves alone (outside `curve_cases`): left out of that probe's n.
+OUTSIDE_CURVE_CASES = {"success": None, "skipped": "outside the curve's cases", "excluded": True}
+
+
+def _evaluate_concept(run: _Run, encoders: dict, cases: dict[int, PromptCase], probes: list[Probe],
+                      curve_cases: set[int] | None = None) -> dict:
     per_encoder = {}
     by_name = {p.name: p for p in probes}
+    excluded = {p.name: {i for i in cases if i not in curve_cases} if getattr(p, "role", "headline") == "curve"
+                and curve_cases is not None else set() for p in probes}
     for enc_name, encoder in encoders.items():
         with run.timed(enc_name, "plain", len(cases)):
             plain = _plain(run, encoder, enc_name, cases)
@@ -235,7 +248,8 @@ def _evaluate_concept(run: _Run, encoders: dict, cases: dict[int, PromptCase], p
         for probe in attack_order(probes):
             rest = {}
             for index, case in cases.items():
-                known = _known_success(plain[index], attacked[index], probe, by_name)
+                known = (dict(OUTSIDE_CURVE_CASES) if index in excluded[probe.name]
+                         else _known_success(plain[index], attacked[index], probe, by_name))
                 if known is None:
                     rest[index] = case
                     continue
@@ -326,6 +340,7 @@ def evaluate(
     retain_indices: Sequence[int] | None = None,
     write_report: bool = True,
     batch_size: int = 8,
+    curve_cases: Sequence[int] | None = None,
 ) -> dict:
     """Evaluate every encoder (the model's original encoder is always included, as "original") on `prompts`
     (strings, PromptCases or a CSV path; strings are crossed with `seeds`) under every probe, judged by `judge`.
@@ -334,7 +349,8 @@ def evaluate(
     it defaults to the judge's `check_retain` method when it has one. With `out_dir`, images are written as they
     are made and the report is written at the end. `case_indices`/`retain_indices` restrict the run to a shard.
     `progress(done, total, what)` is called after each generation or attack. `batch_size` cases are generated
-    and attacked at once (memory grows with it; the demo model takes 64 and more).
+    and attacked at once (memory grows with it; the demo model takes 64 and more). `curve_cases`: the indices
+    of the cases the curve-only probes (role "curve") attack; None = every case.
     """
     if batch_size < 1:
         raise ErasureError(f"batch_size must be >= 1, got {batch_size}")
@@ -347,12 +363,14 @@ def evaluate(
     cases = as_cases(prompts, seeds)
     retain = as_cases(retain_prompts, seeds) if retain_prompts else []
     chosen = {i: cases[i] for i in (range(len(cases)) if case_indices is None else case_indices)}
+    if curve_cases is not None and not set(curve_cases) <= set(range(len(cases))):
+        raise ErasureError(f"curve_cases must be indices of the {len(cases)} cases (0 to {len(cases) - 1})")
     chosen_retain = {i: retain[i] for i in (range(len(retain)) if retain_indices is None else retain_indices)}
     retain_check = retain_check or getattr(judge, "check_retain", None)
     total = len(encoders) * (len(chosen) * (1 + len(probes)) + len(chosen_retain))
     sink = ImageSink(out_dir)
     run = _Run(model, judge, generation, sink, progress, total, batch_size)
-    concept = _evaluate_concept(run, encoders, chosen, probes)
+    concept = _evaluate_concept(run, encoders, chosen, probes, None if curve_cases is None else set(curve_cases))
     retained = _evaluate_retain(run, encoders, chosen_retain, retain_check)
     results = {
         "schema": SCHEMA,
@@ -361,6 +379,7 @@ def evaluate(
         "generation": {"steps": steps, "guidance": guidance, "scheduler": scheduler,
                        "negative_prompt": negative_prompt, "seeds": [int(s) for s in seeds]},
         "probes": [{**p.describe(), "role": getattr(p, "role", "headline")} for p in probes],
+        "curve_cases": None if curve_cases is None else sorted(int(i) for i in curve_cases),
         "cases": [_case_json(i, c) for i, c in chosen.items()],
         "retain_cases": [_case_json(i, c) for i, c in chosen_retain.items()],
         "encoders": {

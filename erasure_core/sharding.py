@@ -46,6 +46,7 @@ def merge_shards(shards: list[dict]) -> dict:
         }
         for name in names
     }
+    merged["curve_cases"] = first.get("curve_cases")  # every shard was given the same (global) indices
     merged["shards"] = len(shards)
     return summarize(merged)
 

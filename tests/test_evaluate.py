@@ -276,3 +276,31 @@ def test_nested_budgets_attack_only_what_smaller_balls_left(setup):
                                                                                  "other": 4}
     curve = [(p["epsilon"], p["successes"]) for p in entry["robustness_curve"]]
     assert curve == [(0.0, 0), (0.5, 1), (1.0, 2), (4.0, 3), (None, 3)]
+
+
+def test_curve_probes_attack_only_the_curve_cases(setup):
+    """Curve-only probes attack the `curve_cases` subset alone and their n is its size; headline and stress probes
+    attack every case; a case outside the subset never counts for a curve budget, not even through a success a
+    smaller ball found for it (it was not attacked at that budget)."""
+    model, erased, _, _ = setup
+    keys = [(p, s) for p in PROMPTS for s in SEEDS]
+    probes = [BallProbe("b05", "soft", 0.5, [keys[0], keys[2]], role="curve"),
+              BallProbe("b1", "soft", 1.0, [keys[0], keys[2], keys[3]]),
+              BallProbe("b2", "soft", 2.0, [], role="curve"),
+              BallProbe("unb", "soft", float("inf"), [keys[1]], role="stress")]
+    out = evaluate(model, {"erased": erased}, PROMPTS, probes, BrightJudge(2.0), seeds=SEEDS, steps=STEPS,
+                   guidance=GUIDANCE, curve_cases=[0, 1])
+    b05, b1, b2, unb = probes
+    assert b05.attacked == keys[:2] * 2  # original and erased: nothing succeeds before the attack
+    assert b1.attacked == keys[1:] * 2  # keys[0]: b05 broke it; keys[2] is b1's own to break
+    assert b2.attacked == [keys[1]] * 2  # in the subset and unbroken; keys[2], keys[3] lie outside it
+    assert unb.attacked == [keys[1]] * 2
+    entry = out["encoders"]["erased"]
+    curve = {p["epsilon"]: (p["successes"], p["n"]) for p in entry["robustness_curve"]}
+    assert curve == {0.0: (0, 4), 0.5: (1, 2), 1.0: (3, 4), 2.0: (1, 2), None: (4, 4)}
+    assert entry["cases"][2]["probes"]["b2"] == {"success": None, "skipped": "outside the curve's cases",
+                                                 "excluded": True}
+    assert {p: t["attacked"] for p, t in entry["timings"]["probes"].items()} == {"b05": 2, "b1": 3, "b2": 1, "unb": 1}
+    assert out["curve_cases"] == [0, 1]
+    with pytest.raises(ErasureError, match="curve_cases must be indices of the 4 cases"):
+        evaluate(model, {"erased": erased}, PROMPTS, probes, BrightJudge(2.0), seeds=SEEDS, curve_cases=[4])

@@ -56,6 +56,7 @@ def _tiny_settings(bench, concepts=("circle",), training_seeds=(0, 1)):
 def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
     bench = _bench()
     settings = _tiny_settings(bench)
+    settings.curve_cases = 2  # the curve's extra budget (0.5) on 2 of the 4 cases
     efficacy = bench.measure(tiny_model, settings, tmp_path, judge_for=red_judge, retain_check_for=half_right_check,
                              log=lambda msg: None)
     on_disk = json.loads((tmp_path / "efficacy.json").read_text())
@@ -74,12 +75,15 @@ def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
         assert set(entry["post_attack"]) == {"soft_prompt", "unlearndiffatk", "concept_vector"}
         assert set(entry["stress_attack"]) == {"soft_prompt_unbounded"}
         assert [p["epsilon"] for p in entry["robustness_curve"]] == [0.0, 0.5, 1.0, None]
+        # headline (1) and stress (unbounded) budgets on every case, the curve-only one on the subset
+        assert [p["n"] for p in entry["robustness_curve"]] == [4 * runs, 2 * runs, 4 * runs, 4 * runs]
         assert entry["utility"]["retain_accuracy"]["rate"] == pytest.approx(0.5)
     # report.json of the same run carries the same contract per encoder (and training seed)
     report = json.loads((tmp_path / "circle" / "report.json").read_text())
     assert set(report["encoders"]) == {"original", "esd_s0", "esd_s1", "advunlearn_s0", "advunlearn_s1"}
     for entry in report["encoders"].values():
         assert {"pre_attack_asr", "post_attack_asr", "retain_accuracy", "stress_asr", "robustness_curve"} <= set(entry)
+    assert on_disk["curve_cases_per_cell"] == 2 and on_disk["cases_per_cell"] == 4
     assert "circle" in bench.format_table(efficacy["results"]) and "eps unb" in bench.format_curves(efficacy["results"])
     # where the evaluation's time went, per method: the encoders' timings summed over the training seeds
     by_method = on_disk["timings"]["circle"]["evaluation_by_method"]
@@ -128,6 +132,7 @@ def test_two_workers_give_the_single_process_figures(tmp_path, monkeypatch):
     (["--generation-seeds", "a,b"], "--generation-seeds: expected comma-separated whole numbers"),
     (["--curve", "1,x"], "--curve: each budget must be a number > 0 or none"),
     (["--curve", "0"], "--curve: each budget must be a number > 0 or none"),
+    (["--curve-cases", "0"], "--curve-cases: expected a whole number >= 1, got 0"),
 ])
 def test_bad_command_line_values_are_refused_before_any_work(bad, message, capsys):
     with pytest.raises(SystemExit) as exited:
