@@ -51,8 +51,12 @@ from erasure_core.attacks.soft_prompt import DEFAULT_EPSILON  # noqa: E402
 from erasure_core.demo import world  # noqa: E402
 from erasure_core.demo.run import METHODS, DemoSettings, align_columns, demo_erase_config, demo_probes  # noqa: E402
 from erasure_core.evaluate import sum_timings  # noqa: E402
+from erasure_core.errors import ErasureError  # noqa: E402
 from erasure_core.files import atomic_write_json  # noqa: E402
 from erasure_core.rates import format_rate, pool, pool_curves  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # efficacy_store beside this file (also in workers)
+import efficacy_store as store  # noqa: E402
 
 SCHEMA = "bench.demo_efficacy/1"
 TARGETS = {"pre_attack_max": 0.02, "post_attack_max": 0.10, "retain_drop_max": 0.05, "esd_post_attack_min": 0.40}
@@ -93,19 +97,24 @@ def quick_settings() -> BenchSettings:
 
 def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: Callable | None = None,
             retain_check_for: Callable | None = None, log: Callable[[str], None] = print, workers: int = 1,
-            model_name: str = "demo") -> dict:
+            model_name: str = "demo", resume: bool = False) -> dict:
     """Train, evaluate and pool every concept; returns efficacy.json's content (also written to out_dir).
 
     `judge_for(concept)` and `retain_check_for(judge)` default to the demo world's judge and retain check
     (tests pass stand-ins to run this on a tiny model). `workers` > 1 shares the concepts out to that many
     processes of one thread each (each loads `model_name` itself, on `model`'s device), a concept at a time
-    from a queue; every concept's figures are the ones a single process gets (each is seeded on its own)."""
+    from a queue; every concept's figures are the ones a single process gets (each is seeded on its own).
+    `resume` continues the run already in out_dir (efficacy_store.py); without it, an out_dir holding results is
+    refused."""
     import torch
 
     out_dir = Path(out_dir)
     # CPU time beside wall time: on a shared machine the wall clock measures the neighbours as much as the run.
     started, cpu_started = time.perf_counter(), time.process_time()
-    task = dict(settings=settings, out_dir=out_dir, judge_for=judge_for, retain_check_for=retain_check_for)
+    identity = model_identity(model)
+    store.open_run(out_dir, {"settings": settings_record(settings), "model": identity}, resume)
+    task = dict(settings=settings, out_dir=out_dir, model_identity=identity, judge_for=judge_for,
+                retain_check_for=retain_check_for)
     results, timings = {}, {}
     if workers <= 1:
         for concept in settings.concepts:
@@ -137,9 +146,11 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
                      "prompt_seed": settings.prompt_seed, "curve_cases": settings.curve_cases,
                      "demo": settings.demo.to_dict()},
         "seconds": round(time.perf_counter() - started, 1),
-        # every process's CPU time: the parent's and the workers' (each concept's own figure)
+        # every process's CPU time in this run: the parent's and the workers' (each concept's own figure; a
+        # concept resumed from an earlier run's result.json cost nothing here)
         "cpu_seconds": round(time.process_time() - cpu_started
-                             + (sum(t["cpu"] for t in timings.values()) if workers > 1 else 0), 1),
+                             + (sum(t["cpu"] for t in timings.values() if not t["resumed"]) if workers > 1 else 0), 1),
+        "resumed_concepts": [c for c, t in timings.items() if t["resumed"]],
         "workers": max(1, workers),
         "threads": threads,
         "timings": timings,
@@ -153,39 +164,72 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
     return efficacy
 
 
-def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Path, judge_for=None,
-                    retain_check_for=None) -> tuple[dict, dict]:
+def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Path, model_identity: dict,
+                    judge_for=None, retain_check_for=None) -> tuple[dict, dict]:
     """One concept: every method at every training seed, one `evaluate` of all encoders on the same cases.
-    Returns (pooled figures per method, timings: wall and CPU seconds of training per run and of evaluation)."""
+    Returns (pooled figures per method, timings: wall and CPU seconds of training per run and of evaluation).
+
+    Resumable (efficacy_store.py): a concept whose OUT/CONCEPT/result.json was made with these very settings
+    is returned as it is (timings["resumed"]); an encoder saved with the erase config it would be trained with
+    now is loaded instead of trained (its run's timing says "resumed"); each new encoder and the finished
+    concept are saved as soon as they exist."""
     from erasure_core.demo.judge import DemoJudge, demo_retain_check
     from erasure_core.evaluate import evaluate
     from erasure_core.training import erase
 
-    judge_for = judge_for or DemoJudge
-    retain_check_for = retain_check_for or demo_retain_check
     t0, cpu0 = time.perf_counter(), time.process_time()
+    concept_dir = Path(out_dir) / concept
+    judge = (judge_for or DemoJudge)(concept)
+    configs = {f"{method}_s{seed}": demo_erase_config(method, seed, settings.demo, concept)
+               for method in settings.methods for seed in settings.training_seeds}
+    record = {"concept": concept, "settings": {k: v for k, v in settings_record(settings).items() if k != "concepts"},
+              "model": model_identity, "judge": judge.describe(),
+              "erase_configs": {run: config.to_dict() for run, config in configs.items()}}
+    finished = store.load_result(concept_dir, record)
+    if finished is not None:
+        return finished["results"], {**finished["timings"], "resumed": True}
     rng = random.Random(settings.prompt_seed)
     concept_prompts = [p for p, _ in world.prompts_naming(concept, settings.prompts, rng)]
     retain_prompts = [p for p, _ in world.prompts_not_naming(concept, settings.prompts, rng)]
     encoders, shared_latents, training = {}, {}, {}
-    for method in settings.methods:
-        for seed in settings.training_seeds:
-            t1, cpu1 = time.perf_counter(), time.process_time()
-            config = demo_erase_config(method, seed, settings.demo, concept)
-            encoders[f"{method}_s{seed}"] = erase(model, [concept], config, latent_cache=shared_latents).text_encoder
-            training[f"{method}_s{seed}"] = {"seconds": round(time.perf_counter() - t1, 1),
-                                             "cpu": round(time.process_time() - cpu1, 1)}
+    for run, config in configs.items():
+        path = store.encoder_path(concept_dir, run)
+        saved = store.load_trained_encoder(path, config.to_dict(), model)
+        if saved is not None:
+            encoders[run], training[run] = saved[0], {**saved[1], "resumed": True}
+            continue
+        t1, cpu1 = time.perf_counter(), time.process_time()
+        encoders[run] = erase(model, [concept], config, latent_cache=shared_latents).text_encoder
+        training[run] = {"seconds": round(time.perf_counter() - t1, 1), "cpu": round(time.process_time() - cpu1, 1)}
+        store.save_trained_encoder(path, encoders[run], config.to_dict(), training[run])
     t1, cpu1 = time.perf_counter(), time.process_time()
-    judge = judge_for(concept)
     report = evaluate(model, encoders, concept_prompts, demo_probes(concept, settings.demo), judge,
                       seeds=settings.generation_seeds, steps=settings.demo.steps, guidance=settings.demo.guidance,
-                      retain_prompts=retain_prompts, retain_check=retain_check_for(judge), out_dir=out_dir / concept,
-                      batch_size=settings.demo.batch_size, curve_cases=settings.curve_subset())
+                      retain_prompts=retain_prompts, retain_check=(retain_check_for or demo_retain_check)(judge),
+                      out_dir=concept_dir, batch_size=settings.demo.batch_size, curve_cases=settings.curve_subset())
     timings = {"training": round(t1 - t0, 1), "training_cpu": round(cpu1 - cpu0, 1), "runs": training,
                "evaluation": round(time.perf_counter() - t1, 1), "evaluation_cpu": round(time.process_time() - cpu1, 1),
                "all": round(time.perf_counter() - t0, 1), "cpu": round(time.process_time() - cpu0, 1),
-               "evaluation_by_method": evaluation_by_method(report, settings)}
-    return pool_report(report, settings), timings
+               "evaluation_by_method": evaluation_by_method(report, settings), "resumed": False}
+    pooled = pool_report(report, settings)
+    store.save_result(concept_dir, record, pooled, timings)
+    return pooled, timings
+
+
+def settings_record(settings: BenchSettings) -> dict:
+    """Everything in the settings that changes a figure (what a resumed run must share with the saved one)."""
+    return {"concepts": list(settings.concepts), "prompts": settings.prompts,
+            "generation_seeds": list(settings.generation_seeds), "training_seeds": list(settings.training_seeds),
+            "methods": list(settings.methods), "prompt_seed": settings.prompt_seed,
+            "curve_cases": settings.curve_cases, "demo": settings.demo.to_dict()}
+
+
+def model_identity(model) -> dict:
+    """The model the figures belong to: its name and its text encoder's hash (the demo model's UNet and text
+    encoder were trained together, so a retrained model changes both)."""
+    from erasure_core.encoders import encoder_hash
+
+    return {"name": model.name, "text_encoder": encoder_hash(model.text_encoder)}
 
 
 _WORKER_MODEL = None
@@ -208,7 +252,8 @@ def _worker_concept(concept: str, **task) -> tuple[dict, dict]:
 
 
 def _log_concept(log, concept: str, pooled: dict, timing: dict) -> None:
-    log(f"{concept}: {timing['all']:.0f} s ({timing['training']:.0f} s training, {timing['evaluation']:.0f} s "
+    resumed = " (resumed: finished in an earlier run)" if timing["resumed"] else ""
+    log(f"{concept}{resumed}: {timing['all']:.0f} s ({timing['training']:.0f} s training, {timing['evaluation']:.0f} s "
         f"evaluation; {timing['cpu']:.0f} s of CPU time)")
     log(format_table({concept: pooled}))
     log(format_timings(timing["evaluation_by_method"]))
@@ -301,7 +346,6 @@ def format_curves(results: dict) -> str:
 def _apply_probe_option(demo: DemoSettings, spec: str) -> None:
     """'soft_prompt:points=2:steps=20' -> demo.probes["soft_prompt"] updated, typed by the probe's config."""
     from erasure_core.attacks.registry import PROBES
-    from erasure_core.errors import ErasureError
     from erasure_core.options import parse_spec
 
     parsed = parse_spec(spec, {name: config for name, (_, config) in PROBES.items()}, what="--probe-option probe")
@@ -374,7 +418,18 @@ def main(argv=None) -> None:
     parser.add_argument("--erase-option", action="append", default=[], metavar="KEY=VALUE",
                         help="change an erase setting on top of the demo preset, e.g. iterations=20 (a smoke run)")
     parser.add_argument("--out", default="out/efficacy")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out: reuse its finished concepts and trained encoders (only "
+                             "those made with exactly these settings; anything else is refused)")
     args = parser.parse_args(argv)
+    try:
+        run(args)
+    except ErasureError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+
+
+def run(args) -> None:
 
     from erasure_core.cli.common import device_from_name
     from erasure_core.loading import load_model
@@ -408,7 +463,8 @@ def main(argv=None) -> None:
     device = device_from_name(args.device)
     workers = args.workers or (2 if device == "cpu" and (os.cpu_count() or 1) >= 2 else 1)
     model = load_model("demo", device=device)
-    efficacy = measure(model, settings, args.out, log=lambda msg: print(msg, flush=True), workers=workers)
+    efficacy = measure(model, settings, args.out, log=lambda msg: print(msg, flush=True), workers=workers,
+                       resume=args.resume)
     print()
     print(format_table(efficacy["results"]))
     print()
@@ -422,10 +478,4 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
-    from erasure_core.errors import ErasureError
-
-    try:
-        main()
-    except ErasureError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    main()

@@ -139,3 +139,59 @@ def test_bad_command_line_values_are_refused_before_any_work(bad, message, capsy
         _bench().main(bad)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _json(value):
+    return json.loads(json.dumps(value))
+
+
+def test_an_interrupted_run_resumed_gives_the_uninterrupted_figures(tiny_model, tmp_path):
+    """Two concepts; then red's result and one of its encoders are lost (the run was stopped while red was being
+    evaluated): --resume reuses circle's result and red's other encoder, retrains the lost one, and gives the
+    figures of the uninterrupted run."""
+    bench = _bench()
+    settings = _tiny_settings(bench, concepts=("circle", "red"), training_seeds=(0,))
+    run = dict(judge_for=red_judge, retain_check_for=half_right_check, log=lambda msg: None)
+    full = bench.measure(tiny_model, settings, tmp_path, **run)
+    assert full["resumed_concepts"] == [] and not full["timings"]["red"]["resumed"]
+    for concept in ("circle", "red"):
+        assert (tmp_path / concept / "result.json").is_file()
+        for name in ("esd_s0", "advunlearn_s0"):
+            assert (tmp_path / concept / "encoders" / f"{name}.safetensors").is_file()
+    (tmp_path / "red" / "result.json").unlink()
+    (tmp_path / "red" / "encoders" / "esd_s0.safetensors").unlink()
+    (tmp_path / "efficacy.json").unlink()
+    resumed = bench.measure(tiny_model, settings, tmp_path, resume=True, **run)
+    assert _json(resumed["results"]) == _json(full["results"])
+    assert resumed["resumed_concepts"] == ["circle"]
+    runs = resumed["timings"]["red"]["runs"]
+    assert runs["advunlearn_s0"]["resumed"] and "resumed" not in runs["esd_s0"]
+    assert resumed["timings"]["circle"]["cpu"] == full["timings"]["circle"]["cpu"]  # the earlier run's timing
+    assert json.loads((tmp_path / "efficacy.json").read_text())["results"] == _json(full["results"])
+
+
+def test_other_settings_or_an_occupied_out_are_refused(tiny_model, tmp_path, capsys):
+    from erasure_core.errors import ErasureError
+
+    bench = _bench()
+    settings = _tiny_settings(bench, training_seeds=(0,))
+    run = dict(judge_for=red_judge, retain_check_for=half_right_check, log=lambda msg: None)
+    bench.measure(tiny_model, settings, tmp_path, **run)
+    with pytest.raises(ErasureError, match="already holds benchmark results .*pass --resume .* or another --out"):
+        bench.measure(tiny_model, settings, tmp_path, **run)
+    other = _tiny_settings(bench, training_seeds=(0,))
+    other.prompts = 3
+    with pytest.raises(ErasureError, match=r"other settings \(settings\.prompts: 2 in OUT, 3 now\)"):
+        bench.measure(tiny_model, other, tmp_path, resume=True, **run)
+    # an encoder trained with another erase config is never reused
+    config = bench.demo_erase_config("esd", 0, settings.demo, "circle").to_dict()
+    path = tmp_path / "circle" / "encoders" / "esd_s0.safetensors"
+    assert bench.store.load_trained_encoder(path, config, tiny_model) is not None
+    with pytest.raises(ErasureError, match="iterations: 2 in OUT, 3 now"):
+        bench.store.load_trained_encoder(path, {**config, "iterations": 3}, tiny_model)
+    # the command line: exit 2 with the differences named (here the model and the sizes), no traceback
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--out", str(tmp_path), "--resume", "--concepts", "circle", "--training-seeds", "0"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: the run in" in err and "model.name: 'tiny' in OUT, 'demo' now" in err
