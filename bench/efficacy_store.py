@@ -73,8 +73,9 @@ def open_run(out_dir: Path, record: dict, resume: bool) -> None:
     held = _holds_work(out_dir)
     run_file = out_dir / RUN_FILE
     if held and not resume:
-        raise ErasureError(f"{out_dir} already holds benchmark results ({held[0]}{' and more' if len(held) > 1 else ''})"
-                           f": pass --resume to continue that run, or another --out")
+        more = " and more" if len(held) > 1 else ""
+        raise ErasureError(f"{out_dir} already holds benchmark results ({held[0]}{more}): pass --resume to "
+                           f"continue that run, or another --out")
     if resume and run_file.is_file():
         _refuse_mismatch(f"the run in {out_dir}", _read_json(run_file).get("settings", {}), record)
     elif resume and held:
