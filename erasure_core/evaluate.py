@@ -147,8 +147,8 @@ def _timing(seconds: float, cpu: float, cases: int, counted: str) -> dict:
 def _empty_timings() -> dict:
     """An encoder's timings: plain and retain generation (cases generated), and per probe (cases attacked:
     those skipped as already broken, before the attack or inside a smaller ball, cost nothing and are not
-    counted). The soft-prompt probe's targets come from the original model and are computed once, while the
-    first encoder (the original) is attacked: its soft-prompt time includes them."""
+    counted). The soft-prompt probe's targets come from the original model and are computed once per case, by
+    the first encoder and budget that attack the case: that attack's time includes them."""
     return {"plain": _timing(0.0, 0.0, 0, "cases"), "probes": {}, "retain": _timing(0.0, 0.0, 0, "cases")}
 
 
