@@ -5,14 +5,18 @@ seeds, headline probes, the stress probe and the robustness curve, with 95% Wils
     python bench/demo_efficacy.py --quick          # 2 concepts, 32 prompts x 4 seeds, 1 training seed
     python bench/demo_efficacy.py --device cuda    # the same on a GPU
     python bench/demo_efficacy.py --quick --curve 1,none --erase-option iterations=20   # a smoke run
+    python bench/demo_efficacy.py --resume --out out/efficacy   # continue an interrupted run (same settings)
 
 For each concept: erase it with every method at every training seed (the demo preset), then evaluate the
 original and all erased encoders in ONE `evaluate` call on the same cases (prompts x generation seeds), so the
 original is measured once and every encoder sees the same prompts. Generation and probes run batched across
 cases (`--batch-size`); on a CPU two worker processes of one thread each take a concept at a time (`--workers`).
-Cases that succeed before the attack are not attacked, and the curve's budgets are nested (evaluate.py). Writes
-efficacy.json (the contract below) and prints a table; each concept's full
-report (images, report.html) is in OUT/CONCEPT/.
+Cases that succeed before the attack are not attacked, and the curve's budgets are nested (evaluate.py); the
+curve's budgets other than the headline (epsilon 1) and the stress probe (unbounded) attack only the first
+`--curve-cases` cases (64 by default: the first 16 prompts x 4 seeds), so those points state their own, smaller
+N. Writes efficacy.json (the contract below) and prints a table; each concept's full report (images,
+report.html) is in OUT/CONCEPT/, beside its trained encoders and result.json: an interrupted run continues with
+`--resume` (efficacy_store.py says what is kept and when it is reused).
 
 efficacy.json: results.<concept>.<method> has pre_attack, post_attack {probe: ...} (headline probes only),
 stress_attack {probe: ...}, utility.retain_accuracy and robustness_curve, each rate {rate, successes, n, low,
@@ -20,6 +24,17 @@ high} pooled over the training seeds, with per_seed beside it (in the order of `
 results: seconds and cpu_seconds (all processes), workers, per concept the wall and CPU seconds of every
 training run and of the evaluation, and where the evaluation's time went per method (evaluation_by_method per
 concept, evaluation_timings summed: plain generation, each probe with the cases it attacked, retain generation).
+
+Cost (a projection, not a run): from two measured runs of one concept (red, 16 prompts x 2 seeds = 32 cases, 1
+training seed, the demo preset, 1 thread, on the shared 2-core machine while others' jobs ran), scaled linearly to
+256 cases and 3 training seeds. Per concept and training seed: training 48 CPU-s (ESD) + 198 (AdvUnlearn).
+Evaluation at 32 cases: 242 CPU-s with the whole curve on every case (original 10, ESD 73, AdvUnlearn 158; on
+AdvUnlearn the five soft-prompt budgets took 93 of its 158 s, UnlearnDiffAtk 39, the concept vector 15, plain and
+retain generation 10; it resists nearly every case, so every budget attacked 22-32 of the 32), and 197 CPU-s with
+the curve's extra budgets on a quarter of the cases, as --curve-cases 64 does at 256 (ESD 62, AdvUnlearn 124).
+Full run: 8 x (3 x 246 + 8 x 3 x (62 + 124) + 8 x 10) = about 42,000 CPU-s, ~5.8 h with 2 workers (without the
+subsample ~51,000, ~7 h); --quick about 1,100 CPU-s a concept, ~18 min with 2 workers. Both miss the targets
+(3 h, 15 min) on this CPU. Evaluation, every training seed on all 256 cases, is 86% of the full run's cost.
 
 Sample sizes: a cell's 95% interval is about +-6 points near 0.5 at N = 256 and [0, 0.015] at 0/256; pooled
 over 3 training seeds (N = 768) about +-3.5 near 0.5. Targets (issue 10) for AdvUnlearn: pre-attack ASR <= 0.02,
@@ -423,14 +438,13 @@ def main(argv=None) -> None:
                              "those made with exactly these settings; anything else is refused)")
     args = parser.parse_args(argv)
     try:
-        run(args)
+        _run(args)
     except ErasureError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)
 
 
-def run(args) -> None:
-
+def _run(args) -> None:
     from erasure_core.cli.common import device_from_name
     from erasure_core.loading import load_model
 
