@@ -98,8 +98,9 @@ class BenchSettings:
 
     def curve_subset(self) -> list[int] | None:
         """The case indices the curve-only budgets attack: the first `curve_cases` (cases run prompt by prompt,
-        each with every generation seed: 64 = the first 16 of the randomly drawn prompts x 4 seeds), the same
-        for every encoder; None when that is every case."""
+        each with every generation seed: 64 = the first 16 prompts x 4 seeds; the prompts are drawn one by one,
+        independently, so those 16 are a random sample of them), the same for every encoder; None when that is
+        every case."""
         if self.curve_cases is None or self.curve_cases >= self.cases:
             return None
         return list(range(self.curve_cases))
