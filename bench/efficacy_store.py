@@ -93,6 +93,8 @@ def load_result(concept_dir: Path, record: dict) -> dict | None:
     saved = _read_json(path)
     if saved.get("fingerprint") != fingerprint(record):
         _refuse_mismatch(str(path), saved.get("settings", {}), record)
+        raise ErasureError(f"{path} does not match its own settings (edited by hand?): remove it to recompute "
+                           f"that concept, or pass another --out")
     return saved
 
 

@@ -195,3 +195,21 @@ def test_other_settings_or_an_occupied_out_are_refused(tiny_model, tmp_path, cap
     assert exited.value.code == 2
     err = capsys.readouterr().err
     assert "error: the run in" in err and "model.name: 'tiny' in OUT, 'demo' now" in err
+
+
+def test_a_finished_concept_made_with_other_settings_is_refused(tmp_path):
+    """A concept's result.json is reused only under the settings it was made with (its fingerprint): another
+    erase config (a preset changed since, say) is refused with the difference named, never mixed in."""
+    from erasure_core.errors import ErasureError
+
+    store = _bench().store
+    record = {"concept": "red", "erase_configs": {"esd_s0": {"lr": 0.001, "layers": [0, 1]}}}
+    store.save_result(tmp_path / "red", record, {"esd": {"pre_attack": 1}}, {"cpu": 1.0})
+    assert store.load_result(tmp_path / "red", json.loads(json.dumps(record)))["results"] == {"esd": {"pre_attack": 1}}
+    assert store.load_result(tmp_path / "circle", record) is None  # not finished yet
+    changed = {"concept": "red", "erase_configs": {"esd_s0": {"lr": 0.003, "layers": [0, 1]}}}
+    with pytest.raises(ErasureError, match=r"erase_configs\.esd_s0\.lr: 0\.001 in OUT, 0\.003 now"):
+        store.load_result(tmp_path / "red", changed)
+    (tmp_path / "run.json").unlink(missing_ok=True)
+    with pytest.raises(ErasureError, match="holds results but no run.json"):
+        store.open_run(tmp_path, {"settings": {}}, resume=True)
