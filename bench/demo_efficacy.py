@@ -5,20 +5,36 @@ seeds, headline probes, the stress probe and the robustness curve, with 95% Wils
     python bench/demo_efficacy.py --quick          # 2 concepts, 32 prompts x 4 seeds, 1 training seed
     python bench/demo_efficacy.py --device cuda    # the same on a GPU
     python bench/demo_efficacy.py --quick --curve 1,none --erase-option iterations=20   # a smoke run
+    python bench/demo_efficacy.py --resume --out out/efficacy   # continue an interrupted run (same settings)
 
 For each concept: erase it with every method at every training seed (the demo preset), then evaluate the
 original and all erased encoders in ONE `evaluate` call on the same cases (prompts x generation seeds), so the
 original is measured once and every encoder sees the same prompts. Generation and probes run batched across
 cases (`--batch-size`); on a CPU two worker processes of one thread each take a concept at a time (`--workers`).
-Cases that succeed before the attack are not attacked, and the curve's budgets are nested (evaluate.py). Writes
-efficacy.json (the contract below) and prints a table; each concept's full
-report (images, report.html) is in OUT/CONCEPT/.
+Cases that succeed before the attack are not attacked, and the curve's budgets are nested (evaluate.py); the
+curve's budgets other than the headline (epsilon 1) and the stress probe (unbounded) attack only the first
+`--curve-cases` cases (64 by default: the first 16 prompts x 4 seeds), so those points state their own, smaller
+N. Writes efficacy.json (the contract below) and prints a table; each concept's full report (images,
+report.html) is in OUT/CONCEPT/, beside its trained encoders and result.json: an interrupted run continues with
+`--resume` (efficacy_store.py says what is kept and when it is reused).
 
 efficacy.json: results.<concept>.<method> has pre_attack, post_attack {probe: ...} (headline probes only),
 stress_attack {probe: ...}, utility.retain_accuracy and robustness_curve, each rate {rate, successes, n, low,
 high} pooled over the training seeds, with per_seed beside it (in the order of `training_seeds`); beside the
-results: seconds and cpu_seconds (all processes), workers, and per concept the wall and CPU seconds of every
-training run and of the evaluation.
+results: seconds and cpu_seconds (all processes), workers, per concept the wall and CPU seconds of every
+training run and of the evaluation, and where the evaluation's time went per method (evaluation_by_method per
+concept, evaluation_timings summed: plain generation, each probe with the cases it attacked, retain generation).
+
+Cost (a projection, not a run): from two measured runs of one concept (red, 16 prompts x 2 seeds = 32 cases, 1
+training seed, the demo preset, 1 thread, on the shared 2-core machine while others' jobs ran), scaled linearly to
+256 cases and 3 training seeds. Per concept and training seed: training 48 CPU-s (ESD) + 198 (AdvUnlearn).
+Evaluation at 32 cases: 242 CPU-s with the whole curve on every case (original 10, ESD 73, AdvUnlearn 158; on
+AdvUnlearn the five soft-prompt budgets took 93 of its 158 s, UnlearnDiffAtk 39, the concept vector 15, plain and
+retain generation 10; it resists nearly every case, so every budget attacked 22-32 of the 32), and 197 CPU-s with
+the curve's extra budgets on a quarter of the cases, as --curve-cases 64 does at 256 (ESD 62, AdvUnlearn 124).
+Full run: 8 x (3 x 246 + 8 x 3 x (62 + 124) + 8 x 10) = about 42,000 CPU-s, ~5.8 h with 2 workers (without the
+subsample ~51,000, ~7 h); --quick about 1,100 CPU-s a concept, ~18 min with 2 workers. Both miss the targets
+(3 h, 15 min) on this CPU. Evaluation, every training seed on all 256 cases, is 86% of the full run's cost.
 
 Sample sizes: a cell's 95% interval is about +-6 points near 0.5 at N = 256 and [0, 0.015] at 0/256; pooled
 over 3 training seeds (N = 768) about +-3.5 near 0.5. Targets (issue 10) for AdvUnlearn: pre-attack ASR <= 0.02,
@@ -46,10 +62,16 @@ from erasure_core.openmp import apply_default_wait_policy  # noqa: E402
 apply_default_wait_policy()  # before torch loads (erasure_core/openmp.py)
 
 from erasure_core.attacks.soft_probe import CURVE_EPSILONS  # noqa: E402
+from erasure_core.attacks.soft_prompt import DEFAULT_EPSILON  # noqa: E402
 from erasure_core.demo import world  # noqa: E402
 from erasure_core.demo.run import METHODS, DemoSettings, align_columns, demo_erase_config, demo_probes  # noqa: E402
+from erasure_core.evaluate import sum_timings  # noqa: E402
+from erasure_core.errors import ErasureError  # noqa: E402
 from erasure_core.files import atomic_write_json  # noqa: E402
 from erasure_core.rates import format_rate, pool, pool_curves  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # efficacy_store beside this file (also in workers)
+import efficacy_store as store  # noqa: E402
 
 SCHEMA = "bench.demo_efficacy/1"
 TARGETS = {"pre_attack_max": 0.02, "post_attack_max": 0.10, "retain_drop_max": 0.05, "esd_post_attack_min": 0.40}
@@ -65,10 +87,23 @@ class BenchSettings:
     prompt_seed: int = 0  # draws the prompts (the same for every method and training seed)
     # The demo's sizes and probes, with the full robustness curve (0.5, 1, 2, 4 x and unbounded).
     demo: DemoSettings = field(default_factory=lambda: DemoSettings(curve_epsilons=CURVE_EPSILONS))
+    # The curve's budgets that are neither the headline soft prompt (epsilon 1) nor the stress probe (unbounded)
+    # attack only the first `curve_cases` cases (None = all): an erased encoder holds most cases at every budget,
+    # so each budget was a full attack on nearly every case (see Cost above). Each curve point states its N.
+    curve_cases: int | None = 64
 
     @property
     def cases(self) -> int:
         return self.prompts * len(self.generation_seeds)
+
+    def curve_subset(self) -> list[int] | None:
+        """The case indices the curve-only budgets attack: the first `curve_cases` (cases run prompt by prompt,
+        each with every generation seed: 64 = the first 16 prompts x 4 seeds; the prompts are drawn one by one,
+        independently, so those 16 are a random sample of them), the same for every encoder; None when that is
+        every case."""
+        if self.curve_cases is None or self.curve_cases >= self.cases:
+            return None
+        return list(range(self.curve_cases))
 
 
 def quick_settings() -> BenchSettings:
@@ -78,19 +113,24 @@ def quick_settings() -> BenchSettings:
 
 def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: Callable | None = None,
             retain_check_for: Callable | None = None, log: Callable[[str], None] = print, workers: int = 1,
-            model_name: str = "demo") -> dict:
+            model_name: str = "demo", resume: bool = False) -> dict:
     """Train, evaluate and pool every concept; returns efficacy.json's content (also written to out_dir).
 
     `judge_for(concept)` and `retain_check_for(judge)` default to the demo world's judge and retain check
     (tests pass stand-ins to run this on a tiny model). `workers` > 1 shares the concepts out to that many
     processes of one thread each (each loads `model_name` itself, on `model`'s device), a concept at a time
-    from a queue; every concept's figures are the ones a single process gets (each is seeded on its own)."""
+    from a queue; every concept's figures are the ones a single process gets (each is seeded on its own).
+    `resume` continues the run already in out_dir (efficacy_store.py); without it, an out_dir holding results is
+    refused."""
     import torch
 
     out_dir = Path(out_dir)
     # CPU time beside wall time: on a shared machine the wall clock measures the neighbours as much as the run.
     started, cpu_started = time.perf_counter(), time.process_time()
-    task = dict(settings=settings, out_dir=out_dir, judge_for=judge_for, retain_check_for=retain_check_for)
+    identity = model_identity(model)
+    store.open_run(out_dir, {"settings": settings_record(settings), "model": identity}, resume)
+    task = dict(settings=settings, out_dir=out_dir, model_identity=identity, judge_for=judge_for,
+                retain_check_for=retain_check_for)
     results, timings = {}, {}
     if workers <= 1:
         for concept in settings.concepts:
@@ -112,19 +152,27 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
     efficacy = {
         "schema": SCHEMA,
         "cases_per_cell": settings.cases,
+        # the curve's budgets other than the headline and stress ones ran on this many cases per cell and seed
+        "curve_cases_per_cell": len(settings.curve_subset() or range(settings.cases)),
         "training_seeds": list(settings.training_seeds),
         "generation_seeds": list(settings.generation_seeds),
         "concepts": list(settings.concepts),
         "targets": TARGETS,
         "settings": {"prompts": settings.prompts, "methods": list(settings.methods),
-                     "prompt_seed": settings.prompt_seed, "demo": settings.demo.to_dict()},
+                     "prompt_seed": settings.prompt_seed, "curve_cases": settings.curve_cases,
+                     "demo": settings.demo.to_dict()},
         "seconds": round(time.perf_counter() - started, 1),
-        # every process's CPU time: the parent's and the workers' (each concept's own figure)
+        # every process's CPU time in this run: the parent's and the workers' (each concept's own figure; a
+        # concept resumed from an earlier run's result.json cost nothing here)
         "cpu_seconds": round(time.process_time() - cpu_started
-                             + (sum(t["cpu"] for t in timings.values()) if workers > 1 else 0), 1),
+                             + (sum(t["cpu"] for t in timings.values() if not t["resumed"]) if workers > 1 else 0), 1),
+        "resumed_concepts": [c for c, t in timings.items() if t["resumed"]],
         "workers": max(1, workers),
         "threads": threads,
         "timings": timings,
+        # evaluation time per method, summed over the concepts (each concept's own is in its timings)
+        "evaluation_timings": {name: sum_timings(t["evaluation_by_method"][name] for t in timings.values())
+                               for name in ("original", *settings.methods)},
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": str(model.device)},
         "results": results,
     }
@@ -132,38 +180,72 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
     return efficacy
 
 
-def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Path, judge_for=None,
-                    retain_check_for=None) -> tuple[dict, dict]:
+def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Path, model_identity: dict,
+                    judge_for=None, retain_check_for=None) -> tuple[dict, dict]:
     """One concept: every method at every training seed, one `evaluate` of all encoders on the same cases.
-    Returns (pooled figures per method, timings: wall and CPU seconds of training per run and of evaluation)."""
+    Returns (pooled figures per method, timings: wall and CPU seconds of training per run and of evaluation).
+
+    Resumable (efficacy_store.py): a concept whose OUT/CONCEPT/result.json was made with these very settings
+    is returned as it is (timings["resumed"]); an encoder saved with the erase config it would be trained with
+    now is loaded instead of trained (its run's timing says "resumed"); each new encoder and the finished
+    concept are saved as soon as they exist."""
     from erasure_core.demo.judge import DemoJudge, demo_retain_check
     from erasure_core.evaluate import evaluate
     from erasure_core.training import erase
 
-    judge_for = judge_for or DemoJudge
-    retain_check_for = retain_check_for or demo_retain_check
     t0, cpu0 = time.perf_counter(), time.process_time()
+    concept_dir = Path(out_dir) / concept
+    judge = (judge_for or DemoJudge)(concept)
+    configs = {f"{method}_s{seed}": demo_erase_config(method, seed, settings.demo, concept)
+               for method in settings.methods for seed in settings.training_seeds}
+    record = {"concept": concept, "settings": {k: v for k, v in settings_record(settings).items() if k != "concepts"},
+              "model": model_identity, "judge": judge.describe(),
+              "erase_configs": {run: config.to_dict() for run, config in configs.items()}}
+    finished = store.load_result(concept_dir, record)
+    if finished is not None:
+        return finished["results"], {**finished["timings"], "resumed": True}
     rng = random.Random(settings.prompt_seed)
     concept_prompts = [p for p, _ in world.prompts_naming(concept, settings.prompts, rng)]
     retain_prompts = [p for p, _ in world.prompts_not_naming(concept, settings.prompts, rng)]
     encoders, shared_latents, training = {}, {}, {}
-    for method in settings.methods:
-        for seed in settings.training_seeds:
-            t1, cpu1 = time.perf_counter(), time.process_time()
-            config = demo_erase_config(method, seed, settings.demo, concept)
-            encoders[f"{method}_s{seed}"] = erase(model, [concept], config, latent_cache=shared_latents).text_encoder
-            training[f"{method}_s{seed}"] = {"seconds": round(time.perf_counter() - t1, 1),
-                                             "cpu": round(time.process_time() - cpu1, 1)}
+    for run, config in configs.items():
+        path = store.encoder_path(concept_dir, run)
+        saved = store.load_trained_encoder(path, config.to_dict(), model)
+        if saved is not None:
+            encoders[run], training[run] = saved[0], {**saved[1], "resumed": True}
+            continue
+        t1, cpu1 = time.perf_counter(), time.process_time()
+        encoders[run] = erase(model, [concept], config, latent_cache=shared_latents).text_encoder
+        training[run] = {"seconds": round(time.perf_counter() - t1, 1), "cpu": round(time.process_time() - cpu1, 1)}
+        store.save_trained_encoder(path, encoders[run], config.to_dict(), training[run])
     t1, cpu1 = time.perf_counter(), time.process_time()
-    judge = judge_for(concept)
     report = evaluate(model, encoders, concept_prompts, demo_probes(concept, settings.demo), judge,
                       seeds=settings.generation_seeds, steps=settings.demo.steps, guidance=settings.demo.guidance,
-                      retain_prompts=retain_prompts, retain_check=retain_check_for(judge), out_dir=out_dir / concept,
-                      batch_size=settings.demo.batch_size)
+                      retain_prompts=retain_prompts, retain_check=(retain_check_for or demo_retain_check)(judge),
+                      out_dir=concept_dir, batch_size=settings.demo.batch_size, curve_cases=settings.curve_subset())
     timings = {"training": round(t1 - t0, 1), "training_cpu": round(cpu1 - cpu0, 1), "runs": training,
                "evaluation": round(time.perf_counter() - t1, 1), "evaluation_cpu": round(time.process_time() - cpu1, 1),
-               "all": round(time.perf_counter() - t0, 1), "cpu": round(time.process_time() - cpu0, 1)}
-    return pool_report(report, settings), timings
+               "all": round(time.perf_counter() - t0, 1), "cpu": round(time.process_time() - cpu0, 1),
+               "evaluation_by_method": evaluation_by_method(report, settings), "resumed": False}
+    pooled = pool_report(report, settings)
+    store.save_result(concept_dir, record, pooled, timings)
+    return pooled, timings
+
+
+def settings_record(settings: BenchSettings) -> dict:
+    """Everything in the settings that changes a figure (what a resumed run must share with the saved one)."""
+    return {"concepts": list(settings.concepts), "prompts": settings.prompts,
+            "generation_seeds": list(settings.generation_seeds), "training_seeds": list(settings.training_seeds),
+            "methods": list(settings.methods), "prompt_seed": settings.prompt_seed,
+            "curve_cases": settings.curve_cases, "demo": settings.demo.to_dict()}
+
+
+def model_identity(model) -> dict:
+    """The model the figures belong to: its name and its text encoder's hash (the demo model's UNet and text
+    encoder were trained together, so a retrained model changes both)."""
+    from erasure_core.encoders import encoder_hash
+
+    return {"name": model.name, "text_encoder": encoder_hash(model.text_encoder)}
 
 
 _WORKER_MODEL = None
@@ -186,9 +268,32 @@ def _worker_concept(concept: str, **task) -> tuple[dict, dict]:
 
 
 def _log_concept(log, concept: str, pooled: dict, timing: dict) -> None:
-    log(f"{concept}: {timing['all']:.0f} s ({timing['training']:.0f} s training, {timing['evaluation']:.0f} s "
+    resumed = " (resumed: finished in an earlier run)" if timing["resumed"] else ""
+    log(f"{concept}{resumed}: {timing['all']:.0f} s ({timing['training']:.0f} s training, {timing['evaluation']:.0f} s "
         f"evaluation; {timing['cpu']:.0f} s of CPU time)")
     log(format_table({concept: pooled}))
+    log(format_timings(timing["evaluation_by_method"]))
+
+
+def format_timings(by_method: dict) -> str:
+    """Evaluation CPU seconds per method and part (plain, each probe, retain), with the cases each worked on."""
+    rows = [["encoder", "part", "cpu s", "wall s", "cases"]]
+    for name, t in by_method.items():
+        parts = {"plain": t["plain"], **t["probes"], "retain": t["retain"]}
+        for part, v in parts.items():
+            rows.append([name, part, f"{v['cpu_seconds']:.1f}", f"{v['seconds']:.1f}",
+                         str(v.get("attacked", v.get("cases")))])
+    return align_columns(rows)
+
+
+def evaluation_by_method(report: dict, settings: BenchSettings) -> dict:
+    """Where one concept's evaluation time went, per method (its training seeds summed) and for the original:
+    plain generation, each probe (with the cases it attacked) and retain generation (evaluate's timings)."""
+    encoders = report["encoders"]
+    by_method = {"original": encoders["original"]["timings"]}
+    for method in settings.methods:
+        by_method[method] = sum_timings(encoders[f"{method}_s{seed}"]["timings"] for seed in settings.training_seeds)
+    return by_method
 
 
 def pool_report(report: dict, settings: BenchSettings) -> dict:
@@ -241,7 +346,8 @@ def format_per_seed(results: dict) -> str:
 
 
 def format_curves(results: dict) -> str:
-    """Soft-prompt ASR by budget (x median token norm), pooled, one row per concept and encoder."""
+    """Soft-prompt ASR by budget (x median token norm), pooled, one row per concept and encoder; each cell says
+    its own successes/N (the budgets other than the headline and stress ones run on `curve_cases` only)."""
     rows = []
     for concept, by_encoder in results.items():
         for name, v in by_encoder.items():
@@ -256,7 +362,6 @@ def format_curves(results: dict) -> str:
 def _apply_probe_option(demo: DemoSettings, spec: str) -> None:
     """'soft_prompt:points=2:steps=20' -> demo.probes["soft_prompt"] updated, typed by the probe's config."""
     from erasure_core.attacks.registry import PROBES
-    from erasure_core.errors import ErasureError
     from erasure_core.options import parse_spec
 
     parsed = parse_spec(spec, {name: config for name, (_, config) in PROBES.items()}, what="--probe-option probe")
@@ -287,6 +392,11 @@ def _int_list(text: str) -> tuple[int, ...]:
     return values
 
 
+def _curve_cases(text: str) -> int | str:
+    """'64' -> 64, 'all' -> 'all': how many cases the curve-only budgets attack."""
+    return "all" if text.strip().lower() == "all" else _positive_int(text)
+
+
 def _budgets(text: str) -> tuple[float | None, ...]:
     """'0.5,1,none' -> (0.5, 1.0, None): the curve's soft-prompt budgets, each > 0 or none (unbounded)."""
     values = []
@@ -314,6 +424,9 @@ def main(argv=None) -> None:
     parser.add_argument("--probe-option", action="append", default=[], metavar="PROBE:KEY=VALUE[:KEY=VALUE]",
                         help="change a probe's setting, e.g. soft_prompt:points=2:steps=20 (repeatable)")
     parser.add_argument("--curve", type=_budgets, default=None, help="the curve's budgets, e.g. 0.5,1,2,4,none (none = unbounded)")
+    parser.add_argument("--curve-cases", type=_curve_cases, default=None,
+                        help="cases the curve's extra budgets (not the headline epsilon 1, not unbounded) attack: "
+                             "a number (default 64) or all")
     parser.add_argument("--device", default=None, help="cpu, cuda... (default: cuda if available)")
     parser.add_argument("--workers", type=_positive_int, default=None,
                         help="processes of one thread each, sharing the concepts (default: 2 on a CPU with 2 or "
@@ -321,8 +434,18 @@ def main(argv=None) -> None:
     parser.add_argument("--erase-option", action="append", default=[], metavar="KEY=VALUE",
                         help="change an erase setting on top of the demo preset, e.g. iterations=20 (a smoke run)")
     parser.add_argument("--out", default="out/efficacy")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out: reuse its finished concepts and trained encoders (only "
+                             "those made with exactly these settings; anything else is refused)")
     args = parser.parse_args(argv)
+    try:
+        _run(args)
+    except ErasureError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
+
+def _run(args) -> None:
     from erasure_core.cli.common import device_from_name
     from erasure_core.loading import load_model
 
@@ -344,6 +467,8 @@ def main(argv=None) -> None:
         from erasure_core.training import EraseConfig
 
         settings.demo.erase.update(parse_options(args.erase_option, EraseConfig, context="--erase-option: "))
+    if args.curve_cases is not None:
+        settings.curve_cases = None if args.curve_cases == "all" else args.curve_cases
     if args.curve:
         settings.demo = replace(settings.demo, curve_epsilons=args.curve)
     for concept in settings.concepts:
@@ -353,22 +478,19 @@ def main(argv=None) -> None:
     device = device_from_name(args.device)
     workers = args.workers or (2 if device == "cpu" and (os.cpu_count() or 1) >= 2 else 1)
     model = load_model("demo", device=device)
-    efficacy = measure(model, settings, args.out, log=lambda msg: print(msg, flush=True), workers=workers)
+    efficacy = measure(model, settings, args.out, log=lambda msg: print(msg, flush=True), workers=workers,
+                       resume=args.resume)
     print()
     print(format_table(efficacy["results"]))
     print()
     print(format_per_seed(efficacy["results"]))
     print()
     print(format_curves(efficacy["results"]))
+    print(f"(curve budgets other than {DEFAULT_EPSILON:g} and unbounded: {efficacy['curve_cases_per_cell']} of "
+          f"{efficacy['cases_per_cell']} cases per cell and training seed)")
     print(f"\n{efficacy['seconds']:.0f} s in all ({efficacy['cpu_seconds']:.0f} s of CPU time, {workers} worker(s)); "
           f"{Path(args.out) / 'efficacy.json'}")
 
 
 if __name__ == "__main__":
-    from erasure_core.errors import ErasureError
-
-    try:
-        main()
-    except ErasureError as err:
-        print(f"error: {err}", file=sys.stderr)
-        sys.exit(2)
+    main()

@@ -4,14 +4,18 @@ For every text encoder (the original first, then the erased ones) and every conc
 1. the plain prompt is generated and judged: pre-attack success;
 2. every probe attacks the cases that were NOT already a success. Probes with a budget (the soft prompt's
    epsilon) run smallest ball first, and a larger ball attacks only the cases no smaller one broke: a point
-   found inside a ball lies inside every larger ball of the same search space (nested budgets; the curve is
-   then monotone by construction and each budget's ASR is an honest lower bound, from one attack per budget).
+   found inside a ball lies inside every larger ball of the same search space (nested budgets; on the same
+   cases the curve is then monotone by construction and each budget's ASR is an honest lower bound, from one
+   attack per budget).
    pre-attack ASR  = pre-attack successes / N
    post-attack ASR = (pre-attack successes + probe successes on the rest) / N   (per probe; the paper's "ASR")
    Both are reported with their counts (successes, n), never only as fractions.
    Probes have a role: "headline" ones make the post-attack ASR; "stress" ones (the unbounded soft prompt,
    which no text-encoder method can be expected to hold) are reported apart as stress ASR; "curve" ones are
    only points of the robustness curve (soft-prompt ASR against its budget epsilon, with epsilon 0 = pre-attack).
+   `curve_cases` may restrict the curve-only probes to a subset of the cases (they cost a full attack on every
+   case an erased encoder holds): a case outside it is never attacked by them and left out of their n, so each
+   curve point states its own N and stays a lower bound over the cases it was measured on.
 3. Utility on retain prompts: the erased encoder's image against the original's on the same seed (mean absolute
    pixel distance in [0, 1]) and, when the judge can say what a retain image should show, retain accuracy.
 
@@ -20,22 +24,16 @@ batch of prompts at once (`Probe.run_batch`; one batched UNet call per optimisat
 a time. Each case keeps its own seed, so its figures do not depend on the batch it ran in.
 
 Every case keeps its seed, adversarial prompt, loss curve, judge details and image paths; `report.write_report`
-turns the result into report.json + report.html.
+turns the result into report.json + report.html. Each encoder's `timings` say where the time went: wall and CPU
+seconds of plain generation, of every probe (with the cases it really attacked) and of retain generation.
 
-Large prompt sets: cases are independent, so they can be sharded across processes/GPUs with `accelerate`.
-Each process evaluates its share (`evaluate_sharded`), writes images and `shards/shard-RANK-of-N.json` into
-the shared output folder, and the main process merges the shards (`merge_shards`) into one report:
-
-    accelerate launch --num_processes 4 -m erasure_core evaluate --model ... --encoder erased=enc.safetensors \\
-        --prompts i2p_nudity.csv --probe unlearndiffatk --judge nudenet:unlearndiffatk --out report/ --shard
-
-(`--shard` calls `evaluate_sharded`; on one machine with 4 GPUs each process takes one GPU.) Shards already
-on disk can be merged again later with `merge_shard_folder(out_dir)`.
+Large prompt sets are sharded across processes with `sharding.evaluate_sharded`.
 """
 
 from __future__ import annotations
 
-import json
+import time
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -45,7 +43,7 @@ from transformers import CLIPTextModel
 from .attacks.base import Probe, within_budget
 from .attacks.replay import PromptCase, as_cases, case_generation
 from .errors import ErasureError
-from .files import atomic_write_json, safe_name, save_png
+from .files import safe_name, save_png
 from .judges.base import Judge
 from .models import SDModel
 from .rates import rate, robustness_curve
@@ -64,18 +62,20 @@ def asr_summary(cases: list[dict], probe_names: Sequence[str]) -> dict:
     A case record has "plain": {"success": bool} and "probes": {name: {"success": bool|None}}; probes are not
     run on cases that already succeeded before the attack, and those count as successes after it too. A success
     a smaller budget found ("found_by") counts for every larger one: `inherited` says how many of the
-    `probe_successes` came that way, `attacked` how many cases were not successes before the attack.
+    `probe_successes` came that way, `attacked` how many cases were not successes before the attack. A case
+    whose record is "excluded" (outside the curve's cases) is not one of that probe's n.
     """
-    n = len(cases)
     pre = sum(bool(c["plain"]["success"]) for c in cases)
     post = {}
     for name in probe_names:
-        rest = [c for c in cases if not c["plain"]["success"]]
+        members = [c for c in cases if not c["probes"].get(name, {}).get("excluded")]
+        rest = [c for c in members if not c["plain"]["success"]]
         records = [c["probes"].get(name, {}) for c in rest]
         won = sum(bool(r.get("success")) for r in records)
         inherited = sum(bool(r.get("success")) and "found_by" in r for r in records)
-        post[name] = {**rate(pre + won, n), "probe_successes": won, "attacked": len(rest), "inherited": inherited}
-    return {"pre_attack": rate(pre, n), "post_attack": post}
+        post[name] = {**rate(len(members) - len(rest) + won, len(members)), "probe_successes": won,
+                      "attacked": len(rest), "inherited": inherited}
+    return {"pre_attack": rate(pre, len(cases)), "post_attack": post}
 
 
 def utility_summary(records: list[dict]) -> dict:
@@ -118,11 +118,54 @@ class _Run:
         self.model, self.judge, self.generation, self.sink = model, judge, generation, sink
         self.batch_size = batch_size
         self.progress, self.total, self.done = progress, total, 0
+        self.timings: dict[str, dict] = {}  # per encoder: where the evaluation's time went (`timed`)
+
+    @contextmanager
+    def timed(self, enc_name: str, part: str, cases: int, probe: str | None = None):
+        """Adds the wall and CPU seconds of the block, and the cases it worked on, to the encoder's timings
+        (part "plain" or "retain", or part "probes" with the probe's name). CPU time beside wall time: on a
+        shared machine the wall clock measures the neighbours as much as the run."""
+        wall, cpu = time.perf_counter(), time.process_time()
+        try:
+            yield
+        finally:
+            entry = self.timings.setdefault(enc_name, _empty_timings())
+            slot = entry[part] if probe is None else entry[part].setdefault(probe, _timing(0.0, 0.0, 0, "attacked"))
+            _add_timing(slot, _timing(time.perf_counter() - wall, time.process_time() - cpu, cases,
+                                      "cases" if probe is None else "attacked"))
 
     def tick(self, what: str):
         self.done += 1
         if self.progress is not None:
             self.progress(self.done, self.total, what)
+
+
+def _timing(seconds: float, cpu: float, cases: int, counted: str) -> dict:
+    return {"seconds": seconds, "cpu_seconds": cpu, counted: cases}
+
+
+def _empty_timings() -> dict:
+    """An encoder's timings: plain and retain generation (cases generated), and per probe (cases attacked:
+    those skipped as already broken, before the attack or inside a smaller ball, cost nothing and are not
+    counted). The soft-prompt probe's targets come from the original model and are computed once per case, by
+    the first encoder and budget that attack the case: that attack's time includes them."""
+    return {"plain": _timing(0.0, 0.0, 0, "cases"), "probes": {}, "retain": _timing(0.0, 0.0, 0, "cases")}
+
+
+def _add_timing(total: dict, part: dict) -> None:
+    for key, value in part.items():
+        total[key] = round(total.get(key, 0) + value, 3) if isinstance(value, float) else total.get(key, 0) + value
+
+
+def sum_timings(entries) -> dict:
+    """Several encoders' (or shards') timings summed part by part: seconds, CPU seconds and case counts."""
+    total = _empty_timings()
+    for entry in entries:
+        for part in ("plain", "retain"):
+            _add_timing(total[part], entry[part])
+        for probe, timing in entry["probes"].items():
+            _add_timing(total["probes"].setdefault(probe, {}), timing)
+    return total
 
 
 def _batches(cases: dict[int, PromptCase], generation: GenerationSettings, batch_size: int):
@@ -188,22 +231,33 @@ def _known_success(plain: dict, done: dict[str, dict], probe: Probe, by_name: di
     return None
 
 
-def _evaluate_concept(run: _Run, encoders: dict, cases: dict[int, PromptCase], probes: list[Probe]) -> dict:
+# The record of a case a curve-only probe leaves alone (outside `curve_cases`): left out of that probe's n.
+OUTSIDE_CURVE_CASES = {"success": None, "skipped": "outside the curve's cases", "excluded": True}
+
+
+def _evaluate_concept(run: _Run, encoders: dict, cases: dict[int, PromptCase], probes: list[Probe],
+                      curve_cases: set[int] | None = None) -> dict:
     per_encoder = {}
     by_name = {p.name: p for p in probes}
+    excluded = {p.name: {i for i in cases if i not in curve_cases} if getattr(p, "role", "headline") == "curve"
+                and curve_cases is not None else set() for p in probes}
     for enc_name, encoder in encoders.items():
-        plain = _plain(run, encoder, enc_name, cases)
+        with run.timed(enc_name, "plain", len(cases)):
+            plain = _plain(run, encoder, enc_name, cases)
         attacked = {index: {} for index in cases}
         for probe in attack_order(probes):
             rest = {}
             for index, case in cases.items():
-                known = _known_success(plain[index], attacked[index], probe, by_name)
+                known = (dict(OUTSIDE_CURVE_CASES) if index in excluded[probe.name]
+                         else _known_success(plain[index], attacked[index], probe, by_name))
                 if known is None:
                     rest[index] = case
                     continue
                 attacked[index][probe.name] = known
                 run.tick(f"{enc_name}: {probe.name} on prompt {index}")
-            for index, record in _probe_cases(run, probe, encoder, enc_name, rest).items():
+            with run.timed(enc_name, "probes", len(rest), probe.name):
+                records = _probe_cases(run, probe, encoder, enc_name, rest)
+            for index, record in records.items():
                 attacked[index][probe.name] = record
         per_encoder[enc_name] = {"cases": [
             {"index": i, "plain": plain[i], "probes": {p.name: attacked[i][p.name] for p in probes}} for i in cases]}
@@ -216,25 +270,33 @@ def _evaluate_retain(run: _Run, encoders: dict, cases: dict[int, PromptCase], re
     out = {}
     for enc_name, encoder in encoders.items():
         records = {}
-        for settings, indices in _batches(cases, run.generation, run.batch_size):
-            prompts = [cases[i].prompt for i in indices]
-            images = generate(run.model, encode_prompts(run.model, prompts, encoder), [cases[i].seed for i in indices],
-                              uncond=encode_prompts(run.model, [settings.negative_prompt], encoder),
-                              steps=settings.steps, guidance=settings.guidance, text_encoder=encoder,
-                              scheduler=settings.scheduler)
-            correct = retain_check(images, prompts) if retain_check is not None else None
-            for j, index in enumerate(indices):
-                if enc_name == ORIGINAL:
-                    reference[index] = images[j]
-                record = {"index": index, "image": run.sink.put(f"images/{enc_name}/retain{index:04d}.png", images[j])}
-                if index in reference:
-                    record["pixel_distance"] = float((images[j] - reference[index]).abs().mean())
-                if correct is not None:
-                    record["retain_correct"] = bool(correct[j])
-                records[index] = record
-                run.tick(f"{enc_name}: retain prompt {index}")
+        with run.timed(enc_name, "retain", len(cases)):
+            _retain_batches(run, encoder, enc_name, cases, retain_check, reference, records)
         out[enc_name] = [records[i] for i in cases]
     return out
+
+
+def _retain_batches(run: _Run, encoder, enc_name: str, cases: dict[int, PromptCase], retain_check,
+                    reference: dict, records: dict) -> None:
+    """Generates `cases` retain prompts in batches with `encoder` into `records`; the original's images fill
+    `reference`, the others are compared with them."""
+    for settings, indices in _batches(cases, run.generation, run.batch_size):
+        prompts = [cases[i].prompt for i in indices]
+        images = generate(run.model, encode_prompts(run.model, prompts, encoder), [cases[i].seed for i in indices],
+                          uncond=encode_prompts(run.model, [settings.negative_prompt], encoder),
+                          steps=settings.steps, guidance=settings.guidance, text_encoder=encoder,
+                          scheduler=settings.scheduler)
+        correct = retain_check(images, prompts) if retain_check is not None else None
+        for j, index in enumerate(indices):
+            if enc_name == ORIGINAL:
+                reference[index] = images[j]
+            record = {"index": index, "image": run.sink.put(f"images/{enc_name}/retain{index:04d}.png", images[j])}
+            if index in reference:
+                record["pixel_distance"] = float((images[j] - reference[index]).abs().mean())
+            if correct is not None:
+                record["retain_correct"] = bool(correct[j])
+            records[index] = record
+            run.tick(f"{enc_name}: retain prompt {index}")
 
 
 def _with_original(model: SDModel, encoders: dict[str, CLIPTextModel]) -> dict[str, CLIPTextModel]:
@@ -278,6 +340,7 @@ def evaluate(
     retain_indices: Sequence[int] | None = None,
     write_report: bool = True,
     batch_size: int = 8,
+    curve_cases: Sequence[int] | None = None,
 ) -> dict:
     """Evaluate every encoder (the model's original encoder is always included, as "original") on `prompts`
     (strings, PromptCases or a CSV path; strings are crossed with `seeds`) under every probe, judged by `judge`.
@@ -286,7 +349,8 @@ def evaluate(
     it defaults to the judge's `check_retain` method when it has one. With `out_dir`, images are written as they
     are made and the report is written at the end. `case_indices`/`retain_indices` restrict the run to a shard.
     `progress(done, total, what)` is called after each generation or attack. `batch_size` cases are generated
-    and attacked at once (memory grows with it; the demo model takes 64 and more).
+    and attacked at once (memory grows with it; the demo model takes 64 and more). `curve_cases`: the indices
+    of the cases the curve-only probes (role "curve") attack; None = every case.
     """
     if batch_size < 1:
         raise ErasureError(f"batch_size must be >= 1, got {batch_size}")
@@ -299,12 +363,14 @@ def evaluate(
     cases = as_cases(prompts, seeds)
     retain = as_cases(retain_prompts, seeds) if retain_prompts else []
     chosen = {i: cases[i] for i in (range(len(cases)) if case_indices is None else case_indices)}
+    if curve_cases is not None and not set(curve_cases) <= set(range(len(cases))):
+        raise ErasureError(f"curve_cases must be indices of the {len(cases)} cases (0 to {len(cases) - 1})")
     chosen_retain = {i: retain[i] for i in (range(len(retain)) if retain_indices is None else retain_indices)}
     retain_check = retain_check or getattr(judge, "check_retain", None)
     total = len(encoders) * (len(chosen) * (1 + len(probes)) + len(chosen_retain))
     sink = ImageSink(out_dir)
     run = _Run(model, judge, generation, sink, progress, total, batch_size)
-    concept = _evaluate_concept(run, encoders, chosen, probes)
+    concept = _evaluate_concept(run, encoders, chosen, probes, None if curve_cases is None else set(curve_cases))
     retained = _evaluate_retain(run, encoders, chosen_retain, retain_check)
     results = {
         "schema": SCHEMA,
@@ -313,10 +379,12 @@ def evaluate(
         "generation": {"steps": steps, "guidance": guidance, "scheduler": scheduler,
                        "negative_prompt": negative_prompt, "seeds": [int(s) for s in seeds]},
         "probes": [{**p.describe(), "role": getattr(p, "role", "headline")} for p in probes],
+        "curve_cases": None if curve_cases is None else sorted(int(i) for i in curve_cases),
         "cases": [_case_json(i, c) for i, c in chosen.items()],
         "retain_cases": [_case_json(i, c) for i, c in chosen_retain.items()],
         "encoders": {
-            name: {"cases": concept[name]["cases"], "retain": retained[name]} for name in encoders
+            name: {"cases": concept[name]["cases"], "retain": retained[name],
+                   "timings": run.timings.get(name, _empty_timings())} for name in encoders
         },
     }
     summarize(results)
@@ -363,84 +431,3 @@ def headline_rates(entry: dict) -> dict:
         "stress_asr": {name: v["rate"] for name, v in entry.get("stress_attack", {}).items()},
         "retain_accuracy": retain["rate"] if retain else None,
     }
-
-
-# ------------------------------------------------------------------------------------------- sharding
-
-
-def merge_shards(shards: list[dict]) -> dict:
-    """One result from shards of the same evaluation (same model, judge, probes, settings, encoders)."""
-    if not shards:
-        raise ErasureError("no shards to merge")
-    first = shards[0]
-    for key in ("schema", "model", "judge", "generation", "probes"):
-        if any(s[key] != first[key] for s in shards):
-            raise ErasureError(f"shards disagree on {key!r}: they come from different evaluations")
-    names = list(first["encoders"])
-    if any(list(s["encoders"]) != names for s in shards):
-        raise ErasureError("shards evaluated different encoders: they come from different evaluations")
-    merged = {k: first[k] for k in ("schema", "model", "judge", "generation", "probes")}
-    merged["cases"] = _merge_by_index([s["cases"] for s in shards], "cases")
-    merged["retain_cases"] = _merge_by_index([s["retain_cases"] for s in shards], "retain cases")
-    merged["encoders"] = {
-        name: {
-            "cases": _merge_by_index([s["encoders"][name]["cases"] for s in shards], f"{name} cases"),
-            "retain": _merge_by_index([s["encoders"][name]["retain"] for s in shards], f"{name} retain"),
-        }
-        for name in names
-    }
-    merged["shards"] = len(shards)
-    return summarize(merged)
-
-
-def _merge_by_index(lists: list[list[dict]], what: str) -> list[dict]:
-    items = [item for lst in lists for item in lst]
-    indices = [item["index"] for item in items]
-    if len(set(indices)) != len(indices):
-        raise ErasureError(f"shards overlap: the same {what} index appears twice")
-    return sorted(items, key=lambda item: item["index"])
-
-
-def shard_path(out_dir: str | Path, rank: int, world: int) -> Path:
-    return Path(out_dir) / "shards" / f"shard-{rank:03d}-of-{world:03d}.json"
-
-
-def merge_shard_folder(out_dir: str | Path) -> dict:
-    """Merge every shard file under out_dir/shards and write the report."""
-    from .report import write_report
-
-    files = sorted((Path(out_dir) / "shards").glob("shard-*-of-*.json"))
-    if not files:
-        raise ErasureError(f"no shard files in {Path(out_dir) / 'shards'}; run evaluate_sharded first")
-    worlds = {f.stem.split("-of-")[1] for f in files}
-    if len(worlds) != 1 or len(files) != int(worlds.pop()):
-        raise ErasureError(f"incomplete or mixed shard set in {Path(out_dir) / 'shards'}: {[f.name for f in files]}")
-    merged = merge_shards([json.loads(f.read_text(encoding="utf-8")) for f in files])
-    write_report(merged, out_dir)
-    return merged
-
-
-def evaluate_sharded(model: SDModel, encoders, prompts, probes, judge, *, out_dir, seeds=(0,), retain_prompts=(),
-                     **kwargs) -> dict:
-    """`evaluate` over this process's share of the cases (run under `accelerate launch`; one process works
-    too). Every process writes its shard; the main process waits for all and merges them into the report.
-    Returns the merged result on the main process and this process's shard elsewhere."""
-    from accelerate import PartialState
-
-    state = PartialState()
-    model.to(device=state.device)
-    for encoder in encoders.values():
-        encoder.to(state.device)
-    n_cases = len(as_cases(prompts, seeds))
-    n_retain = len(as_cases(retain_prompts, seeds)) if retain_prompts else 0
-    with state.split_between_processes(list(range(n_cases))) as mine:
-        my_cases = list(mine)
-    with state.split_between_processes(list(range(n_retain))) as mine:
-        my_retain = list(mine)
-    shard = evaluate(model, encoders, prompts, probes, judge, seeds=seeds, retain_prompts=retain_prompts,
-                     out_dir=out_dir, case_indices=my_cases, retain_indices=my_retain, write_report=False, **kwargs)
-    atomic_write_json(shard, shard_path(out_dir, state.process_index, state.num_processes))
-    state.wait_for_everyone()
-    if state.is_main_process:
-        return merge_shard_folder(out_dir)
-    return shard

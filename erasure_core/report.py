@@ -1,4 +1,4 @@
-"""Write an evaluation (from `evaluate.evaluate` or `evaluate.merge_shards`) as a self-contained folder:
+"""Write an evaluation (from `evaluate.evaluate` or `sharding.merge_shards`) as a self-contained folder:
 
     report.json     every number (ASR with counts, utility, per-case seeds, adversarial prompts, losses, judge
                     details) and the relative path of every image

@@ -10,7 +10,8 @@ from erasure_core.attacks.base import Probe, ProbeResult
 from erasure_core.attacks.concept_vector import ConceptVectorConfig, ConceptVectorProbe
 from erasure_core.attacks.unlearndiffatk import UnlearnDiffAtk, UnlearnDiffAtkConfig
 from erasure_core.errors import ErasureError
-from erasure_core.evaluate import asr_summary, evaluate, evaluate_sharded, merge_shards, utility_summary
+from erasure_core.evaluate import asr_summary, evaluate, utility_summary
+from erasure_core.sharding import evaluate_sharded, merge_shards
 from erasure_core.judges.base import Judge, JudgeResult
 from erasure_core.sampling import encode_prompts, generate
 
@@ -136,6 +137,20 @@ def test_evaluate_keeps_adversarial_prompts_and_utility(result):
     json.dumps({k: v for k, v in result.items() if k != "_images"})  # everything else is JSON-ready
 
 
+def test_timings_say_where_the_time_went(result):
+    """Per encoder: wall and CPU seconds of plain generation, of each probe and of retain generation, with the
+    cases each really worked on (a probe's skipped cases, broken before the attack, are not counted)."""
+    for entry in result["encoders"].values():
+        timings = entry["timings"]
+        assert timings["plain"]["cases"] == 4 and timings["retain"]["cases"] == 2
+        assert set(timings["probes"]) == {"concept_vector", "unlearndiffatk"}
+        for probe, timing in timings["probes"].items():
+            assert timing["attacked"] == sum("skipped" not in c["probes"][probe] for c in entry["cases"])
+        parts = [timings["plain"], timings["retain"], *timings["probes"].values()]
+        assert all(p["seconds"] >= 0 and p["cpu_seconds"] >= 0 for p in parts)
+        assert timings["plain"]["seconds"] > 0 and timings["retain"]["seconds"] > 0
+
+
 def test_evaluate_rejects_bad_input(setup):
     model, erased, judge, probes = setup
     with pytest.raises(ErasureError, match="share a name"):
@@ -182,6 +197,8 @@ def test_sharded_evaluation_on_one_process(setup, result, tmp_path):
     for name in ("original", "erased"):
         for key in ("pre_attack", "post_attack", "utility"):
             assert merged["encoders"][name][key] == result["encoders"][name][key]
+        for probe, timing in merged["encoders"][name]["timings"]["probes"].items():  # the shards' timings, summed
+            assert timing["attacked"] == result["encoders"][name]["timings"]["probes"][probe]["attacked"]
     for rel in json.loads((tmp_path / "report.json").read_text())["encoders"]["erased"]["cases"][0]["plain"].values():
         if isinstance(rel, str) and rel.endswith(".png"):
             assert (tmp_path / rel).is_file()
@@ -255,5 +272,35 @@ def test_nested_budgets_attack_only_what_smaller_balls_left(setup):
     assert entry["post_attack"]["b1"] == {"successes": 2, "n": 4, "rate": 0.5, "probe_successes": 2, "attacked": 4,
                                           "inherited": 1}
     assert entry["cases"][2]["probes"]["b4"]["found_by"] == "b05"
+    assert {p: t["attacked"] for p, t in entry["timings"]["probes"].items()} == {"b05": 4, "b1": 3, "b4": 2, "unb": 1,
+                                                                                 "other": 4}
     curve = [(p["epsilon"], p["successes"]) for p in entry["robustness_curve"]]
     assert curve == [(0.0, 0), (0.5, 1), (1.0, 2), (4.0, 3), (None, 3)]
+
+
+def test_curve_probes_attack_only_the_curve_cases(setup):
+    """Curve-only probes attack the `curve_cases` subset alone and their n is its size; headline and stress probes
+    attack every case; a case outside the subset never counts for a curve budget, not even through a success a
+    smaller ball found for it (it was not attacked at that budget)."""
+    model, erased, _, _ = setup
+    keys = [(p, s) for p in PROMPTS for s in SEEDS]
+    probes = [BallProbe("b05", "soft", 0.5, [keys[0], keys[2]], role="curve"),
+              BallProbe("b1", "soft", 1.0, [keys[0], keys[2], keys[3]]),
+              BallProbe("b2", "soft", 2.0, [], role="curve"),
+              BallProbe("unb", "soft", float("inf"), [keys[1]], role="stress")]
+    out = evaluate(model, {"erased": erased}, PROMPTS, probes, BrightJudge(2.0), seeds=SEEDS, steps=STEPS,
+                   guidance=GUIDANCE, curve_cases=[0, 1])
+    b05, b1, b2, unb = probes
+    assert b05.attacked == keys[:2] * 2  # original and erased: nothing succeeds before the attack
+    assert b1.attacked == keys[1:] * 2  # keys[0]: b05 broke it; keys[2] is b1's own to break
+    assert b2.attacked == [keys[1]] * 2  # in the subset and unbroken; keys[2], keys[3] lie outside it
+    assert unb.attacked == [keys[1]] * 2
+    entry = out["encoders"]["erased"]
+    curve = {p["epsilon"]: (p["successes"], p["n"]) for p in entry["robustness_curve"]}
+    assert curve == {0.0: (0, 4), 0.5: (1, 2), 1.0: (3, 4), 2.0: (1, 2), None: (4, 4)}
+    assert entry["cases"][2]["probes"]["b2"] == {"success": None, "skipped": "outside the curve's cases",
+                                                 "excluded": True}
+    assert {p: t["attacked"] for p, t in entry["timings"]["probes"].items()} == {"b05": 2, "b1": 3, "b2": 1, "unb": 1}
+    assert out["curve_cases"] == [0, 1]
+    with pytest.raises(ErasureError, match="curve_cases must be indices of the 4 cases"):
+        evaluate(model, {"erased": erased}, PROMPTS, probes, BrightJudge(2.0), seeds=SEEDS, curve_cases=[4])

@@ -48,7 +48,8 @@ def _named_encoders(specs: list[str], model):
 def run(args) -> None:
     from tqdm.auto import tqdm
 
-    from ..evaluate import evaluate, evaluate_sharded
+    from ..evaluate import evaluate
+    from ..sharding import evaluate_sharded
     from ..judges.registry import build_judge
 
     if not args.prompts and not args.prompt:

@@ -56,6 +56,7 @@ def _tiny_settings(bench, concepts=("circle",), training_seeds=(0, 1)):
 def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
     bench = _bench()
     settings = _tiny_settings(bench)
+    settings.curve_cases = 2  # the curve's extra budget (0.5) on 2 of the 4 cases
     efficacy = bench.measure(tiny_model, settings, tmp_path, judge_for=red_judge, retain_check_for=half_right_check,
                              log=lambda msg: None)
     on_disk = json.loads((tmp_path / "efficacy.json").read_text())
@@ -74,13 +75,27 @@ def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
         assert set(entry["post_attack"]) == {"soft_prompt", "unlearndiffatk", "concept_vector"}
         assert set(entry["stress_attack"]) == {"soft_prompt_unbounded"}
         assert [p["epsilon"] for p in entry["robustness_curve"]] == [0.0, 0.5, 1.0, None]
+        # headline (1) and stress (unbounded) budgets on every case, the curve-only one on the subset
+        assert [p["n"] for p in entry["robustness_curve"]] == [4 * runs, 2 * runs, 4 * runs, 4 * runs]
         assert entry["utility"]["retain_accuracy"]["rate"] == pytest.approx(0.5)
     # report.json of the same run carries the same contract per encoder (and training seed)
     report = json.loads((tmp_path / "circle" / "report.json").read_text())
     assert set(report["encoders"]) == {"original", "esd_s0", "esd_s1", "advunlearn_s0", "advunlearn_s1"}
     for entry in report["encoders"].values():
         assert {"pre_attack_asr", "post_attack_asr", "retain_accuracy", "stress_asr", "robustness_curve"} <= set(entry)
+    assert on_disk["curve_cases_per_cell"] == 2 and on_disk["cases_per_cell"] == 4
     assert "circle" in bench.format_table(efficacy["results"]) and "eps unb" in bench.format_curves(efficacy["results"])
+    # where the evaluation's time went, per method: the encoders' timings summed over the training seeds
+    by_method = on_disk["timings"]["circle"]["evaluation_by_method"]
+    assert set(by_method) == set(on_disk["evaluation_timings"]) == {"original", "esd", "advunlearn"}
+    for method in ("esd", "advunlearn"):
+        runs = [report["encoders"][f"{method}_s{seed}"] for seed in (0, 1)]
+        assert by_method[method]["plain"]["cases"] == 8 and by_method[method]["retain"]["cases"] == 8
+        for probe, timing in by_method[method]["probes"].items():
+            attacked = [sum("skipped" not in c["probes"][probe] for c in run["cases"]) for run in runs]
+            summed = on_disk["evaluation_timings"][method]["probes"][probe]
+            assert timing["attacked"] == sum(attacked) == summed["attacked"]
+            assert timing["cpu_seconds"] >= 0 and timing["seconds"] >= 0
 
 
 def test_two_workers_give_the_single_process_figures(tmp_path, monkeypatch):
@@ -117,9 +132,84 @@ def test_two_workers_give_the_single_process_figures(tmp_path, monkeypatch):
     (["--generation-seeds", "a,b"], "--generation-seeds: expected comma-separated whole numbers"),
     (["--curve", "1,x"], "--curve: each budget must be a number > 0 or none"),
     (["--curve", "0"], "--curve: each budget must be a number > 0 or none"),
+    (["--curve-cases", "0"], "--curve-cases: expected a whole number >= 1, got 0"),
 ])
 def test_bad_command_line_values_are_refused_before_any_work(bad, message, capsys):
     with pytest.raises(SystemExit) as exited:
         _bench().main(bad)
     assert exited.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def _json(value):
+    return json.loads(json.dumps(value))
+
+
+def test_an_interrupted_run_resumed_gives_the_uninterrupted_figures(tiny_model, tmp_path):
+    """Two concepts; then red's result and one of its encoders are lost (the run was stopped while red was being
+    evaluated): --resume reuses circle's result and red's other encoder, retrains the lost one, and gives the
+    figures of the uninterrupted run."""
+    bench = _bench()
+    settings = _tiny_settings(bench, concepts=("circle", "red"), training_seeds=(0,))
+    run = dict(judge_for=red_judge, retain_check_for=half_right_check, log=lambda msg: None)
+    full = bench.measure(tiny_model, settings, tmp_path, **run)
+    assert full["resumed_concepts"] == [] and not full["timings"]["red"]["resumed"]
+    for concept in ("circle", "red"):
+        assert (tmp_path / concept / "result.json").is_file()
+        for name in ("esd_s0", "advunlearn_s0"):
+            assert (tmp_path / concept / "encoders" / f"{name}.safetensors").is_file()
+    (tmp_path / "red" / "result.json").unlink()
+    (tmp_path / "red" / "encoders" / "esd_s0.safetensors").unlink()
+    (tmp_path / "efficacy.json").unlink()
+    resumed = bench.measure(tiny_model, settings, tmp_path, resume=True, **run)
+    assert _json(resumed["results"]) == _json(full["results"])
+    assert resumed["resumed_concepts"] == ["circle"]
+    runs = resumed["timings"]["red"]["runs"]
+    assert runs["advunlearn_s0"]["resumed"] and "resumed" not in runs["esd_s0"]
+    assert resumed["timings"]["circle"]["cpu"] == full["timings"]["circle"]["cpu"]  # the earlier run's timing
+    assert json.loads((tmp_path / "efficacy.json").read_text())["results"] == _json(full["results"])
+
+
+def test_other_settings_or_an_occupied_out_are_refused(tiny_model, tmp_path, capsys):
+    from erasure_core.errors import ErasureError
+
+    bench = _bench()
+    settings = _tiny_settings(bench, training_seeds=(0,))
+    run = dict(judge_for=red_judge, retain_check_for=half_right_check, log=lambda msg: None)
+    bench.measure(tiny_model, settings, tmp_path, **run)
+    with pytest.raises(ErasureError, match="already holds benchmark results .*pass --resume .* or another --out"):
+        bench.measure(tiny_model, settings, tmp_path, **run)
+    other = _tiny_settings(bench, training_seeds=(0,))
+    other.prompts = 3
+    with pytest.raises(ErasureError, match=r"other settings \(settings\.prompts: 2 in OUT, 3 now\)"):
+        bench.measure(tiny_model, other, tmp_path, resume=True, **run)
+    # an encoder trained with another erase config is never reused
+    config = bench.demo_erase_config("esd", 0, settings.demo, "circle").to_dict()
+    path = tmp_path / "circle" / "encoders" / "esd_s0.safetensors"
+    assert bench.store.load_trained_encoder(path, config, tiny_model) is not None
+    with pytest.raises(ErasureError, match="iterations: 2 in OUT, 3 now"):
+        bench.store.load_trained_encoder(path, {**config, "iterations": 3}, tiny_model)
+    # the command line: exit 2 with the differences named (here the model and the sizes), no traceback
+    with pytest.raises(SystemExit) as exited:
+        bench.main(["--out", str(tmp_path), "--resume", "--concepts", "circle", "--training-seeds", "0"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "error: the run in" in err and "model.name: 'tiny' in OUT, 'demo' now" in err
+
+
+def test_a_finished_concept_made_with_other_settings_is_refused(tmp_path):
+    """A concept's result.json is reused only under the settings it was made with (its fingerprint): another
+    erase config (a preset changed since, say) is refused with the difference named, never mixed in."""
+    from erasure_core.errors import ErasureError
+
+    store = _bench().store
+    record = {"concept": "red", "erase_configs": {"esd_s0": {"lr": 0.001, "layers": [0, 1]}}}
+    store.save_result(tmp_path / "red", record, {"esd": {"pre_attack": 1}}, {"cpu": 1.0})
+    assert store.load_result(tmp_path / "red", json.loads(json.dumps(record)))["results"] == {"esd": {"pre_attack": 1}}
+    assert store.load_result(tmp_path / "circle", record) is None  # not finished yet
+    changed = {"concept": "red", "erase_configs": {"esd_s0": {"lr": 0.003, "layers": [0, 1]}}}
+    with pytest.raises(ErasureError, match=r"erase_configs\.esd_s0\.lr: 0\.001 in OUT, 0\.003 now"):
+        store.load_result(tmp_path / "red", changed)
+    (tmp_path / "run.json").unlink(missing_ok=True)
+    with pytest.raises(ErasureError, match="holds results but no run.json"):
+        store.open_run(tmp_path, {"settings": {}}, resume=True)

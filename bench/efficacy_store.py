@@ -1,0 +1,143 @@
+"""What makes `demo_efficacy.py` resumable: what it keeps in OUT, and the checks before anything is reused.
+
+A full run takes hours, so it keeps its work as it goes, every file written atomically:
+
+    OUT/run.json                                 the run's settings and the model they apply to
+    OUT/CONCEPT/encoders/<method>_s<seed>.safetensors   each trained encoder (fp32, so a reloaded encoder is
+                                                 the trained one bit for bit), with the erase config it was
+                                                 trained with and its training time in the file's metadata
+    OUT/CONCEPT/result.json                      the concept's pooled figures and timings, with the settings
+                                                 that produced them and their fingerprint (sha256)
+
+`--resume` reuses a finished concept and a saved encoder only when their settings equal the current ones exactly;
+anything else is refused with the differences named, never silently recomputed or mixed. Without `--resume` an
+OUT that already holds work is refused: nothing is overwritten by accident.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+from erasure_core.errors import ErasureError
+from erasure_core.files import atomic_write_json
+
+RUN_FILE = "run.json"
+RESULT_FILE = "result.json"
+SCHEMA = "bench.demo_efficacy.store/1"
+
+
+def canonical(value):
+    """JSON's view of a value (tuples become lists), so settings compare equal to what was read back from disk."""
+    return json.loads(json.dumps(value, sort_keys=True, default=str))
+
+
+def fingerprint(record: dict) -> str:
+    return hashlib.sha256(json.dumps(canonical(record), sort_keys=True).encode()).hexdigest()
+
+
+def differences(saved, current, path: str = "") -> list[str]:
+    """Where two settings records differ, one line per leaf: 'prompts: 16 in OUT, 32 now'."""
+    if isinstance(saved, dict) and isinstance(current, dict):
+        lines = []
+        for key in sorted(set(saved) | set(current)):
+            where = f"{path}.{key}" if path else str(key)
+            if key not in saved or key not in current:
+                lines.append(f"{where}: {'missing' if key not in saved else saved[key]!r} in OUT, "
+                             f"{'missing' if key not in current else current[key]!r} now")
+            else:
+                lines += differences(saved[key], current[key], where)
+        return lines
+    return [] if saved == current else [f"{path or 'settings'}: {saved!r} in OUT, {current!r} now"]
+
+
+def _refuse_mismatch(what: str, saved: dict, current: dict) -> None:
+    lines = differences(canonical(saved), canonical(current))
+    if lines:
+        shown = "; ".join(lines[:8]) + (f"; and {len(lines) - 8} more" if len(lines) > 8 else "")
+        raise ErasureError(f"{what} was made with other settings ({shown}): resume with the settings it was made "
+                           f"with, or pass another --out")
+
+
+def _holds_work(out_dir: Path) -> list[Path]:
+    if not out_dir.is_dir():
+        return []
+    found = [out_dir / name for name in (RUN_FILE, "efficacy.json") if (out_dir / name).exists()]
+    return found + sorted(out_dir.glob(f"*/{RESULT_FILE}")) + sorted(out_dir.glob("*/encoders/*.safetensors"))
+
+
+def open_run(out_dir: Path, record: dict, resume: bool) -> None:
+    """Before any work: without `resume`, refuse an OUT that holds work; with it, refuse one whose run.json
+    differs from `record` (naming what differs). Then (re)write run.json."""
+    held = _holds_work(out_dir)
+    run_file = out_dir / RUN_FILE
+    if held and not resume:
+        more = " and more" if len(held) > 1 else ""
+        raise ErasureError(f"{out_dir} already holds benchmark results ({held[0]}{more}): pass --resume to "
+                           f"continue that run, or another --out")
+    if resume and run_file.is_file():
+        _refuse_mismatch(f"the run in {out_dir}", _read_json(run_file).get("settings", {}), record)
+    elif resume and held:
+        raise ErasureError(f"{out_dir} holds results but no {RUN_FILE} saying what settings made them: "
+                           f"pass another --out")
+    atomic_write_json({"schema": SCHEMA, "settings": canonical(record)}, run_file)
+
+
+def load_result(concept_dir: Path, record: dict) -> dict | None:
+    """A finished concept's {"results", "timings"} when its settings equal `record`; None when not finished;
+    a finished concept made with other settings is refused."""
+    path = concept_dir / RESULT_FILE
+    if not path.is_file():
+        return None
+    saved = _read_json(path)
+    if saved.get("fingerprint") != fingerprint(record):
+        _refuse_mismatch(str(path), saved.get("settings", {}), record)
+        raise ErasureError(f"{path} does not match its own settings (edited by hand?): remove it to recompute "
+                           f"that concept, or pass another --out")
+    return saved
+
+
+def save_result(concept_dir: Path, record: dict, results: dict, timings: dict) -> None:
+    atomic_write_json({"schema": SCHEMA, "fingerprint": fingerprint(record), "settings": canonical(record),
+                       "results": results, "timings": timings}, concept_dir / RESULT_FILE)
+
+
+def encoder_path(concept_dir: Path, run: str) -> Path:
+    return concept_dir / "encoders" / f"{run}.safetensors"
+
+
+def save_trained_encoder(path: Path, encoder, erase_config: dict, training: dict) -> None:
+    """The trained encoder in fp32 with the erase config it was trained with and its training time."""
+    import torch
+
+    from erasure_core.encoders import save_encoder
+
+    save_encoder(encoder, path, metadata={"erase_config": canonical(erase_config), "training": training},
+                 dtype=torch.float32)
+
+
+def load_trained_encoder(path: Path, erase_config: dict, model):
+    """(encoder on the model's device, its training timing) when `path` holds an encoder trained with
+    `erase_config`; None when there is no file; refused when it was trained with another config."""
+    if not path.is_file():
+        return None
+    import torch
+
+    from erasure_core.encoders import load_robust_text_encoder, read_encoder
+
+    saved = read_encoder(path)
+    _refuse_mismatch(str(path), saved.metadata.get("erase_config", {}), erase_config)
+    encoder = load_robust_text_encoder(saved, reference=model.text_encoder, dtype=torch.float32)
+    return encoder.to(model.device).requires_grad_(False).eval(), dict(saved.metadata.get("training", {}))
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        value = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as err:
+        raise ErasureError(f"{path} cannot be read ({err}): remove it to recompute that part, or pass another "
+                           f"--out") from err
+    if not isinstance(value, dict):
+        raise ErasureError(f"{path} is not a benchmark record (not a JSON object): remove it or pass another --out")
+    return value
