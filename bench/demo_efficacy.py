@@ -7,9 +7,11 @@ seeds, headline probes, the stress probe and the robustness curve, with 95% Wils
     python bench/demo_efficacy.py --quick --curve 1,none --erase-option iterations=20   # a smoke run
     python bench/demo_efficacy.py --resume --out out/efficacy   # continue an interrupted run (same settings)
 
-For each concept: erase it with every method at every training seed (the demo preset), then evaluate the
-original and all erased encoders in ONE `evaluate` call on the same cases (prompts x generation seeds), so the
-original is measured once and every encoder sees the same prompts. Generation and probes run batched across
+For each concept: erase it with every method at every training seed (the demo preset), then evaluate. With several
+training seeds each seed's encoders (ESD and AdvUnlearn) are evaluated on their own share of the prompts, one
+`evaluate` call per seed (the original on every share, so it is measured once on every case); a cell pools the
+shares, 256 cases in all, and ESD and AdvUnlearn of one seed always see the same cases. `--no-split-cases` puts
+every seed on every case (3x the evaluation, N = 768 per cell). Generation and probes run batched across
 cases (`--batch-size`); on a CPU two worker processes of one thread each take a concept at a time (`--workers`).
 Cases that succeed before the attack are not attacked, and the curve's budgets are nested (evaluate.py); the
 curve's budgets other than the headline (epsilon 1) and the stress probe (unbounded) attack only the first
@@ -34,10 +36,12 @@ retain generation 10; it resists nearly every case, so every budget attacked 22-
 the curve's extra budgets on a quarter of the cases, as --curve-cases 64 does at 256 (ESD 62, AdvUnlearn 124).
 Full run: 8 x (3 x 246 + 8 x 3 x (62 + 124) + 8 x 10) = about 42,000 CPU-s, ~5.8 h with 2 workers (without the
 subsample ~51,000, ~7 h); --quick about 1,100 CPU-s a concept, ~18 min with 2 workers. Both miss the targets
-(3 h, 15 min) on this CPU. Evaluation, every training seed on all 256 cases, is 86% of the full run's cost.
+(3 h, 15 min) on this CPU. Evaluation, every training seed on all 256 cases, is 86% of the full run's cost; each
+seed on its own third of them (the default, `split_cases`) cuts the projection to 8 x (3 x 246 + 8 x (62 + 124)
++ 8 x 10) = about 18,000 CPU-s, ~2.5 h with 2 workers.
 
-Sample sizes: a cell's 95% interval is about +-6 points near 0.5 at N = 256 and [0, 0.015] at 0/256; pooled
-over 3 training seeds (N = 768) about +-3.5 near 0.5. Targets (issue 10) for AdvUnlearn: pre-attack ASR <= 0.02,
+Sample sizes: a cell's 95% interval is about +-6 points near 0.5 at N = 256 and [0, 0.015] at 0/256 (each
+training seed's own figure rests on about 85 cases: +-10 points); with --no-split-cases (N = 768) about +-3.5. Targets (issue 10) for AdvUnlearn: pre-attack ASR <= 0.02,
 post-attack ASR <= 0.10 under every headline probe, retain accuracy within 0.05 of the original model; the
 headline probes must break ESD (post-attack >= 0.40).
 """
@@ -91,19 +95,43 @@ class BenchSettings:
     # attack only the first `curve_cases` cases (None = all): an erased encoder holds most cases at every budget,
     # so each budget was a full attack on nearly every case (see Cost above). Each curve point states its N.
     curve_cases: int | None = 64
+    # Each training seed's encoders are evaluated on their own share of the prompts (round-robin: seed i gets
+    # prompts i, i + n, ...), so a cell pools `cases` cases over the seeds instead of `cases` x seeds. Why: the
+    # evaluation was 86% of the full run's projected 5.8 h (one concept measured, see Cost), and every training
+    # seed on every case tripled it; with the split the projection is about 2.6 h. The pooled N (256) still gives
+    # [0, 0.015] at 0 successes; the per-seed figures rest on about 85 cases each. False: every seed, every case.
+    split_cases: bool = True
 
     @property
     def cases(self) -> int:
         return self.prompts * len(self.generation_seeds)
 
-    def curve_subset(self) -> list[int] | None:
-        """The case indices the curve-only budgets attack: the first `curve_cases` (cases run prompt by prompt,
-        each with every generation seed: 64 = the first 16 prompts x 4 seeds; the prompts are drawn one by one,
-        independently, so those 16 are a random sample of them), the same for every encoder; None when that is
-        every case."""
+    @property
+    def split(self) -> bool:
+        return self.split_cases and len(self.training_seeds) > 1
+
+    @property
+    def cases_per_cell(self) -> int:
+        """The pooled N of a cell (concept x method)."""
+        return self.cases if self.split else self.cases * len(self.training_seeds)
+
+    def curve_subset(self, prompts: int | None = None) -> list[int] | None:
+        """The case indices the curve-only budgets attack among the cases of `prompts` prompts (default: all):
+        the first `curve_cases` x prompts / self.prompts (cases run prompt by prompt, each with every generation
+        seed: 64 of 256 = the first 16 prompts x 4 seeds; the prompts are drawn one by one, independently, so
+        those are a random sample of them), the same for every encoder; None when that is every case."""
+        prompts = self.prompts if prompts is None else prompts
         if self.curve_cases is None or self.curve_cases >= self.cases:
             return None
-        return list(range(self.curve_cases))
+        return list(range(max(1, round(self.curve_cases * prompts / self.prompts))))
+
+    def parts(self, concept_prompts: list[str], retain_prompts: list[str]) -> list[tuple[tuple[int, ...], list, list]]:
+        """(training seeds, concept prompts, retain prompts) of each `evaluate` call: one call with every seed on
+        every prompt, or with `split_cases` one call per seed on its share of the prompts."""
+        if not self.split:
+            return [(self.training_seeds, concept_prompts, retain_prompts)]
+        n = len(self.training_seeds)
+        return [((seed,), concept_prompts[i::n], retain_prompts[i::n]) for i, seed in enumerate(self.training_seeds)]
 
 
 def quick_settings() -> BenchSettings:
@@ -151,9 +179,12 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
         threads = 1
     efficacy = {
         "schema": SCHEMA,
-        "cases_per_cell": settings.cases,
-        # the curve's budgets other than the headline and stress ones ran on this many cases per cell and seed
-        "curve_cases_per_cell": len(settings.curve_subset() or range(settings.cases)),
+        # the pooled N of a cell (concept x method), and how many of them each training seed's encoders saw
+        "cases_per_cell": settings.cases_per_cell,
+        "split_cases": settings.split,
+        # the curve's budgets other than the headline and stress ones ran on about this many cases per cell
+        "curve_cases_per_cell": (settings.curve_cases if settings.curve_subset() else settings.cases)
+        * (1 if settings.split else len(settings.training_seeds)),
         "training_seeds": list(settings.training_seeds),
         "generation_seeds": list(settings.generation_seeds),
         "concepts": list(settings.concepts),
@@ -219,10 +250,16 @@ def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Pa
         training[run] = {"seconds": round(time.perf_counter() - t1, 1), "cpu": round(time.process_time() - cpu1, 1)}
         store.save_trained_encoder(path, encoders[run], config.to_dict(), training[run])
     t1, cpu1 = time.perf_counter(), time.process_time()
-    report = evaluate(model, encoders, concept_prompts, demo_probes(concept, settings.demo), judge,
-                      seeds=settings.generation_seeds, steps=settings.demo.steps, guidance=settings.demo.guidance,
-                      retain_prompts=retain_prompts, retain_check=(retain_check_for or demo_retain_check)(judge),
-                      out_dir=concept_dir, batch_size=settings.demo.batch_size, curve_cases=settings.curve_subset())
+    reports = []
+    for index, (seeds, prompts, retain) in enumerate(parts := settings.parts(concept_prompts, retain_prompts)):
+        part = {run: encoders[run] for run in encoders if int(run.rsplit("_s", 1)[1]) in seeds}
+        reports.append(evaluate(
+            model, part, prompts, demo_probes(concept, settings.demo), judge, seeds=settings.generation_seeds,
+            steps=settings.demo.steps, guidance=settings.demo.guidance, retain_prompts=retain,
+            retain_check=(retain_check_for or demo_retain_check)(judge), batch_size=settings.demo.batch_size,
+            out_dir=concept_dir if len(parts) == 1 else concept_dir / f"seed{seeds[0]}",
+            curve_cases=settings.curve_subset(len(prompts))))
+    report = merge_parts(reports)
     timings = {"training": round(t1 - t0, 1), "training_cpu": round(cpu1 - cpu0, 1), "runs": training,
                "evaluation": round(time.perf_counter() - t1, 1), "evaluation_cpu": round(time.process_time() - cpu1, 1),
                "all": round(time.perf_counter() - t0, 1), "cpu": round(time.process_time() - cpu0, 1),
@@ -232,12 +269,21 @@ def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Pa
     return pooled, timings
 
 
+def merge_parts(reports: list[dict]) -> dict:
+    """The parts' reports as one: every erased encoder's entry (each is in one part), and the original's entries
+    in part order under "original" as a list (it ran on every part's cases)."""
+    if len(reports) == 1:
+        return {"encoders": {**reports[0]["encoders"], "original": [reports[0]["encoders"]["original"]]}}
+    encoders = {name: entry for r in reports for name, entry in r["encoders"].items() if name != "original"}
+    return {"encoders": {**encoders, "original": [r["encoders"]["original"] for r in reports]}}
+
+
 def settings_record(settings: BenchSettings) -> dict:
     """Everything in the settings that changes a figure (what a resumed run must share with the saved one)."""
     return {"concepts": list(settings.concepts), "prompts": settings.prompts,
             "generation_seeds": list(settings.generation_seeds), "training_seeds": list(settings.training_seeds),
             "methods": list(settings.methods), "prompt_seed": settings.prompt_seed,
-            "curve_cases": settings.curve_cases, "demo": settings.demo.to_dict()}
+            "curve_cases": settings.curve_cases, "split_cases": settings.split, "demo": settings.demo.to_dict()}
 
 
 def model_identity(model) -> dict:
@@ -290,16 +336,16 @@ def evaluation_by_method(report: dict, settings: BenchSettings) -> dict:
     """Where one concept's evaluation time went, per method (its training seeds summed) and for the original:
     plain generation, each probe (with the cases it attacked) and retain generation (evaluate's timings)."""
     encoders = report["encoders"]
-    by_method = {"original": encoders["original"]["timings"]}
+    by_method = {"original": sum_timings(entry["timings"] for entry in encoders["original"])}
     for method in settings.methods:
         by_method[method] = sum_timings(encoders[f"{method}_s{seed}"]["timings"] for seed in settings.training_seeds)
     return by_method
 
 
 def pool_report(report: dict, settings: BenchSettings) -> dict:
-    """One concept's evaluation -> {method: pooled figures}; the original encoder is one unpooled run."""
+    """One concept's evaluation -> {method: pooled figures}; the original encoder pooled over the parts."""
     encoders = report["encoders"]
-    groups = {"original": [encoders["original"]]}
+    groups = {"original": encoders["original"]}
     for method in settings.methods:
         groups[method] = [encoders[f"{method}_s{seed}"] for seed in settings.training_seeds]
     return {name: _pooled(entries) for name, entries in groups.items()}
@@ -341,7 +387,7 @@ def format_per_seed(results: dict) -> str:
             if not rows:
                 rows.append(["concept", "encoder", *cells, "n per seed"])
             rows.append([concept, name, *[" ".join(str(s["successes"]) for s in r["per_seed"]) for r in cells.values()],
-                         str(v["pre_attack"]["per_seed"][0]["n"])])
+                         " ".join(str(s["n"]) for s in v["pre_attack"]["per_seed"])])
     return align_columns(rows)
 
 
@@ -427,6 +473,9 @@ def main(argv=None) -> None:
     parser.add_argument("--curve-cases", type=_curve_cases, default=None,
                         help="cases the curve's extra budgets (not the headline epsilon 1, not unbounded) attack: "
                              "a number (default 64) or all")
+    parser.add_argument("--split-cases", action=argparse.BooleanOptionalAction, default=None,
+                        help="each training seed on its own share of the prompts (default for several seeds; "
+                             "--no-split-cases: every seed on every case, 3x the evaluation)")
     parser.add_argument("--device", default=None, help="cpu, cuda... (default: cuda if available)")
     parser.add_argument("--workers", type=_positive_int, default=None,
                         help="processes of one thread each, sharing the concepts (default: 2 on a CPU with 2 or "
@@ -471,10 +520,13 @@ def _run(args) -> None:
         settings.curve_cases = None if args.curve_cases == "all" else args.curve_cases
     if args.curve:
         settings.demo = replace(settings.demo, curve_epsilons=args.curve)
+    if args.split_cases is not None:
+        settings.split_cases = args.split_cases
     for concept in settings.concepts:
         world.attribute_of(concept)  # refuses unknown values before any training
-    print(f"{settings.cases} cases per cell and training seed; {len(settings.training_seeds)} training seed(s)",
-          flush=True)
+    per_seed = "its share of them" if settings.split else "every one"
+    print(f"{settings.cases_per_cell} cases per cell (pooled over {len(settings.training_seeds)} training seed(s), "
+          f"each on {per_seed})", flush=True)
     device = device_from_name(args.device)
     workers = args.workers or (2 if device == "cpu" and (os.cpu_count() or 1) >= 2 else 1)
     model = load_model("demo", device=device)
@@ -486,8 +538,8 @@ def _run(args) -> None:
     print(format_per_seed(efficacy["results"]))
     print()
     print(format_curves(efficacy["results"]))
-    print(f"(curve budgets other than {DEFAULT_EPSILON:g} and unbounded: {efficacy['curve_cases_per_cell']} of "
-          f"{efficacy['cases_per_cell']} cases per cell and training seed)")
+    print(f"(curve budgets other than {DEFAULT_EPSILON:g} and unbounded: about {efficacy['curve_cases_per_cell']} of "
+          f"{efficacy['cases_per_cell']} cases per cell)")
     print(f"\n{efficacy['seconds']:.0f} s in all ({efficacy['cpu_seconds']:.0f} s of CPU time, {workers} worker(s)); "
           f"{Path(args.out) / 'efficacy.json'}")
 

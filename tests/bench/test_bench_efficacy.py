@@ -56,6 +56,7 @@ def _tiny_settings(bench, concepts=("circle",), training_seeds=(0, 1)):
 def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
     bench = _bench()
     settings = _tiny_settings(bench)
+    settings.split_cases = False  # every training seed on every case (the split has its own test below)
     settings.curve_cases = 2  # the curve's extra budget (0.5) on 2 of the 4 cases
     efficacy = bench.measure(tiny_model, settings, tmp_path, judge_for=red_judge, retain_check_for=half_right_check,
                              log=lambda msg: None)
@@ -83,7 +84,7 @@ def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
     assert set(report["encoders"]) == {"original", "esd_s0", "esd_s1", "advunlearn_s0", "advunlearn_s1"}
     for entry in report["encoders"].values():
         assert {"pre_attack_asr", "post_attack_asr", "retain_accuracy", "stress_asr", "robustness_curve"} <= set(entry)
-    assert on_disk["curve_cases_per_cell"] == 2 and on_disk["cases_per_cell"] == 4
+    assert on_disk["curve_cases_per_cell"] == 4 and on_disk["cases_per_cell"] == 8 and not on_disk["split_cases"]
     assert "circle" in bench.format_table(efficacy["results"]) and "eps unb" in bench.format_curves(efficacy["results"])
     # where the evaluation's time went, per method: the encoders' timings summed over the training seeds
     by_method = on_disk["timings"]["circle"]["evaluation_by_method"]
@@ -213,3 +214,29 @@ def test_a_finished_concept_made_with_other_settings_is_refused(tmp_path):
     (tmp_path / "run.json").unlink(missing_ok=True)
     with pytest.raises(ErasureError, match="holds results but no run.json"):
         store.open_run(tmp_path, {"settings": {}}, resume=True)
+
+
+def test_split_cases_give_each_training_seed_its_own_prompts_and_pool_them(tiny_model, tmp_path):
+    """With several training seeds (the default), seed i's ESD and AdvUnlearn are evaluated on prompts i, i + n...:
+    the shares are disjoint and cover every case once; a cell pools them (N = all cases, not cases x seeds) and the
+    original is measured on every share."""
+    bench = _bench()
+    settings = _tiny_settings(bench)
+    settings.prompts = 4
+    efficacy = bench.measure(tiny_model, settings, tmp_path, judge_for=red_judge, retain_check_for=half_right_check,
+                             log=lambda msg: None)
+    assert efficacy["split_cases"] and efficacy["cases_per_cell"] == 8
+    seen = {}
+    for seed in (0, 1):
+        report = json.loads((tmp_path / "circle" / f"seed{seed}" / "report.json").read_text())
+        assert set(report["encoders"]) == {"original", f"esd_s{seed}", f"advunlearn_s{seed}"}
+        seen[seed] = {(c["prompt"], c["seed"]) for c in report["cases"]}
+        assert len(seen[seed]) == 4  # 2 prompts x 2 generation seeds, the same for ESD and AdvUnlearn
+    assert not seen[0] & seen[1]
+    for name, entry in efficacy["results"]["circle"].items():
+        for r in [entry["pre_attack"], *entry["post_attack"].values(), entry["utility"]["retain_accuracy"]]:
+            assert r["n"] == 8 and [s["n"] for s in r["per_seed"]] == [4, 4]
+            assert sum(s["successes"] for s in r["per_seed"]) == r["successes"]
+    # the curve's extra budget on the first 16 x 4 / 64... here curve_cases 64 >= 8 cases: every case
+    assert [p["n"] for p in efficacy["results"]["circle"]["advunlearn"]["robustness_curve"]] == [8, 8, 8, 8]
+    assert "4 4" in bench.format_per_seed(efficacy["results"])
