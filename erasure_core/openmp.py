@@ -15,10 +15,25 @@ On a heavily loaded machine (this shared one, load average 5-10 on 2 cores: `ben
 --iterations 1 --conditions idle`, one run each) the default took > 200 s, GOMP_SPINCOUNT=10000 78 s and PASSIVE
 30 s: the more the CPU is oversubscribed, the more passive waiting wins.
 
-A short spin keeps the idle speed (a waiting thread still catches the next parallel region while it spins) and
-stops most of the stalls beside a busy core; passive waiting is the cure there but costs 2x on an idle CPU. So
-the command line (`python -m erasure_core`) and the benchmarks start with GOMP_SPINCOUNT=10000 unless the user
-chose a policy (OMP_WAIT_POLICY or GOMP_SPINCOUNT set: theirs wins). `bench/openmp_policy.py` measures the
+Re-measured alone on an idle 2-core machine (load 0.13 before the run; `bench/openmp_policy.py --timeout 150`,
+10 ESD iterations of the demo preset, 2 threads, one run each):
+
+| policy                      | idle   | beside one busy process |
+|-----------------------------|--------|-------------------------|
+| default                     | 15.8 s | > 150 s (stopped)       |
+| GOMP_SPINCOUNT=10000        | 15.9 s | 68.5 s                  |
+| GOMP_SPINCOUNT=1000         | 27.5 s | 29.9 s                  |
+| OMP_WAIT_POLICY=PASSIVE     | 34.9 s | 22.8 s                  |
+
+No one policy wins both columns: a short spin keeps the idle speed (a waiting thread still catches the next
+parallel region while it spins) but is still 4.3x slower beside a busy core; passive waiting is the fastest there
+but 2.2x slower idle. So the command line (`python -m erasure_core`) and the benchmarks look at the machine
+before torch loads: when the 1-minute load average is at least BUSY_LOAD (another process has been keeping a
+core busy: torch's threads use every core, so one busy process is enough to stall them) they choose
+OMP_WAIT_POLICY=PASSIVE (the command line says so and why), otherwise GOMP_SPINCOUNT=10000; a user's own choice
+(OMP_WAIT_POLICY or GOMP_SPINCOUNT set) always wins. The load average lags by about
+a minute, so right after other heavy work an idle machine can still read busy (it then runs 2.2x slower than it
+could: set GOMP_SPINCOUNT=10000 to choose yourself). `bench/openmp_policy.py` measures the
 table again on a given machine. GOMP_SPINCOUNT is read by GNU libgomp, which Linux PyTorch wheels use; other
 OpenMP runtimes ignore it (LLVM's libomp has KMP_BLOCKTIME instead).
 
@@ -33,10 +48,13 @@ import sys
 
 VARIABLE = "OMP_WAIT_POLICY"
 SPIN_VARIABLE = "GOMP_SPINCOUNT"
-DEFAULT_SPINCOUNT = "10000"  # the measured choice: see the table above
-ADVICE = (f"if other work keeps a core busy, start ComfyUI with {SPIN_VARIABLE}={DEFAULT_SPINCOUNT} (or "
-          f"{VARIABLE}=PASSIVE): OpenMP's default busy-waiting made CPU erasure here more than 7x slower beside a "
-          "busy core; a short spin keeps the idle speed.")
+DEFAULT_SPINCOUNT = "10000"  # the measured choice on an idle CPU: see the table above
+# The 1-minute load average from which the machine counts as busy: idle, the machine above read 0.13; one other
+# process keeping a core busy reads about 1.
+BUSY_LOAD = 0.8
+ADVICE = (f"if other work keeps a core busy, start ComfyUI with {VARIABLE}=PASSIVE (on an idle CPU, "
+          f"{SPIN_VARIABLE}={DEFAULT_SPINCOUNT}): OpenMP's default busy-waiting made CPU erasure here more than 9x "
+          "slower beside a busy core, passive waiting the fastest there (see erasure_core/openmp.py).")
 
 
 def user_chose_policy(environ=None) -> bool:
@@ -49,11 +67,32 @@ def passive_waiting_advice() -> str | None:
     return None if user_chose_policy() else ADVICE
 
 
-def apply_default_wait_policy(environ=None) -> str | None:
-    """Set GOMP_SPINCOUNT=10000 in `environ` (os.environ) unless the user chose a policy or torch is already
-    imported (too late: the runtime has read its settings). Returns the 'NAME=value' set, or None."""
+def load_average() -> float | None:
+    """The 1-minute load average, or None where the platform has none (Windows)."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def choose_policy(load: float | None) -> tuple[str, str]:
+    """(variable, value) for a machine at `load` (1-minute load average): passive waiting when another process keeps a core
+    busy, else the short spin (the table above)."""
+    if load is not None and load >= BUSY_LOAD:
+        return VARIABLE, "PASSIVE"
+    return SPIN_VARIABLE, DEFAULT_SPINCOUNT
+
+
+def apply_default_wait_policy(environ=None, load: float | None = None) -> str | None:
+    """Set the wait policy `choose_policy` picks for this machine's load (`load`: default, the load average
+    now) in `environ` (os.environ), unless the user chose a policy or torch is already imported (too late: the
+    runtime has read its settings). Returns 'NAME=value (why)' for what was set, or None."""
     environ = os.environ if environ is None else environ
     if user_chose_policy(environ) or "torch" in sys.modules:
         return None
-    environ[SPIN_VARIABLE] = DEFAULT_SPINCOUNT
-    return f"{SPIN_VARIABLE}={DEFAULT_SPINCOUNT}"
+    load = load_average() if load is None else load
+    name, value = choose_policy(load)
+    environ[name] = value
+    why = "other work is keeping the CPU busy" if name == VARIABLE else "the CPU is idle"
+    shown = "unknown" if load is None else f"{load:.2f}"
+    return f"{name}={value} ({why}: load average {shown}; set OMP_WAIT_POLICY or GOMP_SPINCOUNT to choose)"

@@ -44,7 +44,9 @@ def _quiet_libraries() -> None:
 
 def main(argv: list[str] | None = None) -> int:
     # Before anything imports torch: OpenMP reads its wait policy once, when torch loads it (erasure_core/openmp.py).
-    apply_default_wait_policy()
+    chosen = apply_default_wait_policy()
+    if chosen and chosen.startswith("OMP_WAIT_POLICY"):  # slower than the idle default: say why
+        print(f"note: {chosen}", file=sys.stderr)
     args = build_parser().parse_args(argv)
     _quiet_libraries()
     try:

@@ -70,13 +70,27 @@ def test_default_spin_count_only_before_torch_and_without_a_user_choice():
     import sys
 
     code = ("import os, sys; from erasure_core.openmp import apply_default_wait_policy as a; "
-            "print(a(), os.environ.get('GOMP_SPINCOUNT'), 'torch' in sys.modules)")
+            "print(a(load=float(sys.argv[1])).split()[0], os.environ.get('GOMP_SPINCOUNT'), "
+            "os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
-    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["GOMP_SPINCOUNT=10000", "10000", "False"]
-    out = subprocess.run([sys.executable, "-c", code], env={**env, "OMP_WAIT_POLICY": "PASSIVE"},
-                         capture_output=True, text=True, check=True)
-    assert out.stdout.split() == ["None", "None", "False"]
+
+    def run(load, extra=None):
+        return subprocess.run([sys.executable, "-c", code, str(load)], env={**env, **(extra or {})},
+                              capture_output=True, text=True, check=True).stdout.split()
+
+    # idle: the short spin; another process keeping a core busy (load about 1): passive waiting
+    assert run(0.1) == ["GOMP_SPINCOUNT=10000", "10000", "None", "False"]
+    assert run(1.1) == ["OMP_WAIT_POLICY=PASSIVE", "None", "PASSIVE", "False"]
+    code = code.replace(".split()[0]", "")
+    assert run(1.1, {"OMP_WAIT_POLICY": "ACTIVE"}) == ["None", "None", "ACTIVE", "False"]
+
+
+def test_the_wait_policy_follows_the_load():
+    from erasure_core.openmp import BUSY_LOAD, choose_policy
+
+    assert choose_policy(0.13) == ("GOMP_SPINCOUNT", "10000")  # the idle machine of the measurement
+    assert choose_policy(BUSY_LOAD) == choose_policy(1.0) == ("OMP_WAIT_POLICY", "PASSIVE")
+    assert choose_policy(None) == ("GOMP_SPINCOUNT", "10000")  # no load average (Windows): the idle default
 
 
 def test_erase_and_probe_choices_are_the_libraries_lists():
