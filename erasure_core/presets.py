@@ -48,8 +48,12 @@ PRESETS: dict[str, dict] = {
     #   2/128 / 40/128. Circle: 38/128 post-attack without captions, 2/128 with them, 1/128 attacked too.
     # - retain weight 10: with the caption attack, retain accuracy on red (seed 0) was 47/64 at weight 3 and 54/64
     #   at 10 (original 63/64); at 10, seeds 0+1: red 113/128 (original 126/128), circle 123/128 (128/128).
+    # - 400 iterations with the attack refreshed every 2nd (attack_every 2; the same number of attack refreshes as
+    #   200 iterations refreshed every one, 1.44x the UNet evaluations): red's attacked ASR fell from 40/128 to
+    #   3/128 (seeds 0+1), circle's stayed at 1/128; retain accuracy: red 113 -> 119/128, circle 123 -> 114/128
+    #   (the price). 300 iterations every 3rd gave red 25/128; 200 every 2nd at lr 2e-3 red 40/128 (pre 7/128).
     "demo": dict(
-        lr=1e-3, iterations=200, warmup_iterations=20, attack_steps=10, attack_k=3, attack_lr=1e-2,
+        lr=1e-3, iterations=400, attack_every=2, warmup_iterations=20, attack_steps=10, attack_k=3, attack_lr=1e-2,
         attack_insertion="prefix", attack_batch=2, concept_batch=4, plain_weight=1.0,
         retain_weight=10.0, retain_batch=8, retain_set="shapes_world", caption_weight=1.0, attack_captions=True,
         negative_guidance=2.0, num_ddim_steps=20, guidance=5.0, concept_pool_size=16, retain_pool_size=64,

@@ -52,6 +52,9 @@ class EraseConfig:
       attack_captions: the inner attack puts its tokens into one of the concept's captions (a new one each
       refresh) instead of the bare word, and the attacked caption is trained toward its contrastive target
       (needs caption_weight > 0; a concept without captions is attacked as a bare word).
+    - embedding_retain_weight: every retain prompt's encoding stays the original's (relative squared distance,
+      like the "" anchor; `retain_batch` prompts a step drawn from the whole retain list, not only the pool's):
+      costs no UNet evaluation, so it reaches the retain prompts the UNet-space retain loss never samples.
     - diagnostics_every: every that many iterations (and at the last) the history records drift of the empty
       prompt's prediction, the plain prompt's unlearning loss, the adversarial token norm and the relative
       weight change, on fixed points (0 = never).
@@ -83,6 +86,7 @@ class EraseConfig:
     contrast_words: list[str] | None = None
     plain_contrast: bool = False
     attack_captions: bool = False
+    embedding_retain_weight: float = 0.0
     layers: str | list[int] = "all"
     train_final_layer_norm: bool = True
     num_ddim_steps: int = 50
@@ -137,7 +141,7 @@ class EraseConfig:
                      "attack_batch", "concept_batch"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        for name in ("retain_weight", "anchor_weight", "plain_weight", "caption_weight"):
+        for name in ("retain_weight", "anchor_weight", "plain_weight", "caption_weight", "embedding_retain_weight"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         check(not self.plain_contrast or bool(self.contrast_words),
               "plain_contrast needs contrast_words (the words whose predictions replace the empty prompt's)")

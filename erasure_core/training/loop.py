@@ -52,7 +52,7 @@ from .config import EraseConfig, check, select_trainable_parameters
 from .diagnostics import Diagnostics
 from .points import TrainingPoints
 from .precision import encoder_checkpointing, resolve_precision
-from .retain import concept_alignment, filter_retain_prompts, select_by_alignment
+from .retain import cached_alignment, filter_retain_prompts, select_by_alignment
 
 
 @dataclass
@@ -187,15 +187,10 @@ class _Trainer:
         config = self.config
         if not self._uses_retain or config.retain_max_alignment is None:
             return
-        key = ("alignment", id(self.model.unet), id(self.model.text_encoder), tuple(self.concepts),
-               tuple(self.retain_prompts), config.num_ddim_steps, config.guidance, config.seed)
-        cache = self.latent_cache if self.latent_cache is not None else {}
-        if key not in cache:
-            with self._autocast():
-                cache[key] = concept_alignment(self.model, self.runner, self.concept_conds, self.uncond,
-                                               self.retain_conds, num_inference_steps=config.num_ddim_steps,
-                                               guidance=config.guidance, seed=config.seed + 2_000_003)
-        keep = select_by_alignment(self.retain_prompts, cache[key], config.retain_max_alignment)
+        with self._autocast():
+            alignment = cached_alignment(self.model, self.runner, self.concepts, self.concept_conds, self.uncond,
+                                         self.retain_prompts, self.retain_conds, config, self.latent_cache)
+        keep = select_by_alignment(self.retain_prompts, alignment, config.retain_max_alignment)
         self.retain_dropped = [p for i, p in enumerate(self.retain_prompts) if i not in set(keep)]
         self.retain_prompts = [self.retain_prompts[i] for i in keep]
         self._set_retain([self.retain_ids[i : i + 1] for i in keep])
@@ -290,6 +285,9 @@ class _Trainer:
         if config.caption_weight > 0 and self.captions.count(concept):
             logs["caption_loss"] = self._backward(step, "caption", config.caption_weight, lambda: self.captions.loss(
                 self.student, self.runner, points, concept, self.rng, config.negative_guidance))
+        if config.embedding_retain_weight > 0 and self._uses_retain:
+            logs["embedding_retain_loss"] = self._backward(step, "embedding retain", config.embedding_retain_weight,
+                                                           self._embedding_retain_loss)
         if config.anchor_weight > 0:
             logs["anchor_loss"] = self._backward(step, "anchor", config.anchor_weight, lambda: anchor_loss(
                 encode_slotted(self.student, self.uncond_ids), self.uncond))
@@ -297,6 +295,10 @@ class _Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return logs
+
+    def _embedding_retain_loss(self) -> torch.Tensor:
+        rows = torch.randint(len(self.retain_ids), (self.config.retain_batch,), generator=self.rng)
+        return anchor_loss(encode_slotted(self.student, self.retain_ids[rows]), self.retain_conds[rows])
 
     def _predict(self, points, slotted, adv_embeds=None):
         cond = encode_slotted(self.student, slotted, adv_embeds=adv_embeds)

@@ -65,6 +65,20 @@ def concept_alignment(model, runner: UNetRunner, concept_conds: torch.Tensor, un
     return torch.stack(columns, dim=1).cpu()
 
 
+def cached_alignment(model, runner, concepts, concept_conds, uncond, retain_prompts, retain_conds, config,
+                     cache: dict | None) -> torch.Tensor:
+    """concept_alignment for a training run, computed once per (model, concepts, prompts, sampling) in `cache`
+    (the caller's latent cache: ESD and AdvUnlearn of one concept share it)."""
+    key = ("alignment", id(model.unet), id(model.text_encoder), tuple(concepts), tuple(retain_prompts),
+           config.num_ddim_steps, config.guidance, config.seed)
+    cache = cache if cache is not None else {}
+    if key not in cache:
+        cache[key] = concept_alignment(model, runner, concept_conds, uncond, retain_conds,
+                                       num_inference_steps=config.num_ddim_steps, guidance=config.guidance,
+                                       seed=config.seed + 2_000_003)
+    return cache[key]
+
+
 def select_by_alignment(prompts: list[str], alignment: torch.Tensor, max_alignment: float | None) -> list[int]:
     """Indices of the prompts to keep (every one when `max_alignment` is None); an error if none is left."""
     if max_alignment is None:

@@ -128,3 +128,23 @@ def test_plain_contrast_trains_the_bare_concept_toward_the_contrast_word_instead
         assert distance(contrast) < 0.9 * distance(empty)
     with pytest.raises(ErasureError, match="plain_contrast needs contrast_words"):
         EraseConfig(plain_contrast=True).validate()
+
+
+def test_embedding_retain_keeps_the_retain_encodings_closer_to_the_original(tiny_model):
+    """The retain prompts' encodings drift less from the original's with the embedding retain term than
+    without it (the same strong caption training otherwise)."""
+    config = dict(method="esd", iterations=25, lr=1e-2, caption_weight=5.0)
+    without = erase(build_tiny_model(), ["nudity"], _config(**config))
+    held = erase(build_tiny_model(), ["nudity"], _config(**config, embedding_retain_weight=20.0))
+    assert "embedding_retain_loss" in held.history[-1] and "embedding_retain_loss" not in without.history[-1]
+    tokenizer = tiny_model.tokenizer
+    ids = torch.cat([tokenizer(p, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                               return_tensors="pt").input_ids for p in PROMPTS[:3]])
+
+    def drift(encoder):
+        with torch.no_grad():
+            return float((encoder(ids)[0] - tiny_model.text_encoder(ids)[0]).pow(2).mean())
+
+    assert drift(held.text_encoder) < 0.7 * drift(without.text_encoder)
+    with pytest.raises(ErasureError, match="embedding_retain_weight must be >= 0"):
+        EraseConfig(embedding_retain_weight=-1.0).validate()
