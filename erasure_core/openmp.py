@@ -28,12 +28,12 @@ Re-measured alone on an idle 2-core machine (load 0.13 before the run; `bench/op
 No one policy wins both columns: a short spin keeps the idle speed (a waiting thread still catches the next
 parallel region while it spins) but is still 4.3x slower beside a busy core; passive waiting is the fastest there
 but 2.2x slower idle. So the command line (`python -m erasure_core`) and the benchmarks look at the machine
-before torch loads: when the 1-minute load average is at least BUSY_LOAD (another process has been keeping a
-core busy: torch's threads use every core, so one busy process is enough to stall them) they choose
+before torch loads: when other processes keep at least BUSY_CORES of a core busy over a quarter of a second (read
+from /proc/stat; torch's threads use every core, so one busy process is enough to stall them) they choose
 OMP_WAIT_POLICY=PASSIVE (the command line says so and why), otherwise GOMP_SPINCOUNT=10000; a user's own choice
-(OMP_WAIT_POLICY or GOMP_SPINCOUNT set) always wins. The load average lags by about
-a minute, so right after other heavy work an idle machine can still read busy (it then runs 2.2x slower than it
-could: set GOMP_SPINCOUNT=10000 to choose yourself). `bench/openmp_policy.py` measures the
+(OMP_WAIT_POLICY or GOMP_SPINCOUNT set) always wins. Not the load average: it lags by about a minute, and right
+after `scripts/setup.sh` (pip at work) it read 3 on an idle machine, which would have made the README's demo 2.2x
+slower. Where /proc/stat is missing (macOS, Windows) the short spin is chosen. `bench/openmp_policy.py` measures the
 table again on a given machine. GOMP_SPINCOUNT is read by GNU libgomp, which Linux PyTorch wheels use; other
 OpenMP runtimes ignore it (LLVM's libomp has KMP_BLOCKTIME instead).
 
@@ -45,13 +45,15 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 
 VARIABLE = "OMP_WAIT_POLICY"
 SPIN_VARIABLE = "GOMP_SPINCOUNT"
 DEFAULT_SPINCOUNT = "10000"  # the measured choice on an idle CPU: see the table above
-# The 1-minute load average from which the machine counts as busy: idle, the machine above read 0.13; one other
-# process keeping a core busy reads about 1.
-BUSY_LOAD = 0.8
+# Cores kept busy by other processes from which the machine counts as busy: one process spinning on a core reads
+# about 1, an idle machine a few hundredths.
+BUSY_CORES = 0.5
+SAMPLE_SECONDS = 0.25
 ADVICE = (f"if other work keeps a core busy, start ComfyUI with {VARIABLE}=PASSIVE (on an idle CPU, "
           f"{SPIN_VARIABLE}={DEFAULT_SPINCOUNT}): OpenMP's default busy-waiting made CPU erasure here more than 9x "
           "slower beside a busy core, passive waiting the fastest there (see erasure_core/openmp.py).")
@@ -67,32 +69,45 @@ def passive_waiting_advice() -> str | None:
     return None if user_chose_policy() else ADVICE
 
 
-def load_average() -> float | None:
-    """The 1-minute load average, or None where the platform has none (Windows)."""
+def _cpu_times(path: str) -> tuple[int, int]:
+    """(busy, total) jiffies of all cores from the first line of /proc/stat."""
+    with open(path, encoding="ascii") as f:
+        fields = [int(x) for x in f.readline().split()[1:9]]  # user nice system idle iowait irq softirq steal
+    return sum(fields) - fields[3] - fields[4], sum(fields)
+
+
+def busy_cores(seconds: float = SAMPLE_SECONDS, path: str = "/proc/stat") -> float | None:
+    """How many cores other processes kept busy over the next `seconds` (this one sleeps meanwhile), or None
+    where /proc/stat is missing."""
     try:
-        return os.getloadavg()[0]
-    except (AttributeError, OSError):
+        busy0, total0 = _cpu_times(path)
+        time.sleep(seconds)
+        busy1, total1 = _cpu_times(path)
+    except (OSError, ValueError):
         return None
+    if total1 <= total0:
+        return None
+    return (busy1 - busy0) / (total1 - total0) * (os.cpu_count() or 1)
 
 
-def choose_policy(load: float | None) -> tuple[str, str]:
-    """(variable, value) for a machine at `load` (1-minute load average): passive waiting when another process keeps a core
-    busy, else the short spin (the table above)."""
-    if load is not None and load >= BUSY_LOAD:
+def choose_policy(busy: float | None) -> tuple[str, str]:
+    """(variable, value) for a machine where other processes keep `busy` cores busy: passive waiting from
+    BUSY_CORES up, else the short spin (the table above)."""
+    if busy is not None and busy >= BUSY_CORES:
         return VARIABLE, "PASSIVE"
     return SPIN_VARIABLE, DEFAULT_SPINCOUNT
 
 
-def apply_default_wait_policy(environ=None, load: float | None = None) -> str | None:
-    """Set the wait policy `choose_policy` picks for this machine's load (`load`: default, the load average
-    now) in `environ` (os.environ), unless the user chose a policy or torch is already imported (too late: the
-    runtime has read its settings). Returns 'NAME=value (why)' for what was set, or None."""
+def apply_default_wait_policy(environ=None, busy: float | None = None) -> str | None:
+    """Set the wait policy `choose_policy` picks for this machine (`busy`: cores other processes keep busy,
+    default measured now) in `environ` (os.environ), unless the user chose a policy or torch is already imported
+    (too late: the runtime has read its settings). Returns 'NAME=value (why)' for what was set, or None."""
     environ = os.environ if environ is None else environ
     if user_chose_policy(environ) or "torch" in sys.modules:
         return None
-    load = load_average() if load is None else load
-    name, value = choose_policy(load)
+    busy = busy_cores() if busy is None else busy
+    name, value = choose_policy(busy)
     environ[name] = value
     why = "other work is keeping the CPU busy" if name == VARIABLE else "the CPU is idle"
-    shown = "unknown" if load is None else f"{load:.2f}"
-    return f"{name}={value} ({why}: load average {shown}; set OMP_WAIT_POLICY or GOMP_SPINCOUNT to choose)"
+    shown = "unknown" if busy is None else f"{busy:.1f}"
+    return f"{name}={value} ({why}: {shown} cores busy; set OMP_WAIT_POLICY or GOMP_SPINCOUNT to choose)"

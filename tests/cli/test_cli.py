@@ -70,7 +70,7 @@ def test_default_spin_count_only_before_torch_and_without_a_user_choice():
     import sys
 
     code = ("import os, sys; from erasure_core.openmp import apply_default_wait_policy as a; "
-            "print(a(load=float(sys.argv[1])).split()[0], os.environ.get('GOMP_SPINCOUNT'), "
+            "print(a(busy=float(sys.argv[1])).split()[0], os.environ.get('GOMP_SPINCOUNT'), "
             "os.environ.get('OMP_WAIT_POLICY'), 'torch' in sys.modules)")
     env = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
 
@@ -78,19 +78,30 @@ def test_default_spin_count_only_before_torch_and_without_a_user_choice():
         return subprocess.run([sys.executable, "-c", code, str(load)], env={**env, **(extra or {})},
                               capture_output=True, text=True, check=True).stdout.split()
 
-    # idle: the short spin; another process keeping a core busy (load about 1): passive waiting
+    # idle: the short spin; another process keeping a core busy: passive waiting
     assert run(0.1) == ["GOMP_SPINCOUNT=10000", "10000", "None", "False"]
     assert run(1.1) == ["OMP_WAIT_POLICY=PASSIVE", "None", "PASSIVE", "False"]
     code = code.replace(".split()[0]", "")
     assert run(1.1, {"OMP_WAIT_POLICY": "ACTIVE"}) == ["None", "None", "ACTIVE", "False"]
 
 
-def test_the_wait_policy_follows_the_load():
-    from erasure_core.openmp import BUSY_LOAD, choose_policy
+def test_the_wait_policy_follows_how_busy_the_cpu_is(tmp_path, monkeypatch):
+    from erasure_core import openmp
+    from erasure_core.openmp import BUSY_CORES, busy_cores, choose_policy
 
-    assert choose_policy(0.13) == ("GOMP_SPINCOUNT", "10000")  # the idle machine of the measurement
-    assert choose_policy(BUSY_LOAD) == choose_policy(1.0) == ("OMP_WAIT_POLICY", "PASSIVE")
-    assert choose_policy(None) == ("GOMP_SPINCOUNT", "10000")  # no load average (Windows): the idle default
+    assert choose_policy(0.05) == ("GOMP_SPINCOUNT", "10000")
+    assert choose_policy(BUSY_CORES) == choose_policy(1.0) == ("OMP_WAIT_POLICY", "PASSIVE")
+    assert choose_policy(None) == ("GOMP_SPINCOUNT", "10000")  # no /proc/stat (macOS, Windows): the idle default
+    # busy_cores reads the counters twice: a stat file that does not change gives no reading, a missing one None
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  100 0 50 800 50 0 0 0 0 0\n", encoding="ascii")
+    assert busy_cores(0.0, str(stat)) is None and busy_cores(0.0, str(tmp_path / "missing")) is None
+    readings = iter([(100, 1000), (150, 1100)])  # half of all cores' time busy over the interval
+    monkeypatch.setattr(openmp, "_cpu_times", lambda path: next(readings))
+    assert busy_cores(0.0) == pytest.approx(0.5 * (os.cpu_count() or 1))
+    monkeypatch.undo()
+    measured = busy_cores(0.05)
+    assert measured is None or 0.0 <= measured <= (os.cpu_count() or 1)
 
 
 def test_erase_and_probe_choices_are_the_libraries_lists():
