@@ -307,6 +307,23 @@ def _worker_init(model_name: str, device: str) -> None:
 
     torch.set_num_threads(1)
     _WORKER_MODEL = load_model(model_name, device=device)
+    _exit_with_parent()
+
+
+def _exit_with_parent() -> None:
+    """End this worker when the benchmark's main process is gone: killed with SIGTERM (not Ctrl-C, which reaches
+    the whole process group), the main process left its workers training on, hidden, for an hour here. Nothing
+    is lost: every finished encoder and concept is already on disk for --resume."""
+    import threading
+
+    parent = os.getppid()
+
+    def watch():
+        while os.getppid() == parent:
+            time.sleep(5)
+        os._exit(1)
+
+    threading.Thread(target=watch, daemon=True, name="exit-with-parent").start()
 
 
 def _worker_concept(concept: str, **task) -> tuple[dict, dict]:
