@@ -38,7 +38,9 @@ Full run: 8 x (3 x 246 + 8 x 3 x (62 + 124) + 8 x 10) = about 42,000 CPU-s, ~5.8
 subsample ~51,000, ~7 h); --quick about 1,100 CPU-s a concept, ~18 min with 2 workers. Both miss the targets
 (3 h, 15 min) on this CPU. Evaluation, every training seed on all 256 cases, is 86% of the full run's cost; each
 seed on its own third of them (the default, `split_cases`) cuts the projection to 8 x (3 x 246 + 8 x (62 + 124)
-+ 8 x 10) = about 18,000 CPU-s, ~2.5 h with 2 workers.
++ 8 x 10) = about 18,000 CPU-s, ~2.5 h with 2 workers. The 400-iteration preset trains longer (ESD 2x,
+AdvUnlearn 1.44x): measured with it, circle and red took 2,654 and 2,581 CPU-s each (3 seeds, split), so 8
+concepts about 21,000 CPU-s, ~2.9 h with 2 idle workers.
 
 Sample sizes: a cell's 95% interval is about +-6 points near 0.5 at N = 256 and [0, 0.015] at 0/256 (each
 training seed's own figure rests on about 85 cases: +-10 points); with --no-split-cases (N = 768) about +-3.5. Targets (issue 10) for AdvUnlearn: pre-attack ASR <= 0.02,
@@ -98,7 +100,7 @@ class BenchSettings:
     # Each training seed's encoders are evaluated on their own share of the prompts (round-robin: seed i gets
     # prompts i, i + n, ...), so a cell pools `cases` cases over the seeds instead of `cases` x seeds. Why: the
     # evaluation was 86% of the full run's projected 5.8 h (one concept measured, see Cost), and every training
-    # seed on every case tripled it; with the split the projection is about 2.6 h. The pooled N (256) still gives
+    # seed on every case tripled it; with the split the projection is about 2.5 h. The pooled N (256) still gives
     # [0, 0.015] at 0 successes; the per-seed figures rest on about 85 cases each. False: every seed, every case.
     split_cases: bool = True
 
@@ -213,8 +215,8 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
 
 def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Path, model_identity: dict,
                     judge_for=None, retain_check_for=None) -> tuple[dict, dict]:
-    """One concept: every method at every training seed, one `evaluate` of all encoders on the same cases.
-    Returns (pooled figures per method, timings: wall and CPU seconds of training per run and of evaluation).
+    """One concept: every method at every training seed, then one `evaluate` per part (`BenchSettings.parts`:
+    all seeds on every case, or each seed on its own share). Returns (pooled figures per method, timings: wall and CPU seconds of training per run and of evaluation).
 
     Resumable (efficacy_store.py): a concept whose OUT/CONCEPT/result.json was made with these very settings
     is returned as it is (timings["resumed"]); an encoder saved with the erase config it would be trained with
@@ -251,12 +253,13 @@ def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Pa
         store.save_trained_encoder(path, encoders[run], config.to_dict(), training[run])
     t1, cpu1 = time.perf_counter(), time.process_time()
     reports = []
-    for index, (seeds, prompts, retain) in enumerate(parts := settings.parts(concept_prompts, retain_prompts)):
-        part = {run: encoders[run] for run in encoders if int(run.rsplit("_s", 1)[1]) in seeds}
+    probes, retain_check = demo_probes(concept, settings.demo), (retain_check_for or demo_retain_check)(judge)
+    for seeds, prompts, retain in (parts := settings.parts(concept_prompts, retain_prompts)):
+        part = {f"{m}_s{seed}": encoders[f"{m}_s{seed}"] for m in settings.methods for seed in seeds}
         reports.append(evaluate(
-            model, part, prompts, demo_probes(concept, settings.demo), judge, seeds=settings.generation_seeds,
+            model, part, prompts, probes, judge, seeds=settings.generation_seeds,
             steps=settings.demo.steps, guidance=settings.demo.guidance, retain_prompts=retain,
-            retain_check=(retain_check_for or demo_retain_check)(judge), batch_size=settings.demo.batch_size,
+            retain_check=retain_check, batch_size=settings.demo.batch_size,
             out_dir=concept_dir if len(parts) == 1 else concept_dir / f"seed{seeds[0]}",
             curve_cases=settings.curve_subset(len(prompts))))
     report = merge_parts(reports)
@@ -508,6 +511,9 @@ def main(argv=None) -> None:
         _run(args)
     except ErasureError as err:
         print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
+    except OSError as err:  # --out a file, or a folder that cannot be written
+        print(f"error: {err.strerror or err}: {err.filename or ''} (check --out)", file=sys.stderr)
         sys.exit(2)
 
 
