@@ -57,7 +57,7 @@ PRESETS: dict[str, dict] = {
         attack_insertion="prefix", attack_batch=2, concept_batch=4, plain_weight=1.0,
         retain_weight=10.0, retain_batch=8, retain_set="shapes_world", caption_weight=1.0, attack_captions=True,
         negative_guidance=2.0, num_ddim_steps=20, guidance=5.0, concept_pool_size=16, retain_pool_size=64,
-        max_unet_batch=8,  # a small UNet on a CPU: one batched pass is much faster than 8 single ones
+        max_unet_batch=32,  # a small UNet on a CPU: one call on 20 latents with backward took 0.17 s, 4 calls 0.24 s
     ),
 }
 

@@ -101,9 +101,14 @@ class ConceptCaptions:
 
     @torch.no_grad()
     def target(self, runner, points, concept: int, rows: torch.Tensor, negative_guidance: float) -> torch.Tensor:
-        """eps0(p') - eta * (eps0(p) - eps0(p')) for the captions `rows` (one per point)."""
-        eps_contrast = runner(points.latents, points.timesteps, self.contrasts[concept][rows]).float()
-        return esd_target(eps_contrast, self.teacher(runner, points, concept, rows), negative_guidance)
+        """eps0(p') - eta * (eps0(p) - eps0(p')) for the captions `rows` (one per point). Both predictions come
+        from one UNet call of twice the batch (one call of 8 latents: 0.067 s against 0.10 s for two of 4 on
+        the demo model, one CPU thread)."""
+        twice = lambda x: torch.cat([x, x])  # noqa: E731
+        eps = runner(twice(points.latents), twice(points.timesteps),
+                     torch.cat([self.contrasts[concept][rows], self.conds[concept][rows]])).float()
+        eps_contrast, eps_caption = eps.chunk(2)
+        return esd_target(eps_contrast, eps_caption, negative_guidance)
 
     def slotted(self, concept: int, row: int, k: int, insertion: str, replace_word: str | None = None):
         """Caption `row` of `concept` with k adversarial slots (the caption attack's prompt)."""
@@ -133,13 +138,16 @@ class ConceptCaptions:
     def _attacked_rows(self, points, concept: int) -> torch.Tensor:
         return torch.full((len(points.timesteps),), self.attacked[concept])
 
-    def loss(self, student, runner, points, concept: int, rng: torch.Generator, negative_guidance: float):
-        """MSE between the student's prediction for random captions of `concept` and their contrastive target,
-        at the (concept) pool points: one caption per point, drawn from `rng`."""
+    def term_inputs(self, runner, points, concept: int, rng: torch.Generator, negative_guidance: float):
+        """(ids, target) of the caption loss at the (concept) pool points: one random caption of `concept` per
+        point, drawn from `rng`, and its contrastive target. The loss is MSE(UNet(x_t, t, E(ids)), target)."""
         rows = self.draw(concept, points.latents.shape[0], rng)
-        target = self.target(runner, points, concept, rows, negative_guidance)
-        cond = encode_slotted(student, self.ids[concept][rows])
-        return mse(runner(points.latents, points.timesteps, cond), target)
+        return self.ids[concept][rows], self.target(runner, points, concept, rows, negative_guidance)
+
+    def loss(self, student, runner, points, concept: int, rng: torch.Generator, negative_guidance: float):
+        """The caption loss itself, for a given encoder (the trainer back-propagates it with its other terms)."""
+        ids, target = self.term_inputs(runner, points, concept, rng, negative_guidance)
+        return mse(runner(points.latents, points.timesteps, encode_slotted(student, ids)), target)
 
     def plain_target(self, runner, points, rng: torch.Generator, negative_guidance: float):
         """The bare concept's target with a random contrast word in place of "" (`plain_contrast`):

@@ -16,9 +16,9 @@ Cost choices (the public code's waste, not repeated): ONE frozen UNet serves as 
 gradients pass through (requires_grad False: no UNet gradients are computed or stored); the original encoder's
 encodings are computed once; with `reuse_latents` the noisy latents and the teacher predictions come from pools
 of DDIM trajectories sampled once (points.py), so more points per step cost no teacher evaluation; autocast
-bf16/fp16 on GPU; losses are back-propagated one term at a time and the retain batch in micro-batches of
-`max_unet_batch` latents (same gradient, less activation memory); optional gradient checkpointing. Every UNet
-evaluation is counted. `accelerate` is not used: the loop needs one device, and autocast and GradScaler are
+bf16/fp16 on GPU; the loss terms of a step share UNet calls of up to `max_unet_batch` latents (terms.py: the
+same gradient, activation memory bounded by one call); optional gradient checkpointing. Every UNet evaluation
+is counted. `accelerate` is not used: the loop needs one device, and autocast and GradScaler are
 two lines each here, while Accelerator would wrap the optimiser and RNG states the checkpoint must own.
 
 Reproducibility: every random draw comes from one seeded CPU generator; its state, the trained weights, Adam's
@@ -50,9 +50,10 @@ from .checkpoint import check_resumable, load_checkpoint_into, read_checkpoint, 
 from .captions import ConceptCaptions
 from .config import EraseConfig, check, select_trainable_parameters
 from .diagnostics import Diagnostics
-from .points import TrainingPoints
+from .points import TrainingPoints, join_samples
 from .precision import encoder_checkpointing, resolve_precision
 from .retain import cached_alignment, filter_retain_prompts, select_by_alignment
+from .terms import EncoderTerm, UNetTerm, backward_terms, history_losses
 
 
 @dataclass
@@ -238,14 +239,15 @@ class _Trainer:
         if self.config.attack_captions:
             self.captions.choose_attacked(concept, self.rng)
 
+        queue: list = []
+
         def objective(cond):
             if should_cancel is not None and should_cancel():
                 raise _CancelRequested()
-            points = self.points.concept(concept, self.config.attack_batch, need_uncond=False)
-            eps = self.runner(points.latents, points.timesteps, cond)
-            goal = points.eps_cond if self.captions is None else self.captions.attacked_teacher(
-                self.runner, points, concept)
-            return mse(eps, goal)
+            if not queue:
+                queue.extend(self._attack_points(concept))
+            points, goal = queue.pop(0)
+            return mse(self.runner(points.latents, points.timesteps, cond), goal)
 
         init = None if restart else self.adversarial.get(concept)
         with self._autocast():
@@ -253,6 +255,18 @@ class _Trainer:
                                                      self.config.attack, init=init, generator=self.rng)
         self.adversarial[concept] = result.embeds
         return result.losses
+
+    def _attack_points(self, concept: int) -> list[tuple]:
+        """(points, goal) for each step of an attack, drawn at once: with one start per refresh (every preset),
+        the same draws, in the same order, as one step at a time. The attacked caption's teacher predictions for
+        all of them come from one UNet call: on the demo model (one CPU thread), 10 calls of 2 latents took 4.8 s
+        per 20 refreshes."""
+        samples = [self.points.concept(concept, self.config.attack_batch, need_uncond=False)
+                   for _ in range(self.config.attack.steps)]
+        if self.captions is None:
+            return [(s, s.eps_cond) for s in samples]
+        goals = self.captions.attacked_teacher(self.runner, join_samples(samples), concept)
+        return list(zip(samples, goals.split([len(s.timesteps) for s in samples])))
 
     def _attacked_prompt(self, concept: int):
         """The prompt the attacker's tokens go into: the bare concept, or the caption under attack."""
@@ -262,74 +276,61 @@ class _Trainer:
         return self.captions.attacked_prompt(concept, self.config.attack.k, self.config.attack.insertion, replace)
 
     def _training_step(self, step: int, concept: int, adversarial: bool) -> dict:
+        """One Adam step on every loss term (terms.py back-propagates them together). The terms are built in a
+        fixed order: each may draw from the trainer's generator, and the order keeps runs reproducible."""
         config = self.config
         self.optimizer.zero_grad(set_to_none=True)
         points = self.points.concept(concept, config.concept_batch, need_uncond=True)
         target = esd_target(points.eps_uncond, points.eps_cond, config.negative_guidance)
         if config.plain_contrast:
             target = self.captions.plain_target(self.runner, points, self.rng, config.negative_guidance)
-        logs = dict(iteration=step + 1, concept=self.concepts[concept], adversarial=adversarial,
-                    timestep=int(points.timesteps[0]))
+        unet_terms, encoder_terms = [], []
         if adversarial:
             adv = self.adversarial[concept]
             adv_target = target if self.captions is None else self.captions.attacked_target(
                 self.runner, points, concept, target, config.negative_guidance)
-            logs["unlearn_loss"] = self._backward(step, "unlearning", 1.0, lambda: mse(
-                self._predict(points, self._attacked_prompt(concept), adv), adv_target))
+            unet_terms.append(self._term("unlearn", 1.0, points, adv_target, self._attacked_prompt(concept), adv))
         plain_weight = config.plain_weight if adversarial else 1.0
         if plain_weight > 0:
-            plain = self._backward(step, "unlearning", plain_weight, lambda: mse(
-                self._predict(points, self.plain_slots[concept]), target))
-            logs["plain_loss"] = plain
-            logs.setdefault("unlearn_loss", plain)
+            unet_terms.append(self._term("plain", plain_weight, points, target, self.plain_slots[concept]))
         if config.caption_weight > 0 and self.captions.count(concept):
-            logs["caption_loss"] = self._backward(step, "caption", config.caption_weight, lambda: self.captions.loss(
-                self.student, self.runner, points, concept, self.rng, config.negative_guidance))
+            with self._autocast():
+                captions, caption_target = self.captions.term_inputs(self.runner, points, concept, self.rng,
+                                                                config.negative_guidance)
+            unet_terms.append(self._term("caption", config.caption_weight, points, caption_target, captions))
         if config.embedding_retain_weight > 0 and self._uses_retain:
-            logs["embedding_retain_loss"] = self._backward(step, "embedding retain", config.embedding_retain_weight,
-                                                           self._embedding_retain_loss)
+            rows = torch.randint(len(self.retain_ids), (config.retain_batch,), generator=self.rng)
+            encoder_terms.append(EncoderTerm("embedding_retain", config.embedding_retain_weight, lambda: anchor_loss(
+                encode_slotted(self.student, self.retain_ids[rows]), self.retain_conds[rows])))
         if config.anchor_weight > 0:
-            logs["anchor_loss"] = self._backward(step, "anchor", config.anchor_weight, lambda: anchor_loss(
-                encode_slotted(self.student, self.uncond_ids), self.uncond))
-        logs["retain_loss"] = self._retain_step(step) if self._uses_retain else None
+            encoder_terms.append(EncoderTerm("anchor", config.anchor_weight, lambda: anchor_loss(
+                encode_slotted(self.student, self.uncond_ids), self.uncond)))
+        if self._uses_retain:
+            retain = self.points.retain(config.retain_batch)
+            unet_terms.append(self._term("retain", config.retain_weight, retain, retain.eps_cond,
+                                         self.retain_ids[retain.prompt_index]))
+        losses = backward_terms(self.runner, unet_terms, encoder_terms, max_batch=config.max_unet_batch,
+                                scale=self.scaler.scale, autocast=self._autocast,
+                                check_finite=lambda name, loss: self._check_finite(step, name, loss))
         self.scaler.step(self.optimizer)
         self.scaler.update()
-        return logs
+        return self._step_logs(step, concept, adversarial, points, losses)
 
-    def _embedding_retain_loss(self) -> torch.Tensor:
-        rows = torch.randint(len(self.retain_ids), (self.config.retain_batch,), generator=self.rng)
-        return anchor_loss(encode_slotted(self.student, self.retain_ids[rows]), self.retain_conds[rows])
+    def _term(self, name: str, weight: float, points, target, prompt, adv_embeds=None) -> UNetTerm:
+        """A prediction-space term on `points`; its encoding, the student's of `prompt` (slotted or ids)."""
+        return UNetTerm(name, weight, points.latents, points.timesteps, target,
+                        lambda: encode_slotted(self.student, prompt, adv_embeds=adv_embeds))
 
-    def _predict(self, points, slotted, adv_embeds=None):
-        cond = encode_slotted(self.student, slotted, adv_embeds=adv_embeds)
-        return self.runner(points.latents, points.timesteps, cond)
-
-    def _backward(self, step: int, which: str, weight: float, loss_fn) -> float:
-        with self._autocast():
-            loss = loss_fn()
-        self._check_finite(step, which, loss)
-        self.scaler.scale(weight * loss).backward()
-        return float(loss.detach())
-
-    def _retain_step(self, step: int) -> float:
-        """Retain loss, back-propagated in micro-batches (the gradient of the mean, split into parts)."""
-        config = self.config
-        points = self.points.retain(config.retain_batch)
-        total = 0.0
-        for rows in torch.arange(config.retain_batch).split(config.max_unet_batch):
-            ids = self.retain_ids[points.prompt_index[rows]]
-            share = len(rows) / config.retain_batch
-            total += share * self._backward(step, "retain", config.retain_weight * share, lambda: mse(
-                self.runner(points.latents[rows], points.timesteps[rows], encode_slotted(self.student, ids)),
-                points.eps_cond[rows]))
-        return total
+    def _step_logs(self, step, concept, adversarial, points, losses: dict[str, float]) -> dict:
+        return dict(iteration=step + 1, concept=self.concepts[concept], adversarial=adversarial,
+                    timestep=int(points.timesteps[0]), **history_losses(losses))
 
     def _check_finite(self, step: int, which: str, loss: torch.Tensor):
         if not torch.isfinite(loss.detach()).all():
             where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else \
                 "no checkpoint was written before it (set checkpoint_every and a checkpoint path)"
             raise ErasureDiverged(
-                f"the {which} loss became {float(loss.detach())} at iteration {step + 1}; {where}. Lower lr, or use "
+                f"the {which.replace('_', ' ')} loss became {float(loss.detach())} at iteration {step + 1}; {where}. Lower lr, or use "
                 "mixed_precision='no' or 'bf16' instead of 'fp16'.", self.last_checkpoint)
 
     def _check_weights_finite(self, step: int):
@@ -442,3 +443,4 @@ class _Trainer:
         if self.captions is not None:
             self.captions.attacked = {int(c): int(row) for c, row in meta.get("attack_captions", [])}
         self.previous_evaluations = int(meta["unet_evaluations"])
+

@@ -82,3 +82,10 @@ class TrainingPoints:
         noise = torch.randn(shape, generator=self.rng).to(self.device)
         return sample_noisy_latents(self.model, conds, self.uncond, index, noise=noise, runner=self.runner,
                                     num_inference_steps=self.config.num_ddim_steps, guidance=self.config.guidance)
+
+
+def join_samples(samples: list[PoolSample]) -> PoolSample:
+    """Pool samples concatenated into one (e.g. the points of a whole attack, for one teacher call)."""
+    join = lambda name: torch.cat([getattr(s, name) for s in samples])  # noqa: E731
+    uncond = None if samples[0].eps_uncond is None else join("eps_uncond")
+    return PoolSample(join("latents"), join("timesteps"), join("eps_cond"), uncond, join("prompt_index"))
