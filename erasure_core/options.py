@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import functools
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -180,6 +181,14 @@ def convert(text: str, tp, key: str, context: str = ""):
         values = [_scalar(part.strip(), element, key, context) for part in text.split(",") if part.strip()]
         return origin(values)
     return _scalar(text, tp, key, context)
+
+
+def split_option_text(text: str | None, separators: str = ",;") -> list[str]:
+    """A widget's option text -> "key=value" parts. Lines always separate; `separators` separate only where the
+    next key=value starts, so a list value keeps its commas: "contrast_words=square,triangle, lr=1e-3" is two
+    options (splitting at every comma made "triangle" an option of its own)."""
+    boundary = re.compile(rf"\n|[{re.escape(separators)}]\s*(?=[A-Za-z_][\w-]*\s*=)")
+    return [part.strip() for part in boundary.split(text or "") if part.strip()]
 
 
 def parse_options(parts, config_cls, *, context: str = "", aliases: Mapping[str, str] | None = None,

@@ -46,13 +46,15 @@ def parse_concepts(text: str) -> list[str]:
 
 
 def parse_options(text: str) -> dict:
-    """Extra EraseConfig fields as "key=value" pairs (comma-, semicolon- or line-separated), typed by the field
-    (`erasure_core.options`, the parser the CLI, the probes and the judges use)."""
+    """Extra EraseConfig fields as "key=value" pairs (comma-, semicolon- or line-separated; a list keeps its commas:
+    contrast_words=square,triangle), typed by the field (`erasure_core.options`, the parser the CLI, the probes and
+    the judges use)."""
     from erasure_core.options import parse_options as parse_typed
+    from erasure_core.options import split_option_text
     from erasure_core.training import EraseConfig
 
     with user_errors("Robust Erase"):
-        return parse_typed(re.split(r"[,\n;]", text or ""), EraseConfig)
+        return parse_typed(split_option_text(text), EraseConfig)
 
 
 def checkpoint_path(concepts, method, preset, iterations, seed, base_hash: str, extra: dict) -> Path:

@@ -28,10 +28,12 @@ def probe_names() -> list[str]:
 
 
 def build(probe: str, prompt: str, steps: int, options: str):
-    """A probe from the node's widgets: name, steps, and extra 'key=value' options (':'- or ','-separated)."""
+    """A probe from the node's widgets: name, steps, and extra 'key=value' options (':'-, ','- or line-separated; a
+    list keeps its commas: timesteps=200,500,800)."""
     from erasure_core.attacks.registry import parse_probe_spec
+    from erasure_core.options import split_option_text
 
-    parts = [p.strip() for p in (options or "").replace(",", ":").replace("\n", ":").split(":") if p.strip()]
+    parts = split_option_text(options, ",;:")
     option = STEP_OPTION.get(probe)
     if option and steps > 0 and not any(p.startswith(option + "=") for p in parts):
         parts.append(f"{option}={int(steps)}")

@@ -4,7 +4,8 @@ from dataclasses import dataclass
 import pytest
 
 from erasure_core.errors import ErasureError
-from erasure_core.options import convert, flat_dict, flat_options, nested, option_names, parse_options, parse_spec
+from erasure_core.options import (convert, flat_dict, flat_options, nested, option_names, parse_options, parse_spec,
+                                  split_option_text)
 
 
 @dataclass
@@ -123,3 +124,17 @@ def test_an_ambiguous_nested_option_is_refused():
 
     with pytest.raises(TypeError, match="'k'"):
         flat_options(Clash)
+
+
+def test_widget_text_splits_between_options_and_keeps_a_lists_commas():
+    text = "prompts=a dog,a cat, lr=2e-3; steps=5\ntimesteps=200,500,800"
+    parts = split_option_text(text)
+    assert parts == ["prompts=a dog,a cat", "lr=2e-3", "steps=5", "timesteps=200,500,800"]
+    assert parse_options(parts, Example) == {"prompts": ["a dog", "a cat"], "lr": 2e-3, "steps": 5,
+                                             "timesteps": (200, 500, 800)}
+    # The probe node also separates with ':' (a spec's separator).
+    assert split_option_text("k=3:timesteps=200,500, steps=4", ",;:") == ["k=3", "timesteps=200,500", "steps=4"]
+    assert split_option_text("") == [] and split_option_text(None) == []
+    # A stray word is not an option of its own: it stays in the value before it, whose type refuses it.
+    with pytest.raises(ErasureError, match="steps"):
+        parse_options(split_option_text("steps=5, fast"), Example)

@@ -14,7 +14,8 @@ WORKFLOWS = Path(__file__).resolve().parents[2] / "workflows"
 # CI runs on 2 shared CPU cores: the demo workflow's training and sampling are shrunk (same graph, same nodes).
 FAST = {
     "RobustErasureErase": {"iterations": 3, "attack_steps": 1, "warmup_iterations": 1,
-                           "options": "num_ddim_steps=2, concept_pool_size=1, retain_pool_size=1, retain_batch=1"},
+                           "options": "num_ddim_steps=2, concept_pool_size=1, retain_pool_size=1, retain_batch=1, "
+                                      "contrast_words=square,triangle,star"},
     "RobustErasureProbe": {"steps": 3, "options": "k=1, sampling_steps=2, trajectories=1, points=2",
                            "generation_steps": 3},
     "KSampler": {"steps": 3},

@@ -213,9 +213,10 @@ def demo_erase_and_probe() -> list[dict]:
         {"id": 6, "type": "VAEDecode", "pos": [1100, 40], "inputs": {"samples": [5, 0], "vae": [1, 2]}},
         {"id": 10, "type": "RobustErasureErase", "pos": [360, 520], "size": [360, 520],
          "inputs": {"model": [1, 0], "clip": [1, 1]},
-         "widgets": {"concepts": "circle", "preset": "demo", "method": "advunlearn", "iterations": 300,
+         "widgets": {"concepts": "circle", "preset": "demo", "method": "advunlearn", "iterations": 400,
                      "seed": 0, "resume": False, "file_name": "demo_no_circle", "attack_steps": -1,
-                     "warmup_iterations": -1, "options": ""}},
+                     # the demo CLI's contrast words for circle: the other shapes (world.siblings)
+                     "warmup_iterations": -1, "options": "contrast_words=square,triangle,star"}},
         {"id": 11, "type": "CLIPTextEncode", "pos": [760, 520], "title": "prompt (erased CLIP)",
          "inputs": {"clip": [10, 0]}, "widgets": {"text": DEMO_PROMPT}},
         {"id": 12, "type": "CLIPTextEncode", "pos": [760, 740], "title": "negative (erased CLIP)",
