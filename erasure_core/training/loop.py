@@ -443,4 +443,3 @@ class _Trainer:
         if self.captions is not None:
             self.captions.attacked = {int(c): int(row) for c, row in meta.get("attack_captions", [])}
         self.previous_evaluations = int(meta["unet_evaluations"])
-

@@ -73,7 +73,7 @@ def _backward_unet_terms(runner, terms, max_batch, scale, autocast, check_finite
     timesteps = torch.cat([torch.as_tensor(term.timesteps).reshape(-1).expand(term.rows) for term in terms])
     targets = torch.cat([term.target.float() for term in terms])
     owner = torch.cat([torch.full((term.rows,), i) for i, term in enumerate(terms)])
-    row_weight = torch.tensor([terms[i].weight / terms[i].rows for i in owner.tolist()], device=latents.device)
+    row_weight = torch.tensor([term.weight / term.rows for term in terms], device=latents.device)[owner]
     leaf = conds.detach().requires_grad_(True)
     row_losses = torch.empty(len(owner))
     for rows in torch.arange(len(owner)).split(max_batch):
