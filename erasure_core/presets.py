@@ -52,10 +52,15 @@ PRESETS: dict[str, dict] = {
     #   200 iterations refreshed every one, 1.44x the UNet evaluations): red's attacked ASR fell from 40/128 to
     #   3/128 (seeds 0+1), circle's stayed at 1/128; retain accuracy: red 113 -> 119/128, circle 123 -> 114/128
     #   (the price). 300 iterations every 3rd gave red 25/128; 200 every 2nd at lr 2e-3 red 40/128 (pre 7/128).
+    # - vector_weight 1 (training/captions.py: the captions pushed along the encoder's own concept direction, as
+    #   the concept-vector probe does): yellow's concept-vector ASR, the full benchmark's worst cell at 94/256
+    #   (seeds 39/88, 52/84, 3/84), fell to 8/88 and 25/84 (seeds 0, 2) and 1/84 (seed 1, with attack_steps 20 and
+    #   retain_pool_size 192, which alone gave 62/84); its retain accuracy rose from 72/88, 74/84 to 81/88, 79/84.
     "demo": dict(
         lr=1e-3, iterations=400, attack_every=2, warmup_iterations=20, attack_steps=10, attack_k=3, attack_lr=1e-2,
         attack_insertion="prefix", attack_batch=2, concept_batch=4, plain_weight=1.0,
         retain_weight=10.0, retain_batch=8, retain_set="shapes_world", caption_weight=1.0, attack_captions=True,
+        vector_weight=1.0,
         negative_guidance=2.0, num_ddim_steps=20, guidance=5.0, concept_pool_size=16, retain_pool_size=64,
         max_unet_batch=32,  # a small UNet on a CPU: one call on 20 latents with backward took 0.17 s, 4 calls 0.24 s
     ),

@@ -76,12 +76,16 @@ class ConceptCaptions:
         self.words = [w for w in (contrast_words or []) if w.strip()]
         self.word_conds = torch.cat([encode0(slot_prompt(tokenizer, w, 0).input_ids) for w in self.words]) \
             if self.words else None
-        self.ids, self.conds, self.contrasts = [], [], []
-        for pairs in self.pairs:
+        self.ids, self.conds, self.contrasts, self.removed_ids = [], [], [], []
+        for concept, pairs in zip(concepts, self.pairs):
             if not pairs:
                 self.ids.append(None), self.conds.append(None), self.contrasts.append(None)
+                self.removed_ids.append(None)
                 continue
             ids = torch.cat([slot_prompt(tokenizer, p, 0).input_ids for p, _ in pairs])
+            # the captions with the concept removed: the other end of the concept-vector term's direction
+            self.removed_ids.append(torch.cat([slot_prompt(tokenizer, contrast_caption(p, concept, None), 0).input_ids
+                                               for p, _ in pairs]))
             contrast_ids = torch.cat([slot_prompt(tokenizer, q, 0).input_ids for _, q in pairs])
             self.ids.append(ids)
             self.conds.append(torch.cat([encode0(part) for part in ids.split(64)]))
@@ -139,15 +143,32 @@ class ConceptCaptions:
         return torch.full((len(points.timesteps),), self.attacked[concept])
 
     def term_inputs(self, runner, points, concept: int, rng: torch.Generator, negative_guidance: float):
-        """(ids, target) of the caption loss at the (concept) pool points: one random caption of `concept` per
-        point, drawn from `rng`, and its contrastive target. The loss is MSE(UNet(x_t, t, E(ids)), target)."""
+        """(rows, target) of the caption loss at the (concept) pool points: one random caption of `concept` per
+        point (its ids: `self.ids[concept][rows]`), drawn from `rng`, and its contrastive target. The loss is
+        MSE(UNet(x_t, t, E(ids)), target)."""
         rows = self.draw(concept, points.latents.shape[0], rng)
-        return self.ids[concept][rows], self.target(runner, points, concept, rows, negative_guidance)
+        return rows, self.target(runner, points, concept, rows, negative_guidance)
 
     def loss(self, student, runner, points, concept: int, rng: torch.Generator, negative_guidance: float):
         """The caption loss itself, for a given encoder (the trainer back-propagates it with its other terms)."""
-        ids, target = self.term_inputs(runner, points, concept, rng, negative_guidance)
-        return mse(runner(points.latents, points.timesteps, encode_slotted(student, ids)), target)
+        rows, target = self.term_inputs(runner, points, concept, rng, negative_guidance)
+        return mse(runner(points.latents, points.timesteps, encode_slotted(student, self.ids[concept][rows])), target)
+
+    # ----- the concept-vector term (vector_weight) -----
+    def vector_encode(self, student, concept: int, rows: torch.Tensor, strengths: torch.Tensor):
+        """encode() for the concept-vector term: the student's encodings of the captions `rows`, each pushed
+        along the concept's direction, E(p) + s * mean_j(E(p_j) - E(p_j without the concept)), the direction
+        measured with the student itself on the same captions (what a Ring-A-Bell-style attacker measures on the
+        released encoder). The term trains these toward the captions' contrastive targets, so an amplified
+        direction no longer brings the concept back."""
+        ids, removed = self.ids[concept][rows], self.removed_ids[concept][rows]
+
+        def encode() -> torch.Tensor:
+            caption, without = encode_slotted(student, torch.cat([ids, removed])).chunk(2)
+            direction = (caption - without).mean(dim=0, keepdim=True)
+            return caption + strengths.view(-1, 1, 1).to(caption) * direction
+
+        return encode
 
     def plain_target(self, runner, points, rng: torch.Generator, negative_guidance: float):
         """The bare concept's target with a random contrast word in place of "" (`plain_contrast`):

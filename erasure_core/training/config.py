@@ -55,6 +55,11 @@ class EraseConfig:
     - embedding_retain_weight: every retain prompt's encoding stays the original's (relative squared distance,
       like the "" anchor; `retain_batch` prompts a step drawn from the whole retain list, not only the pool's):
       costs no UNet evaluation, so it reaches the retain prompts the UNet-space retain loss never samples.
+    - vector_weight: each step, the step's captions are also pushed along the concept's direction in the
+      encoder's output space (the student's own mean of E(caption) - E(caption without the concept), times a
+      strength drawn from [0, vector_max_strength]) and trained toward their contrastive targets, with this weight
+      (needs caption_weight > 0): a concept-vector (Ring-A-Bell-style) attacker adds that direction, amplified,
+      to a prompt's encoding, which no token attack covers.
     - diagnostics_every: every that many iterations (and at the last) the history records drift of the empty
       prompt's prediction, the plain prompt's unlearning loss, the adversarial token norm and the relative
       weight change, on fixed points (0 = never).
@@ -87,6 +92,8 @@ class EraseConfig:
     plain_contrast: bool = False
     attack_captions: bool = False
     embedding_retain_weight: float = 0.0
+    vector_weight: float = 0.0
+    vector_max_strength: float = 4.0
     layers: str | list[int] = "all"
     train_final_layer_norm: bool = True
     num_ddim_steps: int = 50
@@ -141,12 +148,16 @@ class EraseConfig:
                      "attack_batch", "concept_batch"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        for name in ("retain_weight", "anchor_weight", "plain_weight", "caption_weight", "embedding_retain_weight"):
+        for name in ("retain_weight", "anchor_weight", "plain_weight", "caption_weight", "embedding_retain_weight",
+                     "vector_weight", "vector_max_strength"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         check(not self.plain_contrast or bool(self.contrast_words),
               "plain_contrast needs contrast_words (the words whose predictions replace the empty prompt's)")
         check(not self.attack_captions or self.caption_weight > 0,
               "attack_captions needs caption_weight > 0 (the captions it attacks are the ones caption_weight trains)")
+        check(not self.vector_weight or self.caption_weight > 0,
+              "vector_weight needs caption_weight > 0 (the term pushes the concept's captions along its direction); "
+              "set vector_weight=0 to train without captions")
         check(self.retain_max_alignment is None or self.retain_max_alignment > 0,
               f"retain_max_alignment must be > 0 (or None to keep every retain prompt), "
               f"got {self.retain_max_alignment}")
