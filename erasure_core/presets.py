@@ -53,9 +53,9 @@ PRESETS: dict[str, dict] = {
     #   3/128 (seeds 0+1), circle's stayed at 1/128; retain accuracy: red 113 -> 119/128, circle 123 -> 114/128
     #   (the price). 300 iterations every 3rd gave red 25/128; 200 every 2nd at lr 2e-3 red 40/128 (pre 7/128).
     # - vector_weight 1 (training/captions.py: the captions pushed along the encoder's own concept direction, as
-    #   the concept-vector probe does): yellow's concept-vector ASR, the full benchmark's worst cell at 94/256
-    #   (seeds 39/88, 52/84, 3/84), fell to 8/88 and 25/84 (seeds 0, 2) and 1/84 (seed 1, with attack_steps 20 and
-    #   retain_pool_size 192, which alone gave 62/84); its retain accuracy rose from 72/88, 74/84 to 81/88, 79/84.
+    #   the concept-vector probe does): yellow's concept-vector ASR, the full benchmark's worst cell at 94/256 =
+    #   0.37 (seeds 39/88, 52/84, 3/84), was 36/256 = 0.14 [0.10, 0.19] with it (8/88, 3/84, 25/84) on the same
+    #   cases; retain 221 -> 231/256. Star (seed 1): 20 -> 19/84, no change. +7% UNet evaluations.
     "demo": dict(
         lr=1e-3, iterations=400, attack_every=2, warmup_iterations=20, attack_steps=10, attack_k=3, attack_lr=1e-2,
         attack_insertion="prefix", attack_batch=2, concept_batch=4, plain_weight=1.0,
