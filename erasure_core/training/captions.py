@@ -31,12 +31,15 @@ The probes attack captions (the prompts users write); training against attacks o
 
 from __future__ import annotations
 
+import functools
 import re
+from typing import Callable
 
 import torch
 
 from ..losses import esd_target, mse
 from ..prompts import encode_slotted, slot_prompt
+from .terms import UNetTerm
 
 
 def word_pattern(concept: str) -> re.Pattern:
@@ -154,18 +157,32 @@ class ConceptCaptions:
         rows, target = self.term_inputs(runner, points, concept, rng, negative_guidance)
         return mse(runner(points.latents, points.timesteps, encode_slotted(student, self.ids[concept][rows])), target)
 
+    def unet_terms(self, student, points, concept: int, rows: torch.Tensor, target: torch.Tensor, weight: float,
+                   vector_weight: float = 0.0, strengths: torch.Tensor | None = None) -> list[UNetTerm]:
+        """The caption term on the captions `rows` and, with `vector_weight`, the concept-vector term on the same
+        captions and target; the two share one encoding of the captions (encoded once per step)."""
+        encode_captions = functools.cache(lambda: encode_slotted(student, self.ids[concept][rows]))
+        terms = [UNetTerm("caption", weight, points.latents, points.timesteps, target, encode_captions)]
+        if vector_weight > 0:
+            terms.append(UNetTerm("vector", vector_weight, points.latents, points.timesteps, target,
+                                  self.vector_encode(student, concept, rows, strengths, encode_captions)))
+        return terms
+
     # ----- the concept-vector term (vector_weight) -----
-    def vector_encode(self, student, concept: int, rows: torch.Tensor, strengths: torch.Tensor):
+    def vector_encode(self, student, concept: int, rows: torch.Tensor, strengths: torch.Tensor,
+                      encode_captions: Callable[[], torch.Tensor] | None = None):
         """encode() for the concept-vector term: the student's encodings of the captions `rows`, each pushed
         along the concept's direction, E(p) + s * mean_j(E(p_j) - E(p_j without the concept)), the direction
         measured with the student itself on the same captions (what a Ring-A-Bell-style attacker measures on the
         released encoder). The term trains these toward the captions' contrastive targets, so an amplified
-        direction no longer brings the concept back."""
-        ids, removed = self.ids[concept][rows], self.removed_ids[concept][rows]
+        direction no longer brings the concept back. `encode_captions`: E(p) already computed for the caption
+        term (default: encoded here)."""
+        encode_captions = encode_captions or (lambda: encode_slotted(student, self.ids[concept][rows]))
+        removed = self.removed_ids[concept][rows]
 
         def encode() -> torch.Tensor:
-            caption, without = encode_slotted(student, torch.cat([ids, removed])).chunk(2)
-            direction = (caption - without).mean(dim=0, keepdim=True)
+            caption = encode_captions()
+            direction = (caption - encode_slotted(student, removed)).mean(dim=0, keepdim=True)
             return caption + strengths.view(-1, 1, 1).to(caption) * direction
 
         return encode

@@ -295,12 +295,12 @@ class _Trainer:
             unet_terms.append(self._term("plain", plain_weight, points, target, self.plain_slots[concept]))
         if config.caption_weight > 0 and (captions := self.captions).count(concept):
             with self._autocast():
-                rows, caption_target = captions.term_inputs(self.runner, points, concept, self.rng, config.negative_guidance)
-            unet_terms.append(self._term("caption", config.caption_weight, points, caption_target, captions.ids[concept][rows]))
-            if config.vector_weight > 0:  # drawn only when on, so other runs keep their draws
-                strengths = torch.rand(len(rows), generator=self.rng) * config.vector_max_strength
-                encode = captions.vector_encode(self.student, concept, rows, strengths)
-                unet_terms.append(UNetTerm("vector", config.vector_weight, points.latents, points.timesteps, caption_target, encode))
+                rows, caption_target = captions.term_inputs(self.runner, points, concept, self.rng,
+                                                            config.negative_guidance)
+            strengths = torch.rand(len(rows), generator=self.rng) * config.vector_max_strength \
+                if config.vector_weight > 0 else None  # drawn only when on, so other runs keep their draws
+            unet_terms += captions.unet_terms(self.student, points, concept, rows, caption_target,
+                                              config.caption_weight, config.vector_weight, strengths)
         if config.embedding_retain_weight > 0 and self._uses_retain:
             rows = torch.randint(len(self.retain_ids), (config.retain_batch,), generator=self.rng)
             encoder_terms.append(EncoderTerm("embedding_retain", config.embedding_retain_weight, lambda: anchor_loss(

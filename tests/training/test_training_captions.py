@@ -150,7 +150,6 @@ def test_embedding_retain_keeps_the_retain_encodings_closer_to_the_original(tiny
         EraseConfig(embedding_retain_weight=-1.0).validate()
 
 
-
 def test_vector_term_pushes_each_steps_captions_along_the_students_own_concept_direction(tiny_model, monkeypatch):
     """vector_encode is E(p) + s * mean(E(p) - E(p without the concept)), measured with the encoder it is given;
     the trainer adds it every step, at strengths drawn from [0, vector_max_strength], toward the captions'
@@ -172,9 +171,9 @@ def test_vector_term_pushes_each_steps_captions_along_the_students_own_concept_d
     seen = []
     original = ConceptCaptions.vector_encode
 
-    def record(self, student, concept, rows, strengths):
+    def record(self, student, concept, rows, strengths, *shared):
         seen.append((student, strengths.clone()))
-        return original(self, student, concept, rows, strengths)
+        return original(self, student, concept, rows, strengths, *shared)
 
     monkeypatch.setattr(ConceptCaptions, "vector_encode", record)
     result = erase(build_tiny_model(), ["nudity"], _config(method="esd", vector_weight=2.0, vector_max_strength=3.0))
