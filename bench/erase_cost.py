@@ -70,13 +70,33 @@ def our_counts(config: EraseConfig, concepts: int = 1, retain_prompts: int | Non
     starts = config.attack.restarts
     refresh_cost = starts * attack * per_attack_step + (starts * per_attack_step if starts > 1 else 0)
     plain = points if config.plain_weight > 0 else 0  # the plain prompt beside the attacked one after warm-up
-    adversarial = warm + plain
-    grad = warm_iters * (points + (batch if retain_on else 0)) \
-        + adversarial_iters * (points + plain + (batch if retain_on else 0)) \
+    extra = caption_counts(config, points, attack_points, attack, starts)
+    warm += extra["step"]
+    refresh_cost += extra["refresh"]
+    adversarial = warm + plain + extra["attacked_target"]
+    grad = warm_iters * (points + (batch if retain_on else 0) + extra["step_grad"]) \
+        + adversarial_iters * (points + plain + (batch if retain_on else 0) + extra["step_grad"]) \
         + refreshes * starts * attack * attack_points
     return dict(pool=pool, warmup_iteration=warm, adversarial_iteration=adversarial + refresh_cost,
                 per_run=pool + warm * warm_iters + adversarial * adversarial_iters + refresh_cost * refreshes,
                 with_backward_per_run=grad)
+
+
+def caption_counts(config: EraseConfig, points: int, attack_points: int, attack: int, starts: int) -> dict:
+    """The UNet evaluations the caption options add (training/captions.py), assuming every concept has captions
+    (a concept whose retain list names it; the demo's do). Per step: plain_contrast's word prediction (points),
+    the caption target (2 x points, caption and contrast in one call), the caption and concept-vector terms
+    (points each, back-propagated). attack_captions: the attacked caption's target each adversarial step
+    (2 x points) and, each refresh, its teacher prediction for every attack step's points."""
+    captions = config.caption_weight > 0
+    step = (points if config.plain_contrast else 0) + (2 * points if captions else 0)
+    step_grad = (points if captions else 0) + (points if captions and config.vector_weight > 0 else 0)
+    attacked = config.attack_captions  # which needs caption_weight > 0 (config.py)
+    # each restart's queue of attack points is filled once per `attack` objective calls (see loop._attack_points)
+    calls = starts * attack + (starts if starts > 1 else 0)
+    refresh = -(-calls // attack) * attack * attack_points if attacked and attack else 0
+    return dict(step=step + step_grad, step_grad=step_grad, attacked_target=2 * points if attacked else 0,
+                refresh=refresh)
 
 
 def public_counts(iterations=1000, warmup=200, attack_steps=30, retain_batch=5, ddim_steps=50) -> dict:
@@ -353,7 +373,7 @@ def report(args, model, description, defaults, measured_config, run):
     adv_s = warm_s + defaults.attack.steps * per_attack_step if per_attack_step is not None else None
     public_warm_s = (public["warmup_iteration"] - 6) * t_fwd + 6 * t_public_bwd
     public_adv_s = (public["adversarial_iteration"] - 36) * t_fwd + 36 * t_public_bwd
-    ours_run_s = _run_seconds(ours, warm_s, adv_s, _pool_seconds(run, ours))
+    ours_run_s = _run_seconds(defaults, warm_s, per_attack_step, _pool_seconds(run, ours))
     public_run_s = 200 * public_warm_s + 800 * public_adv_s
     lines = [
         f"model: {description}",
@@ -374,7 +394,8 @@ def report(args, model, description, defaults, measured_config, run):
         f"{public['warmup_iteration']:>12,.1f}",
         f"  adversarial iteration                      {ours['adversarial_iteration']:>12,.1f}    "
         f"{public['adversarial_iteration']:>12,.1f}",
-        f"  per run (1000 iterations)                  {ours['per_run']:>12,.0f}    {public['per_run']:>12,.0f}"
+        f"  per run ({defaults.iterations} / 1000 iterations)            {ours['per_run']:>12,.0f}    "
+        f"{public['per_run']:>12,.0f}"
         f"   -> {public['per_run'] / ours['per_run']:.1f}x fewer",
         f"  of which back-propagated                   {ours['with_backward_per_run']:>12,.0f}    "
         f"{public['with_backward_per_run']:>12,.0f}",
@@ -384,11 +405,13 @@ def report(args, model, description, defaults, measured_config, run):
         f"  warm-up iteration: ours {warm_s:.2f} s (measured)      public {public_warm_s:.1f} s (composed)",
         f"  attack step: ours {per_attack_step:.3f} s (measured)" if per_attack_step is not None else
         "  attack step: not measured (no adversarial iteration)",
-        f"  adversarial iteration at 30 steps: ours {adv_s:.1f} s      public {public_adv_s:.1f} s (composed)"
+        f"  iteration with an attack refresh (ours {defaults.attack.steps} steps, public 30): ours {adv_s:.1f} s      "
+        f"public {public_adv_s:.1f} s (composed)"
         if adv_s is not None else "",
         f"  set-up + pool building + first iteration: {run['first_interval']:.1f} s (pools as measured)",
         f"  pool building at default size: ours {_pool_seconds(run, ours):.0f} s (scaled from the measured pools)",
-        f"  per run (1000 iterations): ours {ours_run_s:.0f} s, public {public_run_s:.0f} s"
+        f"  per run (ours {defaults.iterations} iterations, public 1000): ours {ours_run_s:.0f} s, "
+        f"public {public_run_s:.0f} s"
         f"   -> {public_run_s / ours_run_s:.1f}x less time",
         "  (public times are composed from one-latent timings; its batched calls make it somewhat faster on a GPU)",
         f"peak memory: {memory:.2f} GB ({memory_kind}, whole process: model build included)",
@@ -419,9 +442,13 @@ def _mean(values):
 
 
 def _per_attack_step_seconds(run, config):
+    """The timed adversarial iterations' time beyond a warm-up iteration, per attack step they ran (with
+    attack_every > 1 only every attack_every-th iteration refreshes the attack)."""
     if not run["adversarial"] or not config.attack.steps:
         return None
-    return max(0.0, (_mean(run["adversarial"]) - _mean(run["warm"])) / config.attack.steps)
+    refreshes = -(-len(run["adversarial"]) // config.attack_every)
+    extra = sum(run["adversarial"]) - len(run["adversarial"]) * _mean(run["warm"])
+    return max(0.0, extra / (refreshes * config.attack.steps))
 
 
 def _pool_seconds(run, counts):
@@ -431,9 +458,12 @@ def _pool_seconds(run, counts):
     return setup * counts["pool"] / measured if measured else 0.0
 
 
-def _run_seconds(counts, warm_s, adv_s, pool_s):
-    adversarial = adv_s if adv_s is not None else warm_s
-    return pool_s + 200 * warm_s + 800 * adversarial
+def _run_seconds(config: EraseConfig, warm_s, per_attack_step, pool_s):
+    """Pools, every iteration at the warm-up's time, and the attack refreshes' steps."""
+    adversarial = max(0, config.iterations - config.warmup_iterations) if config.method == "advunlearn" else 0
+    refreshes = -(-adversarial // config.attack_every)
+    attack_s = refreshes * config.attack.restarts * config.attack.steps * (per_attack_step or 0.0)
+    return pool_s + config.iterations * warm_s + attack_s
 
 
 def parse_args(argv):
@@ -441,7 +471,9 @@ def parse_args(argv):
     parser.add_argument("--model", default="tiny", choices=["tiny"], help="the tiny test model (default)")
     parser.add_argument("--sd15-shaped", action="store_true", help="SD1.5-shaped random weights built here")
     parser.add_argument("--latent", type=int, default=None, help="latent side (default 8 tiny, 16 SD1.5-shaped)")
-    parser.add_argument("--preset", default="nudity", choices=["nudity", "style", "object"])
+    parser.add_argument("--preset", default="nudity", choices=["nudity", "style", "object", "demo"],
+                        help="demo: the demo preset (captions, the caption attack, the concept-vector term); use it "
+                        "with --concept circle or another shape or colour, whose captions its retain set holds")
     parser.add_argument("--concept", action="append", default=None)
     parser.add_argument("--no-reuse-latents", action="store_true", help="re-sample latents for every step")
     parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
