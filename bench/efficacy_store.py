@@ -9,7 +9,8 @@ A full run takes hours, so it keeps its work as it goes, every file written atom
     OUT/CONCEPT/result.json                      the concept's pooled figures and timings, with the settings
                                                  that produced them and their fingerprint (sha256)
 
-`--resume` reuses a finished concept and a saved encoder only when their settings equal the current ones exactly;
+`--resume` reuses a finished concept and a saved encoder only when their settings equal the current ones exactly
+(a concept's settings include the judge's description, which names its weights by sha256);
 anything else is refused with the differences named, never silently recomputed or mixed. Without `--resume` an
 OUT that already holds work is refused: nothing is overwritten by accident.
 """

@@ -10,6 +10,7 @@ almost every imperfect generation a circle.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import math
@@ -91,6 +92,9 @@ class DemoJudge(Judge):
         self.concept, self.attribute = concept, world.attribute_of(concept)
         self.threshold = threshold
         self.classifier = load_classifier(weights_dir)
+        # which weights made the calls: a stored benchmark result must never be reused with another judge
+        path = (Path(weights_dir) if weights_dir is not None else JUDGE_DIR) / "model.safetensors"
+        self.weights_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -111,7 +115,7 @@ class DemoJudge(Judge):
 
     def describe(self) -> dict:
         return {"name": self.name, "concept": self.concept, "attribute": self.attribute,
-                "threshold": self.threshold, "world": world.WORLD}
+                "threshold": self.threshold, "world": world.WORLD, "weights_sha256": self.weights_sha256}
 
 
 # ---------------------------------------------------------------------------------------------- training

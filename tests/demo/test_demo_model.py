@@ -104,6 +104,22 @@ def test_judge_flags_its_concept(clean_renders):
         DemoJudge("hexagon")
 
 
+def test_judge_description_names_its_weights(tmp_path):
+    """A benchmark stores the judge's description with its results and reuses them only when it is equal, so the
+    description must change when the weights do (a retrained judge must never be mixed with the old one's calls)."""
+    from erasure_core.demo.judge import JUDGE_DIR, ShapesClassifier, save_judge
+
+    shipped = DemoJudge("red").describe()
+    assert shipped == DemoJudge("red").describe() and len(shipped["weights_sha256"]) == 16
+    torch.manual_seed(1)
+    save_judge(ShapesClassifier().eval(), tmp_path, {"steps": 0})
+    other = DemoJudge("red", weights_dir=tmp_path).describe()
+    assert other["weights_sha256"] != shipped["weights_sha256"]
+    assert {k: v for k, v in other.items() if k != "weights_sha256"} == \
+        {k: v for k, v in shipped.items() if k != "weights_sha256"}
+    assert JUDGE_DIR.is_dir()
+
+
 def test_export_and_load_round_trip_keeps_every_weight(tmp_path):
     """Exported fp16 weights load back into the same classes with every key (text_model.* prefix included)."""
     from erasure_core.demo.architecture import build_text_encoder, build_unet, build_vae
