@@ -25,6 +25,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from erasure_core.errors import ErasureError  # noqa: E402
 from erasure_core.latents import UNetRunner  # noqa: E402
 from erasure_core.layouts import sd1_text_config  # noqa: E402
 from erasure_core.models import SDModel, build_tiny_model, load_clip_tokenizer, make_scheduler  # noqa: E402
@@ -328,6 +329,15 @@ def attack_reuse_comparison(model: SDModel, concept: str, repeats: int = 3, step
 
 def main(argv=None):
     args = parse_args(argv)
+    try:
+        _measure_and_report(args)
+    except ErasureError as err:
+        hint = " (--preset demo: pass --concept with a shape or colour, e.g. circle)" if args.preset == "demo" else ""
+        print(f"error: {err}{hint}", file=sys.stderr)
+        sys.exit(2)
+
+
+def _measure_and_report(args):
     torch.set_num_threads(max(1, args.threads or torch.get_num_threads()))
     device = torch.device(args.device)
     if args.sd15_shaped:
@@ -472,8 +482,8 @@ def parse_args(argv):
     parser.add_argument("--sd15-shaped", action="store_true", help="SD1.5-shaped random weights built here")
     parser.add_argument("--latent", type=int, default=None, help="latent side (default 8 tiny, 16 SD1.5-shaped)")
     parser.add_argument("--preset", default="nudity", choices=["nudity", "style", "object", "demo"],
-                        help="demo: the demo preset (captions, the caption attack, the concept-vector term); use it "
-                        "with --concept circle or another shape or colour, whose captions its retain set holds")
+                        help="demo: the demo preset (captions, the caption attack, the concept-vector term); its "
+                        "concept must be a shape or colour, whose captions its retain set holds (default circle)")
     parser.add_argument("--concept", action="append", default=None)
     parser.add_argument("--no-reuse-latents", action="store_true", help="re-sample latents for every step")
     parser.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "bf16", "fp16"])
@@ -491,7 +501,8 @@ def parse_args(argv):
     parser.add_argument("--json", default=None, help="also write the figures as JSON")
     args = parser.parse_args(argv)
     args.latent = args.latent or (16 if args.sd15_shaped else 8)
-    args.concept = args.concept or ["nudity"]
+    # the demo preset trains on its retain set's captions of the concept: shapes and colours have them, nudity not
+    args.concept = args.concept or (["circle"] if args.preset == "demo" else ["nudity"])
     return args
 
 

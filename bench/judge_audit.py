@@ -16,12 +16,12 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from erasure_core.errors import ErasureError  # noqa: E402
+from erasure_core.files import load_png  # noqa: E402
 from erasure_core.rates import wilson_interval  # noqa: E402
 
 AUDIT_DIR = Path(__file__).resolve().parent / "judge_audit"
@@ -47,11 +47,21 @@ def tally(labels: list[str], called: list[bool], groups: list[str]) -> dict[str,
 
 
 def load_set(folder: Path) -> tuple[str, list[dict], torch.Tensor]:
-    meta = json.loads((folder / "labels.json").read_text())
-    rows = meta["images"]
-    images = torch.stack([torch.from_numpy(np.asarray(Image.open(folder / r["file"]).convert("RGB"),
-                                                      dtype=np.float32) / 255).permute(2, 0, 1) for r in rows])
-    return meta["concept"], rows, images
+    """(concept, rows, images) of an audit folder, every row checked before an image is read."""
+    labels = folder / "labels.json"
+    if not labels.is_file():
+        raise ErasureError(f"{folder} has no labels.json: pass a folder under bench/judge_audit (one per concept)")
+    try:
+        meta = json.loads(labels.read_text())
+        concept, rows = meta["concept"], meta["images"]
+    except (ValueError, KeyError, TypeError) as err:
+        raise ErasureError(f"{labels} is not an audit label file ({err}): it needs \"concept\" and \"images\"") from err
+    allowed = {concept, f"not {concept}", "ambiguous"}
+    for row in rows:
+        if row.get("label") not in allowed or not (folder / str(row.get("file"))).is_file():
+            raise ErasureError(f"{labels}: row {row} needs an existing image file and a label among "
+                               f"{sorted(allowed)}")
+    return concept, rows, torch.stack([load_png(folder / row["file"]) for row in rows])
 
 
 def audit(folder: Path, judge_dir: Path | None = None) -> str:
@@ -80,8 +90,12 @@ def main(argv=None) -> None:
                         help="an audit folder (default: every folder under bench/judge_audit)")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
-    for folder in args.set or sorted(p for p in AUDIT_DIR.iterdir() if (p / "labels.json").is_file()):
-        print(audit(folder, args.judge))
+    try:
+        for folder in args.set or sorted(p for p in AUDIT_DIR.iterdir() if (p / "labels.json").is_file()):
+            print(audit(folder, args.judge))
+    except ErasureError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

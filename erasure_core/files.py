@@ -202,6 +202,16 @@ def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "_", str(name)).strip("._") or "x"
 
 
+def load_png(path: str | Path) -> torch.Tensor:
+    """One image file as [3, H, W] float in [0, 1] (RGB): what save_png wrote, read back."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as image:
+        array = np.asarray(image.convert("RGB"), dtype=np.float32) / 255
+    return torch.from_numpy(array).permute(2, 0, 1)
+
+
 def save_png(image: torch.Tensor, path: str | Path):
     """One image [3, H, W] in [0, 1] as a PNG, atomically."""
     from PIL import Image

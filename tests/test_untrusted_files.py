@@ -456,3 +456,13 @@ def test_write_errors_name_the_users_path_and_the_cause(tmp_path, err, words):
 
     message = str(write_error(tmp_path / "enc.safetensors", err))
     assert message.startswith(f"cannot write {tmp_path / 'enc.safetensors'}: ") and words in message
+
+
+def test_load_png_reads_back_what_save_png_wrote(tmp_path):
+    """The benchmark's PNGs are read back for audits (bench/judge_audit.py): 8-bit rounding is the only change."""
+    from erasure_core.files import load_png, save_png
+
+    image = torch.rand(3, 8, 6, generator=torch.Generator().manual_seed(0))
+    save_png(image, tmp_path / "a.png")
+    back = load_png(tmp_path / "a.png")
+    assert back.shape == (3, 8, 6) and float((back - image).abs().max()) <= 0.5 / 255 + 1e-6

@@ -67,9 +67,14 @@ def _prepare(images: torch.Tensor) -> torch.Tensor:
     return images
 
 
+def weights_file(folder: str | Path | None = None) -> Path:
+    """The judge's weights in `folder` (default: the shipped judge)."""
+    return (Path(folder) if folder is not None else JUDGE_DIR) / "model.safetensors"
+
+
 def load_classifier(folder: str | Path | None = None) -> ShapesClassifier:
-    folder = Path(folder) if folder is not None else JUDGE_DIR
-    path = folder / "model.safetensors"
+    path = weights_file(folder)
+    folder = path.parent
     if not path.is_file():
         raise ErasureError(f"the demo judge's weights are missing ({path}); train them with "
                            "`python -m erasure_core.demo.judge` (a few minutes on a CPU)")
@@ -93,8 +98,7 @@ class DemoJudge(Judge):
         self.threshold = threshold
         self.classifier = load_classifier(weights_dir)
         # which weights made the calls: a stored benchmark result must never be reused with another judge
-        path = (Path(weights_dir) if weights_dir is not None else JUDGE_DIR) / "model.safetensors"
-        self.weights_sha256 = hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+        self.weights_sha256 = hashlib.sha256(weights_file(weights_dir).read_bytes()).hexdigest()[:16]
 
     @torch.no_grad()
     def probabilities(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
