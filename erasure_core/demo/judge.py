@@ -78,6 +78,9 @@ def load_classifier(folder: str | Path | None = None) -> ShapesClassifier:
     if not path.is_file():
         raise ErasureError(f"the demo judge's weights are missing ({path}); train them with "
                            "`python -m erasure_core.demo.judge` (a few minutes on a CPU)")
+    if not (folder / "config.json").is_file():
+        raise ErasureError(f"the demo judge in {folder} has weights but no config.json (its widths and world): "
+                           "copy the folder whole, or train it again with `python -m erasure_core.demo.judge`")
     config = json.loads((folder / "config.json").read_text())
     if config["world"] != world.WORLD:
         raise ErasureError(f"the demo judge in {folder} was trained on another world: {config['world']}")

@@ -120,6 +120,14 @@ def test_judge_description_names_its_weights(tmp_path):
     assert JUDGE_DIR.is_dir()
 
 
+def test_judge_folder_without_its_config_is_refused_with_the_fix(tmp_path):
+    from erasure_core.demo.judge import weights_file
+
+    (tmp_path / "model.safetensors").write_bytes(weights_file().read_bytes())
+    with pytest.raises(ErasureError, match="no config.json.*copy the folder whole"):
+        DemoJudge("red", weights_dir=tmp_path)
+
+
 def test_export_and_load_round_trip_keeps_every_weight(tmp_path):
     """Exported fp16 weights load back into the same classes with every key (text_model.* prefix included)."""
     from erasure_core.demo.architecture import build_text_encoder, build_unet, build_vae
