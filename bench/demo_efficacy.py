@@ -22,7 +22,8 @@ report.html) is in OUT/CONCEPT/, beside its trained encoders and result.json: an
 
 efficacy.json: results.<concept>.<method> has pre_attack, post_attack {probe: ...} (headline probes only),
 stress_attack {probe: ...}, utility.retain_accuracy and robustness_curve, each rate {rate, successes, n, low,
-high} pooled over the training seeds, with per_seed beside it (in the order of `training_seeds`); beside the
+high} pooled over the training seeds, with per_seed beside it (in the order of `training_seeds`) and
+between_seeds {mean, low, high, seeds}: the mean over seeds with its 95% t interval (rates.between_seeds); beside the
 results: seconds and cpu_seconds (all processes), workers, per concept the wall and CPU seconds of every
 training run and of the evaluation, and where the evaluation's time went per method (evaluation_by_method per
 concept, evaluation_timings summed: plain generation, each probe with the cases it attacked, retain generation).
@@ -399,16 +400,23 @@ def format_table(results: dict) -> str:
 
 
 def format_per_seed(results: dict) -> str:
-    """Successes per training seed (in the order of `training_seeds`): pre-attack and each headline probe."""
+    """Successes per training seed (in the order of `training_seeds`), then the mean rate over seeds with its 95%
+    t interval (rates.between_seeds): pre-attack, each headline probe and retain."""
     rows = []
     for concept, by_encoder in results.items():
         for name, v in by_encoder.items():
-            cells = {"pre": v["pre_attack"], **{f"post {p}": r for p, r in v["post_attack"].items()}}
+            cells = {"pre": v["pre_attack"], **{f"post {p}": r for p, r in v["post_attack"].items()},
+                     "retain": v["utility"]["retain_accuracy"]}
             if not rows:
                 rows.append(["concept", "encoder", *cells, "n per seed"])
             rows.append([concept, name, *[" ".join(str(s["successes"]) for s in r["per_seed"]) for r in cells.values()],
                          " ".join(str(s["n"]) for s in v["pre_attack"]["per_seed"])])
+            rows.append(["", "  between seeds", *[_seed_spread(r.get("between_seeds")) for r in cells.values()], ""])
     return align_columns(rows)
+
+
+def _seed_spread(spread: dict | None) -> str:
+    return "-" if spread is None else f"{spread['mean']:.2f} [{spread['low']:.2f}, {spread['high']:.2f}]"
 
 
 def format_curves(results: dict) -> str:

@@ -44,14 +44,47 @@ def with_interval(r: dict | None) -> dict | None:
     return {**r, "low": low, "high": high}
 
 
+# The t distribution's two-sided 95% quantiles for 1-10 degrees of freedom (2-11 training seeds).
+_T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
+
+
+def t95(df: int) -> float:
+    """The two-sided 95% quantile of Student's t with df degrees of freedom (a table to 10, then the
+    Cornish-Fisher expansion, within 0.2% there)."""
+    if df < 1:
+        raise ValueError(f"degrees of freedom must be >= 1, got {df}")
+    if df <= len(_T95):
+        return _T95[df - 1]
+    z = Z95
+    return z + (z**3 + z) / (4 * df) + (5 * z**5 + 16 * z**3 + 3 * z) / (96 * df * df)
+
+
+def between_seeds(per_seed: list[dict]) -> dict | None:
+    """The mean of the per-seed rates and its 95% t interval over training seeds (None for fewer than 2).
+
+    Why beside the pooled Wilson interval: Wilson counts the cases, as if every case came from one encoder, but
+    each training seed is a draw from a wide distribution (the same preset and seeds trained twice gave yellow's
+    retain 231/256 and 206/256). This interval counts the seeds, so it says how far another training run may land.
+    """
+    rates = [r["successes"] / r["n"] for r in per_seed if r["n"]]
+    if len(rates) < 2:
+        return None
+    mean = sum(rates) / len(rates)
+    sd = math.sqrt(sum((r - mean) ** 2 for r in rates) / (len(rates) - 1))
+    half = t95(len(rates) - 1) * sd / math.sqrt(len(rates))
+    return {"mean": mean, "low": max(0.0, mean - half), "high": min(1.0, mean + half), "seeds": len(rates)}
+
+
 def pool(rates: Iterable[dict | None]) -> dict | None:
-    """Several rates (one per training seed) pooled into one: successes and n summed, interval added, and the
-    per-seed rates kept beside it under "per_seed". None when no rate was measured."""
+    """Several rates (one per training seed) pooled into one: successes and n summed, interval added, the
+    per-seed rates kept beside it under "per_seed", and the interval over seeds under "between_seeds" (None for
+    one seed). None when no rate was measured."""
     rates = [r for r in rates if r is not None]
     if not rates:
         return None
     pooled = rate(sum(r["successes"] for r in rates), sum(r["n"] for r in rates))
-    return {**with_interval(pooled), "per_seed": [rate(r["successes"], r["n"]) for r in rates]}
+    per_seed = [rate(r["successes"], r["n"]) for r in rates]
+    return {**with_interval(pooled), "per_seed": per_seed, "between_seeds": between_seeds(per_seed)}
 
 
 def format_rate(r: dict | None, interval: bool = True) -> str:

@@ -39,3 +39,20 @@ def test_robustness_curve_orders_budgets_and_pools_by_epsilon():
     pooled = pool_curves([curve, curve])
     assert [(p["epsilon"], p["successes"], p["n"]) for p in pooled] == [(0.0, 2, 20), (1.0, 6, 20), (2.0, 10, 20),
                                                                           (None, 18, 20)]
+
+
+def test_between_seeds_interval_counts_the_training_runs_not_the_cases():
+    from erasure_core.rates import between_seeds, t95
+
+    assert t95(2) == 4.303 and t95(11) == pytest.approx(2.201, abs=0.003) and t95(30) == pytest.approx(2.042, abs=0.003)
+    # square's soft prompt in session 7: 38/88, 31/84, 32/84 (pooled Wilson [0.34, 0.46])
+    spread = pool([rate(38, 88), rate(31, 84), rate(32, 84)])["between_seeds"]
+    rates = [38 / 88, 31 / 84, 32 / 84]
+    mean = sum(rates) / 3
+    sd = (sum((r - mean) ** 2 for r in rates) / 2) ** 0.5
+    assert spread["mean"] == pytest.approx(mean) and spread["seeds"] == 3
+    assert (spread["low"], spread["high"]) == pytest.approx((mean - 4.303 * sd / 3**0.5, mean + 4.303 * sd / 3**0.5))
+    # one seed says nothing about the spread; a wide spread is clamped to [0, 1]
+    assert between_seeds([rate(3, 10)]) is None and pool([rate(3, 10)])["between_seeds"] is None
+    wide = between_seeds([rate(0, 10), rate(10, 10)])
+    assert (wide["low"], wide["high"]) == (0.0, 1.0)

@@ -72,6 +72,7 @@ def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
             assert set(r) >= {"rate", "successes", "n", "low", "high", "per_seed"}
             assert r["n"] == 4 * runs and len(r["per_seed"]) == runs
             assert sum(s["successes"] for s in r["per_seed"]) == r["successes"]
+            assert r["between_seeds"]["seeds"] == 2 and r["between_seeds"]["low"] <= r["between_seeds"]["mean"]
             assert r["low"] <= r["rate"] <= r["high"]
         assert set(entry["post_attack"]) == {"soft_prompt", "unlearndiffatk", "concept_vector"}
         assert set(entry["stress_attack"]) == {"soft_prompt_unbounded"}
@@ -239,4 +240,5 @@ def test_split_cases_give_each_training_seed_its_own_prompts_and_pool_them(tiny_
             assert sum(s["successes"] for s in r["per_seed"]) == r["successes"]
     # the curve's extra budget on the first 16 x 4 / 64... here curve_cases 64 >= 8 cases: every case
     assert [p["n"] for p in efficacy["results"]["circle"]["advunlearn"]["robustness_curve"]] == [8, 8, 8, 8]
-    assert "4 4" in bench.format_per_seed(efficacy["results"])
+    table = bench.format_per_seed(efficacy["results"])
+    assert "4 4" in table and "between seeds" in table

@@ -107,7 +107,8 @@ def test_judge_flags_its_concept(clean_renders):
 def test_judge_description_names_its_weights(tmp_path):
     """A benchmark stores the judge's description with its results and reuses them only when it is equal, so the
     description must change when the weights do (a retrained judge must never be mixed with the old one's calls)."""
-    from erasure_core.demo.judge import JUDGE_DIR, ShapesClassifier, save_judge
+    from erasure_core.demo.judge import JUDGE_DIR, ShapesClassifier
+    from erasure_core.demo.judge_training import save_judge
 
     shipped = DemoJudge("red").describe()
     assert shipped == DemoJudge("red").describe() and len(shipped["weights_sha256"]) == 16
