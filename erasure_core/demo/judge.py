@@ -68,11 +68,12 @@ def load_classifier(folder: str | Path | None = None) -> ShapesClassifier:
     path = weights_file(folder)
     folder = path.parent
     if not path.is_file():
-        raise ErasureError(f"the demo judge's weights are missing ({path}); train them with "
-                           "`python -m erasure_core.demo.judge_training` (a few minutes on a CPU)")
+        raise ErasureError(f"the demo judge's weights are missing ({path}); train them with `python -m "
+                           "erasure_core.demo.judge_training` (the shipped judge's full command is in its config.json)")
     if not (folder / "config.json").is_file():
         raise ErasureError(f"the demo judge in {folder} has weights but no config.json (its widths and world): "
-                           "copy the folder whole, or train it again with `python -m erasure_core.demo.judge_training`")
+                           "copy the folder whole, or train it again with "
+                           "`python -m erasure_core.demo.judge_training`")
     config = json.loads((folder / "config.json").read_text())
     if config["world"] != world.WORLD:
         raise ErasureError(f"the demo judge in {folder} was trained on another world: {config['world']}")

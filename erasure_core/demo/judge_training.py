@@ -175,10 +175,12 @@ def train_judge(steps: int = 1600, seed: int = 0, generated: ImageSet | None = N
     reads them and sets their targets (judge_data.outlier_targets); then the judge is trained on all three.
     `record`: more to write into its config.json (the command that made it)."""
     if outliers is not None and generated is None:
-        raise ErasureError("outliers need generated images too: their targets are read by a judge trained on them")
+        raise ErasureError("outliers need generated images too: their targets are read by a judge trained on them; "
+                           "pass `generated` as well")
     renders = render_layers(n_renders, seed)
-    targets, info = None, {**(record or {}), "steps": steps, "seed": seed,
-                           "generated": len(generated) if generated else 0, "outliers": len(outliers) if outliers else 0}
+    info = {**(record or {}), "steps": steps, "seed": seed, "generated": len(generated) if generated else 0,
+            "outliers": len(outliers) if outliers else 0}
+    targets = None
     if outliers is not None:
         first = fit(Sources(renders, generated), steps // 2, seed + 1)
         targets = outlier_targets(probabilities(first, outliers), outliers.labels)
@@ -239,11 +241,13 @@ def main(argv=None):
     torch.set_num_threads(a.threads)
     if a.steps < 1 or a.generated < 0 or a.outliers < 0:
         p.error("--steps must be >= 1 and --generated/--outliers >= 0")
+    if a.outliers and not a.generated:
+        p.error("--outliers needs --generated too (the outliers' targets are read by a judge trained on them)")
     try:
         generated, outliers = image_sets(a.data_cache, a.generated, a.outliers, a.data_seed)
-        command = "python -m erasure_core.demo.judge_training " + " ".join(
-            f"--{k.replace('_', '-')} {v}" for k, v in (("steps", a.steps), ("seed", a.seed), ("generated", a.generated),
-                                                        ("outliers", a.outliers), ("data_seed", a.data_seed)))
+        options = (("steps", a.steps), ("seed", a.seed), ("generated", a.generated), ("outliers", a.outliers),
+                   ("data-seed", a.data_seed))
+        command = "python -m erasure_core.demo.judge_training " + " ".join(f"--{k} {v}" for k, v in options)
         train_judge(steps=a.steps, seed=a.seed, generated=generated, outliers=outliers, out=a.out,
                     record={"command": command})
     except ErasureError as err:

@@ -39,7 +39,8 @@ def test_a_batch_mixes_the_sources_with_their_own_targets():
     for attribute, t in targets.items():
         assert t.shape == (64, len(world.WORLD[attribute]))
         assert torch.allclose(t.sum(dim=1), torch.ones(64))
-        assert torch.allclose(t[48:], torch.full((16, t.shape[1]), 1 / t.shape[1]))  # the last quarter: outliers, uniform targets
+        # the last quarter: outliers, with their uniform targets
+        assert torch.allclose(t[48:], torch.full((16, t.shape[1]), 1 / t.shape[1]))
         assert (t[32:48].max(dim=1).values > 0.9).all()  # generated images keep their caption's label
 
 
