@@ -72,7 +72,8 @@ def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
             assert set(r) >= {"rate", "successes", "n", "low", "high", "per_seed"}
             assert r["n"] == 4 * runs and len(r["per_seed"]) == runs
             assert sum(s["successes"] for s in r["per_seed"]) == r["successes"]
-            assert r["between_seeds"]["seeds"] == 2 and r["between_seeds"]["low"] <= r["between_seeds"]["mean"]
+            spread = r["between_seeds"]  # over training seeds: none for one run
+            assert spread is None if runs == 1 else (spread["seeds"] == 2 and spread["low"] <= spread["mean"])
             assert r["low"] <= r["rate"] <= r["high"]
         assert set(entry["post_attack"]) == {"soft_prompt", "unlearndiffatk", "concept_vector"}
         assert set(entry["stress_attack"]) == {"soft_prompt_unbounded"}
