@@ -44,7 +44,8 @@ def with_interval(r: dict | None) -> dict | None:
     return {**r, "low": low, "high": high}
 
 
-# The t distribution's two-sided 95% quantiles for 1-10 degrees of freedom (2-11 training seeds).
+# The t distribution's two-sided 95% quantiles for 1-10 degrees of freedom (2-11 training seeds); tabled here
+# because scipy, which has them, is not a dependency of the core.
 _T95 = (12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228)
 
 

@@ -56,7 +56,20 @@ class ImageSet:
         missing = [k for k in ["images"] + [f"label.{a}" for a in world.WORLD] if k not in tensors]
         if missing:
             raise ErasureError(f"{path} is not a judge image set (missing {missing}); delete it to make it again")
-        return cls(tensors["images"], {a: tensors[f"label.{a}"].long() for a in world.WORLD})
+        images, size = tensors["images"], world.IMAGE_SIZE
+        labels = {a: tensors[f"label.{a}"].long() for a in world.WORLD}
+        bad = [] if images.dtype == torch.uint8 and tuple(images.shape[1:]) == (3, size, size) else ["images"]
+        bad += [a for a, v in labels.items() if v.shape != (images.shape[0],) or
+                (len(v) and not 0 <= int(v.min()) <= int(v.max()) < len(world.WORLD[a]))]
+        if bad:
+            raise ErasureError(f"{path} is not a judge image set of this world ({', '.join(bad)}: wrong shape, type "
+                               f"or values; images must be uint8 [N, 3, {size}, {size}]); delete it to make it again")
+        return cls(images, labels)
+
+
+def attribute_labels(attrs: list[dict[str, str]]) -> dict[str, torch.Tensor]:
+    """The label index of every attribute, per image: {"shape": [N], "colour": [N], ...}."""
+    return {k: torch.tensor([world.WORLD[k].index(a[k]) for a in attrs]) for k in world.WORLD}
 
 
 def captions_naming_everything(n: int, seed: int) -> tuple[list[str], dict[str, torch.Tensor]]:
@@ -64,8 +77,7 @@ def captions_naming_everything(n: int, seed: int) -> tuple[list[str], dict[str, 
     rng = random.Random(seed)
     attrs = [world.random_attrs(rng) for _ in range(n)]
     captions = [world.caption(a, rng, named=set(world.WORLD), empty_prob=0.0) for a in attrs]
-    labels = {k: torch.tensor([world.WORLD[k].index(a[k]) for a in attrs]) for k in world.WORLD}
-    return captions, labels
+    return captions, attribute_labels(attrs)
 
 
 def concept_norm(model) -> float:

@@ -29,7 +29,7 @@ from ..errors import ErasureError
 from ..files import atomic_save_safetensors, atomic_write_json
 from . import world
 from .judge import JUDGE_DIR, WIDTHS, ShapesClassifier
-from .judge_data import ImageSet, generated_set, outlier_set, outlier_targets
+from .judge_data import ImageSet, attribute_labels, generated_set, outlier_set, outlier_targets
 
 log = logging.getLogger("erasure_core.demo.judge_training")
 LABEL_SMOOTHING = 0.05
@@ -45,8 +45,7 @@ def render_layers(n: int, seed: int):
     masks = [world.render({**a, "colour": "yellow", "background": "black"}, rng) for a in attrs]
     alpha = world.to_tensor_batch(masks).max(dim=1, keepdim=True).values
     alpha = alpha / torch.tensor(world.RGB["yellow"]).max().div(255)
-    labels = {k: torch.tensor([world.WORLD[k].index(a[k]) for a in attrs]) for k in world.WORLD}
-    return alpha.clamp(0, 1), labels, attrs
+    return alpha.clamp(0, 1), attribute_labels(attrs), attrs
 
 
 def _colours(attrs: list[dict], key: str) -> torch.Tensor:
@@ -111,12 +110,11 @@ class Sources:
         self.fg, self.bg = _colours(attrs, "colour"), _colours(attrs, "background")
 
     def batch(self, size: int, gen: torch.Generator) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        parts = [self._renders(size - (size // 4) * (self.generated is not None) - (size // 4) * (
-            self.outliers is not None), gen)]
-        if self.generated is not None:
-            parts.append(self._images(self.generated, None, size // 4, gen))
-        if self.outliers is not None:
-            parts.append(self._images(self.outliers, self.outlier_targets, size // 4, gen))
+        quarter = size // 4
+        extra = [(images, targets) for images, targets in ((self.generated, None),
+                                                            (self.outliers, self.outlier_targets)) if images is not None]
+        parts = [self._renders(size - quarter * len(extra), gen)]
+        parts += [self._images(images, targets, quarter, gen) for images, targets in extra]
         return torch.cat([x for x, _ in parts]), {a: torch.cat([t[a] for _, t in parts]) for a in world.WORLD}
 
     def _renders(self, n: int, gen: torch.Generator):
@@ -138,12 +136,19 @@ class Sources:
         return x, {a: targets[a][idx] for a in world.WORLD}
 
 
-def fit(sources: Sources, steps: int, seed: int, batch: int = 64, lr: float = 3e-3) -> ShapesClassifier:
-    """A classifier trained for `steps` AdamW steps (warm-up, then cosine decay), seeded."""
+def clean_test_set(seed: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """1,000 clean renders and their labels, apart from the training renders (logged during training)."""
+    alpha, labels, attrs = render_layers(1000, seed + 10_000)
+    return clean_images(alpha, attrs), labels
+
+
+def fit(sources: Sources, steps: int, seed: int, batch: int = 64, lr: float = 3e-3,
+        test: tuple | None = None) -> ShapesClassifier:
+    """A classifier trained for `steps` AdamW steps (warm-up, then cosine decay), seeded. `test`: (images, labels)
+    whose accuracy is logged every 200 steps (default: clean_test_set(seed))."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
-    test_alpha, test_labels, test_attrs = render_layers(1000, seed + 10_000)
-    test_images = clean_images(test_alpha, test_attrs)
+    test_images, test_labels = test if test is not None else clean_test_set(seed)
     model = ShapesClassifier()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=1e-4)
     for step in range(steps):
@@ -177,20 +182,19 @@ def train_judge(steps: int = 1600, seed: int = 0, generated: ImageSet | None = N
     if outliers is not None and generated is None:
         raise ErasureError("outliers need generated images too: their targets are read by a judge trained on them; "
                            "pass `generated` as well")
-    renders = render_layers(n_renders, seed)
+    renders, test = render_layers(n_renders, seed), clean_test_set(seed)
     info = {**(record or {}), "steps": steps, "seed": seed, "generated": len(generated) if generated else 0,
             "outliers": len(outliers) if outliers else 0}
     targets = None
     if outliers is not None:
-        first = fit(Sources(renders, generated), steps // 2, seed + 1)
+        first = fit(Sources(renders, generated), steps // 2, seed + 1, test=test)
         targets = outlier_targets(probabilities(first, outliers), outliers.labels)
         sure = torch.stack([(t.max(dim=1).values > 0.5) for t in targets.values()]).all(dim=0)
         info["outliers_read_as_captioned"] = int(sure.sum())
         log.info("first judge reads %d of %d outliers as their caption", info["outliers_read_as_captioned"],
                  len(outliers))
-    model = fit(Sources(renders, generated, outliers, targets), steps, seed)
-    test_alpha, test_labels, test_attrs = render_layers(1000, seed + 10_000)
-    info["clean_test_accuracy"] = accuracy(model, clean_images(test_alpha, test_attrs), test_labels)
+    model = fit(Sources(renders, generated, outliers, targets), steps, seed, test=test)
+    info["clean_test_accuracy"] = accuracy(model, *test)
     save_judge(model, out, info)
     log.info("judge done: %s", info)
     return info
@@ -237,12 +241,17 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=JUDGE_DIR)
     a = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    torch.set_num_threads(a.threads)
     if a.steps < 1 or a.generated < 0 or a.outliers < 0:
         p.error("--steps must be >= 1 and --generated/--outliers >= 0")
     if a.outliers and not a.generated:
         p.error("--outliers needs --generated too (the outliers' targets are read by a judge trained on them)")
+    if a.threads < 1:
+        p.error(f"--threads must be >= 1, got {a.threads}")
+    for flag, folder in (("--out", a.out), ("--data-cache", a.data_cache)):
+        if folder is not None and folder.exists() and not folder.is_dir():
+            p.error(f"{flag} {folder} is a file: pass a folder (it is created if missing)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(a.threads)
     try:
         generated, outliers = image_sets(a.data_cache, a.generated, a.outliers, a.data_seed)
         options = (("steps", a.steps), ("seed", a.seed), ("generated", a.generated), ("outliers", a.outliers),

@@ -101,3 +101,31 @@ def test_train_judge_with_every_source_writes_a_judge_that_loads(tmp_path):
     assert config["generated"] == 16 and config["outliers"] == 16 and config["command"] == "test"
     assert 0 <= config["outliers_read_as_captioned"] <= 16 and info["steps"] == 4
     assert len(DemoJudge("red", weights_dir=tmp_path).judge(torch.rand(2, 3, 64, 64)).scores) == 2
+
+
+def test_an_image_set_of_another_shape_or_world_is_refused(tmp_path):
+    from safetensors.torch import save_file
+
+    good = _noise_set(4, 0)
+    for tensors in {
+        "float images": {"images": good.images.float()},  # each case: what replaces the good file's tensors
+        "small images": {"images": good.images[:, :, :32, :32].contiguous()},
+        "label out of range": {f"label.{a}": torch.full((4,), 9) for a in world.WORLD},
+        "labels of another count": {f"label.{a}": v[:3].clone() for a, v in good.labels.items()},
+    }.values():
+        contents = {"images": good.images, **{f"label.{a}": v for a, v in good.labels.items()}, **tensors}
+        save_file(contents, str(tmp_path / "set.safetensors"))
+        with pytest.raises(ErasureError, match="not a judge image set of this world"):
+            ImageSet.load(tmp_path / "set.safetensors")
+
+
+def test_the_command_line_refuses_bad_values_before_any_work(tmp_path, capsys):
+    from erasure_core.demo.judge_training import main
+
+    (tmp_path / "a-file").write_text("x")
+    for argv, message in ((["--threads", "0"], "--threads must be >= 1"),
+                          (["--out", str(tmp_path / "a-file")], "is a file: pass a folder"),
+                          (["--generated", "4", "--data-cache", str(tmp_path / "a-file")], "is a file")):
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err
