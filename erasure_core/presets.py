@@ -56,11 +56,14 @@ PRESETS: dict[str, dict] = {
     #   the concept-vector probe does): yellow's concept-vector ASR, the full benchmark's worst cell at 94/256 =
     #   0.37 (seeds 39/88, 52/84, 3/84), was 36/256 = 0.14 [0.10, 0.19] with it (8/88, 3/84, 25/84) on the same
     #   cases; retain 221 -> 231/256. Star (seed 1): 20 -> 19/84, no change. +7% UNet evaluations.
+    #   Turned off again (session 9, vector_weight 0, the EraseConfig default): red, seeds 0-2, the retrained judge,
+    #   256 cases a seed: with the term pre-attack 52/768 and soft prompt 118/256 = 0.46, without it 0/768 and
+    #   4/256 = 0.02. Yellow, the same runs: concept vector 4/768 with the term, 37/768 = 0.05 without (inside the
+    #   0.10 target; the 94/256 above came from the old judge, which called smudges yellow), retain 667 -> 697/768.
     "demo": dict(
         lr=1e-3, iterations=400, attack_every=2, warmup_iterations=20, attack_steps=10, attack_k=3, attack_lr=1e-2,
         attack_insertion="prefix", attack_batch=2, concept_batch=4, plain_weight=1.0,
         retain_weight=10.0, retain_batch=8, retain_set="shapes_world", caption_weight=1.0, attack_captions=True,
-        vector_weight=1.0,
         negative_guidance=2.0, num_ddim_steps=20, guidance=5.0, concept_pool_size=16, retain_pool_size=64,
         max_unet_batch=32,  # a small UNet on a CPU: one call on 20 latents with backward took 0.17 s, 4 calls 0.24 s
     ),
