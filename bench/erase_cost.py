@@ -48,15 +48,20 @@ def our_counts(config: EraseConfig, concepts: int = 1, retain_prompts: int | Non
     config's retain list (its name filter can only lower this, by the few prompts that name the concept)."""
     batch, steps, attack = config.retain_batch, config.num_ddim_steps, config.attack.steps
     retain_on = batch > 0 and config.retain_weight > 0
+    early_on = retain_on and config.retain_early_weight > 0  # a second retain batch, from the first steps
+    retain_points = (2 * batch if early_on else batch) if retain_on else 0  # student points a step
     points, attack_points = config.concept_batch, config.attack_batch
     if config.reuse_latents:
         pool = 2 * steps * (concepts * config.concept_pool_size + (config.retain_pool_size if retain_on else 0))
-        warm = points + (batch if retain_on else 0)
+        warm = points + retain_points
         per_attack_step = attack_points
     else:
         mean = mean_partial_steps(steps)
         pool = 0
         warm = (2 * mean * points + 2 * points + points) + ((2 * batch * mean + batch + batch) if retain_on else 0)
+        if early_on:
+            first = max(1, round(config.retain_early_steps * steps))
+            warm += 2 * batch * mean_partial_steps(first) + batch + batch
         per_attack_step = 2 * mean * attack_points + attack_points + attack_points
     if retain_on and config.retain_max_alignment is not None:
         from erasure_core.training.retain import ALIGNMENT_POINTS, ALIGNMENT_TRAJECTORIES
@@ -75,8 +80,8 @@ def our_counts(config: EraseConfig, concepts: int = 1, retain_prompts: int | Non
     warm += extra["step"]
     refresh_cost += extra["refresh"]
     adversarial = warm + plain + extra["attacked_target"]
-    grad = warm_iters * (points + (batch if retain_on else 0) + extra["step_grad"]) \
-        + adversarial_iters * (points + plain + (batch if retain_on else 0) + extra["step_grad"]) \
+    grad = warm_iters * (points + retain_points + extra["step_grad"]) \
+        + adversarial_iters * (points + plain + retain_points + extra["step_grad"]) \
         + refreshes * starts * attack * attack_points
     return dict(pool=pool, warmup_iteration=warm, adversarial_iteration=adversarial + refresh_cost,
                 per_run=pool + warm * warm_iters + adversarial * adversarial_iters + refresh_cost * refreshes,

@@ -175,10 +175,12 @@ class LatentPool:
         stack = lambda parts: torch.stack(parts, dim=1) if parts else None  # noqa: E731
         return stack(xs), stack(conds), stack(unconds)
 
-    def draw(self, count: int, generator: torch.Generator | None = None, device=None) -> PoolSample:
-        """`count` random (trajectory, step) pairs, drawn independently and uniformly."""
+    def draw(self, count: int, generator: torch.Generator | None = None, device=None,
+             first_steps: int | None = None) -> PoolSample:
+        """`count` random (trajectory, step) pairs, drawn independently and uniformly; from the first
+        `first_steps` sampling steps only (the noisiest) when given."""
         rows = torch.randint(self.size, (count,), generator=generator)
-        steps = torch.randint(len(self.timesteps), (count,), generator=generator)
+        steps = torch.randint(first_steps or len(self.timesteps), (count,), generator=generator)
         sample = PoolSample(
             latents=self.latents[rows, steps],
             timesteps=self.timesteps[steps],

@@ -60,6 +60,9 @@ PRESETS: dict[str, dict] = {
     #   256 cases a seed: with the term pre-attack 52/768 and soft prompt 118/256 = 0.46, without it 0/768 and
     #   4/256 = 0.02. Yellow, the same runs: concept vector 4/768 with the term, 37/768 = 0.05 without (inside the
     #   0.10 target; the 94/256 above was judged by the old judge, which over-called yellow), retain 667 -> 697/768.
+    # - retain_early_weight 0 (the EraseConfig default): an extra retain term at weight 10 on the first quarter of
+    #   the sampling steps brought retain within 5 points of the original on red, square and yellow (3 seeds each:
+    #   square 685 -> 741/768), but raised square's concept vector 56 -> 99/768 and soft prompt 37 -> 62/256.
     "demo": dict(
         lr=1e-3, iterations=400, attack_every=2, warmup_iterations=20, attack_steps=10, attack_k=3, attack_lr=1e-2,
         attack_insertion="prefix", attack_batch=2, concept_batch=4, plain_weight=1.0,

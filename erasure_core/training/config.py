@@ -42,6 +42,10 @@ class EraseConfig:
     - attack_epsilon: L2 bound per adversarial token, relative to the token table's median row norm (None =
       unbounded, the paper); attack_restart_every: every that many attack refreshes the attack starts again
       from random vocabulary instead of its previous embeddings (0 = never); attack_restarts: starts per refresh.
+    - retain_early_weight: a second retain term, with this weight and `retain_batch` points drawn only from the
+      first `retain_early_steps` (a fraction) of the sampling steps, the noisiest, where a retain prompt's
+      colour and layout are decided; 0 = the paper (one retain term, points from every step). Costs
+      `retain_batch` more UNet evaluations (forward and backward) per iteration.
     - retain_max_alignment: retain prompts whose ORIGINAL prediction carries the concept (see training/retain.py)
       more than this are left out of the retain set; None keeps every prompt that does not name a concept.
     - caption_weight: the retain list's prompts that name a concept (left out of the retain set) are unlearned
@@ -86,6 +90,8 @@ class EraseConfig:
     retain_set: str = "objects"
     retain_prompts: list[str] | None = None
     retain_max_alignment: float | None = None
+    retain_early_weight: float = 0.0
+    retain_early_steps: float = 0.25
     negative_guidance: float = 1.0
     caption_weight: float = 0.0
     contrast_words: list[str] | None = None
@@ -149,7 +155,7 @@ class EraseConfig:
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         for name in ("retain_weight", "anchor_weight", "plain_weight", "caption_weight", "embedding_retain_weight",
-                     "vector_weight", "vector_max_strength"):
+                     "vector_weight", "vector_max_strength", "retain_early_weight"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         check(not self.plain_contrast or bool(self.contrast_words),
               "plain_contrast needs contrast_words (the words whose predictions replace the empty prompt's)")
@@ -158,6 +164,11 @@ class EraseConfig:
         check(not self.vector_weight or self.caption_weight > 0,
               "vector_weight needs caption_weight > 0 (the term pushes the concept's captions along its direction); "
               "set vector_weight=0 to train without captions")
+        check(0 < self.retain_early_steps <= 1,
+              f"retain_early_steps is the fraction of sampling steps the early retain term draws from: it must be "
+              f"in (0, 1], got {self.retain_early_steps}")
+        check(not self.retain_early_weight or (self.retain_weight > 0 and self.retain_batch > 0),
+              "retain_early_weight adds to the retain term: it needs retain_weight > 0 and retain_batch > 0")
         check(self.retain_max_alignment is None or self.retain_max_alignment > 0,
               f"retain_max_alignment must be > 0 (or None to keep every retain prompt), "
               f"got {self.retain_max_alignment}")

@@ -309,9 +309,9 @@ class _Trainer:
             encoder_terms.append(EncoderTerm("anchor", config.anchor_weight, lambda: anchor_loss(
                 encode_slotted(self.student, self.uncond_ids), self.uncond)))
         if self._uses_retain:
-            retain = self.points.retain(config.retain_batch)
-            unet_terms.append(self._term("retain", config.retain_weight, retain, retain.eps_cond,
-                                         self.retain_ids[retain.prompt_index]))
+            for name, weight, sample in self.points.retain_terms():
+                prompts = self.retain_ids[sample.prompt_index]
+                unet_terms.append(self._term(name, weight, sample, sample.eps_cond, prompts))
         losses = backward_terms(self.runner, unet_terms, encoder_terms, max_batch=config.max_unet_batch,
                                 scale=self.scaler.scale, autocast=self._autocast,
                                 check_finite=lambda name, loss: self._check_finite(step, name, loss))

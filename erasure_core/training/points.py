@@ -65,19 +65,31 @@ class TrainingPoints:
                 eps_uncond, eps_cond = None, self.runner(x_t, t, cond).float()
         return PoolSample(x_t, t.reshape(1).expand(count), eps_cond, eps_uncond, torch.full((count,), concept))
 
-    def retain(self, count: int) -> PoolSample:
+    def retain_terms(self) -> list[tuple[str, float, PoolSample]]:
+        """(term name, weight, points) of the retain terms: `retain_batch` points from any step, and as many
+        again from the first, noisiest steps when `retain_early_weight` is on (config.py)."""
+        config = self.config
+        terms = [("retain", config.retain_weight, self.retain(config.retain_batch))]
+        if config.retain_early_weight > 0:
+            first = max(1, round(config.retain_early_steps * config.num_ddim_steps))
+            terms.append(("retain_early", config.retain_early_weight, self.retain(config.retain_batch, first)))
+        return terms
+
+    def retain(self, count: int, first_steps: int | None = None) -> PoolSample:
+        """`count` retain points with the frozen model's prediction; from the first `first_steps` sampling
+        steps only when given (None: any step)."""
         if self.retain_pool is not None:
-            return self.retain_pool.draw(count, self.rng, self.device)
+            return self.retain_pool.draw(count, self.rng, self.device, first_steps=first_steps)
         index = torch.randint(self.retain_conds.shape[0], (count,), generator=self.rng)
         conds = self.retain_conds[index.to(self.device)]
-        x_t, t = self._fresh_latents(conds, count)
+        x_t, t = self._fresh_latents(conds, count, first_steps)
         with torch.no_grad():
             teacher = self.runner(x_t, t, conds).float()
         return PoolSample(x_t, t.reshape(1).expand(count), teacher, None, index)
 
-    def _fresh_latents(self, conds, count):
+    def _fresh_latents(self, conds, count, first_steps: int | None = None):
         """Partial DDIM sampling from new noise, as the public code does for every loss evaluation."""
-        index = int(torch.randint(self.config.num_ddim_steps, (1,), generator=self.rng))
+        index = int(torch.randint(first_steps or self.config.num_ddim_steps, (1,), generator=self.rng))
         shape = (count, self.model.unet.config.in_channels, self.model.latent_size, self.model.latent_size)
         noise = torch.randn(shape, generator=self.rng).to(self.device)
         return sample_noisy_latents(self.model, conds, self.uncond, index, noise=noise, runner=self.runner,

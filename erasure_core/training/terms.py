@@ -102,4 +102,6 @@ def history_losses(losses: dict[str, float]) -> dict:
     logs.update({f"{name}_loss": losses[name] for name in ("plain", "caption", "vector", "embedding_retain", "anchor")
                  if name in losses})
     logs["retain_loss"] = losses.get("retain")
+    if "retain_early" in losses:
+        logs["retain_early_loss"] = losses["retain_early"]
     return logs

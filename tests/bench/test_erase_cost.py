@@ -31,6 +31,7 @@ CONFIGS = {
     "captions": dict(caption_weight=1.0, contrast_words=["square", "star"]),
     "demo-like": dict(caption_weight=1.0, contrast_words=["square", "star"], attack_captions=True,
                       vector_weight=1.0, plain_contrast=True, attack_every=2),
+    "early retain": dict(retain_early_weight=1.0),
     "restarts": dict(caption_weight=1.0, contrast_words=["square"], attack_captions=True, attack_restarts=2),
 }
 
