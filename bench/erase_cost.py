@@ -60,8 +60,7 @@ def our_counts(config: EraseConfig, concepts: int = 1, retain_prompts: int | Non
         pool = 0
         warm = (2 * mean * points + 2 * points + points) + ((2 * batch * mean + batch + batch) if retain_on else 0)
         if early_on:
-            first = max(1, round(config.retain_early_steps * steps))
-            warm += 2 * batch * mean_partial_steps(first) + batch + batch
+            warm += 2 * batch * mean_partial_steps(config.retain_early_step_count) + batch + batch
         per_attack_step = 2 * mean * attack_points + attack_points + attack_points
     if retain_on and config.retain_max_alignment is not None:
         from erasure_core.training.retain import ALIGNMENT_POINTS, ALIGNMENT_TRAJECTORIES

@@ -179,6 +179,8 @@ class LatentPool:
              first_steps: int | None = None) -> PoolSample:
         """`count` random (trajectory, step) pairs, drawn independently and uniformly; from the first
         `first_steps` sampling steps only (the noisiest) when given."""
+        if first_steps is not None and not 1 <= first_steps <= len(self.timesteps):
+            raise ValueError(f"first_steps must be in [1, {len(self.timesteps)}] (the pool's steps), got {first_steps}")
         rows = torch.randint(self.size, (count,), generator=generator)
         steps = torch.randint(first_steps or len(self.timesteps), (count,), generator=generator)
         sample = PoolSample(

@@ -122,6 +122,11 @@ class EraseConfig:
         if isinstance(self.contrast_words, str):  # "square,triangle" as text, read by the one options parser
             self.contrast_words = convert(self.contrast_words, list[str] | None, "contrast_words") or None
 
+    @property
+    def retain_early_step_count(self) -> int:
+        """How many of the first (noisiest) sampling steps the early retain term draws from."""
+        return max(1, round(self.retain_early_steps * self.num_ddim_steps))
+
     def to_dict(self) -> dict:
         """The options as flat {name: value} (attack_k, not attack.k): checkpoints and metadata keep this shape."""
         return flat_dict(self)

@@ -71,8 +71,8 @@ class TrainingPoints:
         config = self.config
         terms = [("retain", config.retain_weight, self.retain(config.retain_batch))]
         if config.retain_early_weight > 0:
-            first = max(1, round(config.retain_early_steps * config.num_ddim_steps))
-            terms.append(("retain_early", config.retain_early_weight, self.retain(config.retain_batch, first)))
+            early = self.retain(config.retain_batch, config.retain_early_step_count)
+            terms.append(("retain_early", config.retain_early_weight, early))
         return terms
 
     def retain(self, count: int, first_steps: int | None = None) -> PoolSample:

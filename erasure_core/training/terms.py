@@ -99,9 +99,7 @@ def history_losses(losses: dict[str, float]) -> dict:
     """The history's loss keys: `unlearn_loss` is the attacked prompt's loss, or the plain one's before the attack
     starts (and for ESD); `retain_loss` is None without a retain set; the others appear when their term is on."""
     logs = {"unlearn_loss": losses.get("unlearn", losses.get("plain"))}
-    logs.update({f"{name}_loss": losses[name] for name in ("plain", "caption", "vector", "embedding_retain", "anchor")
-                 if name in losses})
+    logs.update({f"{name}_loss": losses[name] for name in ("plain", "caption", "vector", "embedding_retain", "anchor",
+                                                           "retain_early") if name in losses})
     logs["retain_loss"] = losses.get("retain")
-    if "retain_early" in losses:
-        logs["retain_early_loss"] = losses["retain_early"]
     return logs
