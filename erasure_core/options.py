@@ -218,6 +218,44 @@ def parse_options(parts, config_cls, *, context: str = "", aliases: Mapping[str,
     return (loose, values) if positional else values
 
 
+def typed_values(values: Mapping[str, Any], config_cls, *, context: str = "") -> dict[str, Any]:
+    """`values` for `config_cls`'s constructor, each checked against its field's type: text for a field that is
+    not text is converted as option text is (`convert`), a number of the wrong kind is refused with the option's
+    name. Why: a Python caller (`from_preset(..., lr="1e-3")`) or a JSON file must get the message a user of the
+    CLI gets, not a TypeError from a comparison deep in validation. Unknown names pass (the constructor refuses
+    them)."""
+    types_ = _field_types(config_cls)
+    out = dict(values)
+    for key, value in values.items():
+        tp = types_.get(key)
+        if tp is None or value is None:
+            continue
+        if isinstance(value, str):
+            args = _union_args(tp) or (tp,)
+            if str not in args:
+                out[key] = convert(value, tp, key, context)
+            continue
+        number = _number_type(tp)
+        if number is not None:
+            out[key] = _checked_number(value, number, key, context)
+    return out
+
+
+def _number_type(tp):
+    """int or float when the field holds one (alone or with None), else None."""
+    args = [a for a in (_union_args(tp) or (tp,)) if a is not type(None)]
+    return args[0] if len(args) == 1 and args[0] in (int, float) else None
+
+
+def _checked_number(value, number, key: str, context: str):
+    # bool is an int subclass, but True for "iterations" is a mistake, not 1
+    kind = "a whole number" if number is int else "a number"
+    wrong_kind = isinstance(value, bool) or not isinstance(value, (int, float))
+    if wrong_kind or (number is int and not float(value).is_integer()):
+        raise ErasureError(f"{context}option {key} must be {kind}, got {value!r}")
+    return int(value) if number is int else value
+
+
 def parse_spec(spec: str, configs: Mapping[str, type], *, what: str = "option",
                aliases: Mapping[str, str] | None = None, positional: bool = False) -> Spec:
     """'name[:part]...' -> Spec, its options typed by `configs[name]`. The name is case-insensitive, '-' reads

@@ -5,7 +5,7 @@ import pytest
 
 from erasure_core.errors import ErasureError
 from erasure_core.options import (convert, flat_dict, flat_options, nested, option_names, parse_options, parse_spec,
-                                  split_option_text)
+                                  split_option_text, typed_values)
 
 
 @dataclass
@@ -138,3 +138,25 @@ def test_widget_text_splits_between_options_and_keeps_a_lists_commas():
     # A stray word is not an option of its own: it stays in the value before it, whose type refuses it.
     with pytest.raises(ErasureError, match="steps"):
         parse_options(split_option_text("steps=5, fast"), Example)
+
+
+def test_python_values_are_checked_like_option_text():
+    values = typed_values({"steps": "5", "lr": 1, "epsilon": "none", "k": 4.0, "layers": "1,3", "method": "x",
+                           "prompts": None, "unknown": "kept"}, Example)
+    assert values == {"steps": 5, "lr": 1, "epsilon": None, "k": 4, "layers": "1,3", "method": "x", "prompts": None,
+                      "unknown": "kept"}
+    assert type(values["k"]) is int
+    for bad, words in [({"lr": "abc"}, "lr='abc' is not a valid float"), ({"steps": True}, "steps must be a whole"),
+                       ({"steps": 2.5}, "steps must be a whole number, got 2.5"), ({"lr": [1]}, "lr must be a number")]:
+        with pytest.raises(ErasureError, match=words):
+            typed_values(bad, Example)
+
+
+def test_erase_config_from_python_gets_the_option_message():
+    from erasure_core.training.config import EraseConfig
+
+    assert EraseConfig.from_preset("demo", lr="2e-3", attack_k="2").to_dict()["attack_k"] == 2
+    with pytest.raises(ErasureError, match="retain_early_steps='abc' is not a valid float"):
+        EraseConfig.from_preset("demo", retain_early_steps="abc")
+    with pytest.raises(ErasureError, match="iterations must be a whole number"):
+        EraseConfig.from_dict({"iterations": 1.5})

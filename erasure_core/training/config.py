@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from ..attacks.soft_prompt import DEFAULT_EPSILON, SoftPromptConfig
 from ..errors import ErasureError
-from ..options import convert, flat_dict, flat_options, nested, option_names
+from ..options import convert, flat_dict, flat_options, nested, option_names, typed_values
 from ..presets import PRESETS, preset_values
 
 METHODS = ("advunlearn", "esd")
@@ -137,7 +137,7 @@ class EraseConfig:
         unknown = sorted(set(values) - known - {"attack"})  # "attack": a nested dict (dataclasses.asdict) also reads
         if unknown:
             raise ErasureError(f"unknown erase option(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**values).validate()
+        return cls(**typed_values(values, cls)).validate()
 
     @classmethod
     def from_preset(cls, name: str, **overrides) -> "EraseConfig":
