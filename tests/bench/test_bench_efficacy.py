@@ -88,6 +88,9 @@ def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
         assert {"pre_attack_asr", "post_attack_asr", "retain_accuracy", "stress_asr", "robustness_curve"} <= set(entry)
     assert on_disk["curve_cases_per_cell"] == 4 and on_disk["cases_per_cell"] == 8 and not on_disk["split_cases"]
     assert "circle" in bench.format_table(efficacy["results"]) and "eps unb" in bench.format_curves(efficacy["results"])
+    verdict = on_disk["verdicts"]["circle"]  # the targets, judged from these very figures
+    assert set(verdict) == {"pre_attack", "post_attack", "retain", "esd_broken", "below_esd_curve"}
+    assert verdict["pre_attack"]["successes"] == cell["advunlearn"]["pre_attack"]["successes"]
     # where the evaluation's time went, per method: the encoders' timings summed over the training seeds
     by_method = on_disk["timings"]["circle"]["evaluation_by_method"]
     assert set(by_method) == set(on_disk["evaluation_timings"]) == {"original", "esd", "advunlearn"}
@@ -243,3 +246,41 @@ def test_split_cases_give_each_training_seed_its_own_prompts_and_pool_them(tiny_
     assert [p["n"] for p in efficacy["results"]["circle"]["advunlearn"]["robustness_curve"]] == [8, 8, 8, 8]
     table = bench.format_per_seed(efficacy["results"])
     assert "4 4" in table and "between seeds" in table
+
+
+def _rate(successes, n=100):
+    return {"rate": successes / n, "successes": successes, "n": n, "low": 0.0, "high": 1.0}
+
+
+def _encoder(pre, post, retain, curve):
+    return {"pre_attack": _rate(pre), "post_attack": {"soft_prompt": _rate(post[0]), "concept_vector": _rate(post[1])},
+            "utility": {"retain_accuracy": _rate(retain)},
+            "robustness_curve": [{"epsilon": e, **_rate(s)} for e, s in zip((0.0, 1.0, None), curve)]}
+
+
+def test_targets_are_judged_from_the_pooled_figures():
+    sys.path.insert(0, str(BENCH.parent))
+    from efficacy_targets import format_verdicts, verdicts
+
+    targets = {"pre_attack_max": 0.02, "post_attack_max": 0.10, "retain_drop_max": 0.05, "esd_post_attack_min": 0.40}
+    original = _encoder(100, (100, 100), 98, (100, 100, 100))
+    results = {
+        # every target met: 2/100 pre-attack is on the line, retain 5 points below the original is too
+        "held": {"original": original, "esd": _encoder(50, (90, 40), 95, (50, 90, 95)),
+                 "advunlearn": _encoder(2, (10, 3), 93, (2, 10, 20))},
+        # every target missed: the worst probe is named, ESD's weakest probe too, the curve's crossing budgets
+        "leaks": {"original": original, "esd": _encoder(50, (90, 39), 95, (50, 90, 15)),
+                  "advunlearn": _encoder(3, (4, 11), 92, (3, 95, 20))},
+    }
+    checks = verdicts(results, targets)
+    assert all(v["met"] for v in checks["held"].values())
+    leaks = checks["leaks"]
+    assert not any(v["met"] for v in leaks.values())
+    assert leaks["post_attack"]["probe"] == "concept_vector" and leaks["post_attack"]["successes"] == 11
+    assert leaks["esd_broken"]["probe"] == "concept_vector" and leaks["retain"]["drop"] == pytest.approx(0.06)
+    assert leaks["below_esd_curve"]["above_at"] == [1.0, None]
+    text = format_verdicts(checks)
+    assert "meets every target on 1 of 2" in text and "MISSED (concept_vector 11/100 = 0.110)" in text
+    # without ESD or the original, the targets that need them are left out rather than guessed
+    alone = verdicts({"x": {"advunlearn": results["held"]["advunlearn"]}}, targets)
+    assert set(alone["x"]) == {"pre_attack", "post_attack"}
