@@ -31,7 +31,7 @@ from __future__ import annotations
 import copy
 import random
 import time
-from contextlib import contextmanager, nullcontext
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -51,7 +51,7 @@ from .captions import ConceptCaptions
 from .config import EraseConfig, check, select_trainable_parameters
 from .diagnostics import Diagnostics
 from .points import TrainingPoints, join_samples
-from .precision import encoder_checkpointing, resolve_precision
+from .precision import gradient_checkpointing, resolve_precision
 from .retain import cached_alignment, filter_retain_prompts, select_by_alignment
 from .terms import EncoderTerm, UNetTerm, backward_terms, history_losses
 
@@ -351,7 +351,7 @@ class _Trainer:
         self.points.build_pools(self.retain_conds if self._uses_retain else None, self._pool_key(),
                                 self.latent_cache)
         self.student.train()  # SD1 CLIP has no dropout; train mode enables gradient checkpointing if asked
-        with self._gradient_checkpointing():
+        with gradient_checkpointing(self.student, self.model.unet, config.gradient_checkpointing):
             for step in range(self.start_step, config.iterations):
                 rng_state = self.rng.get_state()
                 try:
@@ -378,21 +378,6 @@ class _Trainer:
     @property
     def total_evaluations(self) -> int:
         return self.previous_evaluations + self.runner.evaluations
-
-    @contextmanager
-    def _gradient_checkpointing(self):
-        unet = self.model.unet
-        was_on = bool(getattr(unet, "is_gradient_checkpointing", False))
-        if self.config.gradient_checkpointing:
-            encoder_checkpointing(self.student, True)
-            unet.enable_gradient_checkpointing()
-        try:
-            yield
-        finally:
-            if self.config.gradient_checkpointing:
-                encoder_checkpointing(self.student, False)
-                if not was_on:
-                    unet.disable_gradient_checkpointing()
 
     def _cancel(self, step: int, rng_state: torch.Tensor):
         self.optimizer.zero_grad(set_to_none=True)

@@ -1,6 +1,8 @@
 """Precision and memory switches of the training loop: which autocast a run uses, and the encoder's activation
 checkpointing across transformers versions."""
 
+from contextlib import contextmanager
+
 import torch
 
 
@@ -16,6 +18,23 @@ def encoder_checkpointing(encoder, on: bool):
         encoder.activation_checkpointing_disable()
     else:
         encoder.gradient_checkpointing_disable()
+
+
+@contextmanager
+def gradient_checkpointing(encoder, unet, on: bool):
+    """Activation checkpointing of the trained encoder and the frozen UNet while the block runs (nothing when not
+    `on`); the UNet is left as it was found, since it is the caller's model (a ComfyUI UNet may already have it on)."""
+    was_on = bool(getattr(unet, "is_gradient_checkpointing", False))
+    if on:
+        encoder_checkpointing(encoder, True)
+        unet.enable_gradient_checkpointing()
+    try:
+        yield
+    finally:
+        if on:
+            encoder_checkpointing(encoder, False)
+            if not was_on:
+                unet.disable_gradient_checkpointing()
 
 
 def resolve_precision(requested: str, device: torch.device) -> str:
