@@ -60,15 +60,42 @@ class UnlearnDiffAtkConfig:
             raise ErasureError("steps_per_timestep and judge_every must be >= 1 and lr > 0")
 
 
-def project_to_simplex(weights: torch.Tensor) -> torch.Tensor:
-    """Euclidean projection of each row onto the probability simplex (sort-based, Duchi et al. 2008)."""
-    sorted_w, _ = torch.sort(weights, dim=-1, descending=True)
-    cumulative = sorted_w.cumsum(dim=-1) - 1.0
-    ranks = torch.arange(1, weights.shape[-1] + 1, device=weights.device, dtype=weights.dtype)
-    support = sorted_w - cumulative / ranks > 0
-    rho = support.to(weights.dtype).cumsum(dim=-1).argmax(dim=-1, keepdim=True)
-    theta = cumulative.gather(-1, rho) / (rho + 1).to(weights.dtype)
-    return (weights - theta).clamp(min=0)
+# The projection needs a row's largest values only as far as its support reaches: measured during the demo's
+# attack, a few hundred to 3,000 of the 49,406 vocabulary entries after the first step (up to 22,000 at the
+# first). Sorting every entry of every slot was 21% of an UnlearnDiffAtk step on the demo model (0.47 s of a step
+# at 32 prompts, one thread). So the largest 1,024 are taken by top-k, the rows whose support reaches the last
+# of them again with 8,192, and only what is left is sorted in full: the same thresholds as the full sort, bit
+# for bit (a test checks it), for about a fifth of its time.
+PROJECTION_HEADS = (1024, 8192)
+
+
+def project_to_simplex(weights: torch.Tensor, heads: tuple[int, ...] = PROJECTION_HEADS) -> torch.Tensor:
+    """Euclidean projection of each row onto the probability simplex (sort-based, Duchi et al. 2008), sorting
+    only as many of a row's largest entries as its support needs (`heads`, then all)."""
+    rows = weights.reshape(-1, weights.shape[-1])
+    theta = torch.empty(rows.shape[0], 1, dtype=rows.dtype, device=rows.device)
+    pending = torch.arange(rows.shape[0], device=rows.device)
+    for head in (*[h for h in heads if h < rows.shape[-1]], rows.shape[-1]):
+        if head == rows.shape[-1]:
+            largest = torch.sort(rows[pending], dim=-1, descending=True).values
+        else:
+            largest = torch.topk(rows[pending], head, dim=-1).values
+        theta[pending], reaches_end = _simplex_threshold(largest)
+        pending = pending[reaches_end]
+        if not len(pending):
+            break
+    return (rows - theta).clamp(min=0).reshape(weights.shape)
+
+
+def _simplex_threshold(sorted_rows: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(theta [R, 1], whether the support reaches the last given entry [R]) for rows sorted in descending order:
+    the support is a prefix of them, so when it ends before the last entry the larger rest cannot change it."""
+    cumulative = sorted_rows.cumsum(dim=-1) - 1.0
+    ranks = torch.arange(1, sorted_rows.shape[-1] + 1, device=sorted_rows.device, dtype=sorted_rows.dtype)
+    support = sorted_rows - cumulative / ranks > 0
+    rho = support.to(sorted_rows.dtype).cumsum(dim=-1).argmax(dim=-1, keepdim=True)
+    theta = cumulative.gather(-1, rho) / (rho + 1).to(sorted_rows.dtype)
+    return theta, support[:, -1]
 
 
 def allowed_token_ids(tokenizer) -> torch.Tensor:

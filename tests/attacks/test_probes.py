@@ -112,6 +112,21 @@ def test_simplex_projection():
     assert torch.allclose(p[1], w[1]) and torch.allclose(p[2], torch.tensor([1.0, 0, 0, 0]))
 
 
+def test_simplex_projection_sorts_only_what_the_support_needs():
+    """Top-k heads, then a full sort for the rows whose support is longer: the full sort's result, bit for bit,
+    on rows whose support ends inside the first head, inside the second, and beyond both."""
+    generator = torch.Generator().manual_seed(0)
+    rows = torch.rand(6, 3, 500, generator=generator) * 0.02
+    rows[0, 0, 7] += 1.0  # a one-hot start after a step: short support
+    rows[1] = 1.0 / 500 + 1e-6 * torch.randn(3, 500, generator=generator)  # support: the whole row
+    full = project_to_simplex(rows, heads=())
+    for heads in [(8,), (8, 64), (64, 256), (1000,)]:
+        assert torch.equal(project_to_simplex(rows, heads=heads), full)
+    supports = (full > 0).sum(-1)
+    assert supports.min() <= 8 < 64 < supports.max()  # every path above was taken
+    assert torch.allclose(full.sum(-1), torch.ones(6, 3)) and (full >= 0).all()
+
+
 def test_unlearndiffatk_default_k_follows_the_concept():
     assert UnlearnDiffAtkConfig(concept="nudity").tokens() == 5
     assert UnlearnDiffAtkConfig(concept="Van Gogh").tokens() == 3
