@@ -41,7 +41,9 @@ subsample ~51,000, ~7 h); --quick about 1,100 CPU-s a concept, ~18 min with 2 wo
 seed on its own third of them (the default, `split_cases`) cuts the projection to 8 x (3 x 246 + 8 x (62 + 124)
 + 8 x 10) = about 18,000 CPU-s, ~2.5 h with 2 workers. The 400-iteration preset trains longer (ESD 2x,
 AdvUnlearn 1.44x): measured with it, circle and red took 2,654 and 2,581 CPU-s each (3 seeds, split), so 8
-concepts about 21,000 CPU-s, ~2.9 h with 2 idle workers.
+concepts about 21,000 CPU-s, ~2.9 h with 2 idle workers. Those figures are from the machine of the last complete
+run; on the CI-class machine of session 12 the same work took about 1.9x the CPU (circle and square 4,328 and
+4,245 CPU-s each), about 5 h for the 8 concepts (README, Benchmarks, "Cost").
 
 Sample sizes: a cell's 95% interval is about +-6 points near 0.5 at N = 256 and [0, 0.015] at 0/256 (each
 training seed's own figure rests on about 85 cases: +-10 points); with --no-split-cases (N = 768) about +-3.5. Targets (issue 10) for AdvUnlearn: pre-attack ASR <= 0.02,

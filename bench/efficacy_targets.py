@@ -30,8 +30,9 @@ def verdicts(results: dict, targets: dict) -> dict:
         worst = max(adv["post_attack"], key=lambda p: adv["post_attack"][p]["rate"])
         checks["post_attack"] = {"probe": worst, **_at_most(adv["post_attack"][worst], targets["post_attack_max"])}
         if original is not None:
-            drop = original["utility"]["retain_accuracy"]["rate"] - adv["utility"]["retain_accuracy"]["rate"]
-            checks["retain"] = {"drop": round(drop, 4), "original": _figures(original["utility"]["retain_accuracy"]),
+            # rounded before the comparison: 0.98 - 0.93 is 0.05000000000000004 in floating point, not over 0.05
+            drop = round(original["utility"]["retain_accuracy"]["rate"] - adv["utility"]["retain_accuracy"]["rate"], 6)
+            checks["retain"] = {"drop": drop, "original": _figures(original["utility"]["retain_accuracy"]),
                                 **_figures(adv["utility"]["retain_accuracy"]),
                                 "met": drop <= targets["retain_drop_max"]}
         if esd is not None:
