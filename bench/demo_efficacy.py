@@ -17,8 +17,9 @@ Cases that succeed before the attack are not attacked, and the curve's budgets a
 curve's budgets other than the headline (epsilon 1) and the stress probe (unbounded) attack only the first
 `--curve-cases` cases (64 by default: the first 16 prompts x 4 seeds), so those points state their own, smaller
 N. Writes efficacy.json (the contract below) and prints a table; each concept's full report (images,
-report.html) is in OUT/CONCEPT/, beside its trained encoders and result.json: an interrupted run continues with
-`--resume` (efficacy_store.py says what is kept and when it is reused).
+report.html) is in OUT/CONCEPT/, beside its trained encoders, its evaluated parts and result.json: an interrupted
+run continues with `--resume`, redoing only the training runs and parts not finished (efficacy_store.py says
+what is kept and when it is reused).
 
 efficacy.json: results.<concept>.<method> has pre_attack, post_attack {probe: ...} (headline probes only),
 stress_attack {probe: ...}, utility.retain_accuracy and robustness_curve, each rate {rate, successes, n, low,
@@ -227,10 +228,9 @@ def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Pa
 
     Resumable (efficacy_store.py): a concept whose OUT/CONCEPT/result.json was made with these very settings
     is returned as it is (timings["resumed"]); an encoder saved with the erase config it would be trained with
-    now is loaded instead of trained (its run's timing says "resumed"); each new encoder and the finished
-    concept are saved as soon as they exist."""
+    now is loaded instead of trained (its run's timing says "resumed"), and so is an evaluated part (its timing in
+    timings["parts"] says "resumed"); each new encoder, part and finished concept is saved as soon as it exists."""
     from erasure_core.demo.judge import DemoJudge, demo_retain_check
-    from erasure_core.evaluate import evaluate
     from erasure_core.training import erase
 
     t0, cpu0 = time.perf_counter(), time.process_time()
@@ -259,24 +259,55 @@ def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Pa
         training[run] = {"seconds": round(time.perf_counter() - t1, 1), "cpu": round(time.process_time() - cpu1, 1)}
         store.save_trained_encoder(path, encoders[run], config.to_dict(), training[run])
     t1, cpu1 = time.perf_counter(), time.process_time()
-    reports = []
+    reports, part_timings = [], []
     probes, retain_check = demo_probes(concept, settings.demo), (retain_check_for or demo_retain_check)(judge)
     for seeds, prompts, retain in (parts := settings.parts(concept_prompts, retain_prompts)):
-        part = {f"{m}_s{seed}": encoders[f"{m}_s{seed}"] for m in settings.methods for seed in seeds}
-        reports.append(evaluate(
-            model, part, prompts, probes, judge, seeds=settings.generation_seeds,
-            steps=settings.demo.steps, guidance=settings.demo.guidance, retain_prompts=retain,
-            retain_check=retain_check, batch_size=settings.demo.batch_size,
-            out_dir=concept_dir if len(parts) == 1 else concept_dir / f"seed{seeds[0]}",
-            curve_cases=settings.curve_subset(len(prompts))))
+        part = {"training_seeds": list(seeds), "prompts": prompts, "retain": retain}
+        summary, timing = evaluate_part(
+            model, {f"{m}_s{seed}": encoders[f"{m}_s{seed}"] for m in settings.methods for seed in seeds}, part,
+            record={**record, "part": part}, path=store.part_path(concept_dir, seeds), settings=settings,
+            probes=probes, judge=judge, retain_check=retain_check,
+            out_dir=concept_dir if len(parts) == 1 else concept_dir / f"seed{seeds[0]}")
+        reports.append(summary)
+        part_timings.append({"training_seeds": list(seeds), **timing})
     report = merge_parts(reports)
     timings = {"training": round(t1 - t0, 1), "training_cpu": round(cpu1 - cpu0, 1), "runs": training,
                "evaluation": round(time.perf_counter() - t1, 1), "evaluation_cpu": round(time.process_time() - cpu1, 1),
                "all": round(time.perf_counter() - t0, 1), "cpu": round(time.process_time() - cpu0, 1),
-               "evaluation_by_method": evaluation_by_method(report, settings), "resumed": False}
+               "evaluation_by_method": evaluation_by_method(report, settings), "parts": part_timings,
+               "resumed": False}
     pooled = pool_report(report, settings)
     store.save_result(concept_dir, record, pooled, timings)
     return pooled, timings
+
+
+def evaluate_part(model, encoders: dict, part: dict, *, record: dict, path: Path, settings: BenchSettings,
+                  probes, judge, retain_check, out_dir: Path) -> tuple[dict, dict]:
+    """One part (a training seed's share of the cases, or all of them) -> (its summary, its wall and CPU seconds).
+    A part saved at `path` with this very `record` is reused (timing["resumed"]); a new one is saved at once."""
+    from erasure_core.evaluate import evaluate
+
+    saved = store.load_part(path, record)
+    if saved is not None:
+        return saved["report"], {**saved["timing"], "resumed": True}
+    t0, cpu0 = time.perf_counter(), time.process_time()
+    report = evaluate(model, encoders, part["prompts"], probes, judge, seeds=settings.generation_seeds,
+                      steps=settings.demo.steps, guidance=settings.demo.guidance, retain_prompts=part["retain"],
+                      retain_check=retain_check, batch_size=settings.demo.batch_size, out_dir=out_dir,
+                      curve_cases=settings.curve_subset(len(part["prompts"])))
+    timing = {"seconds": round(time.perf_counter() - t0, 1), "cpu": round(time.process_time() - cpu0, 1)}
+    summary = part_summary(report)
+    store.save_part(path, record, summary, timing)
+    return summary, timing
+
+
+def part_summary(report: dict) -> dict:
+    """What pooling and the timings need from a part's report (each encoder's rates, curve and timings), as JSON
+    gives it back: kept on disk for --resume, and used as it is read back, so a resumed part pools exactly as an
+    uninterrupted one (the images and the full report stay in the part's folder)."""
+    kept = ("pre_attack", "post_attack", "stress_attack", "robustness_curve", "utility", "timings")
+    return store.canonical({"encoders": {name: {key: entry[key] for key in kept if key in entry}
+                                         for name, entry in report["encoders"].items()}})
 
 
 def merge_parts(reports: list[dict]) -> dict:

@@ -6,10 +6,15 @@ A full run takes hours, so it keeps its work as it goes, every file written atom
     OUT/CONCEPT/encoders/<method>_s<seed>.safetensors   each trained encoder (fp32, so a reloaded encoder is
                                                  the trained one bit for bit), with the erase config it was
                                                  trained with and its training time in the file's metadata
+    OUT/CONCEPT/parts/part_s<seed>.json          each evaluated part (a training seed's share of the cases, or
+                                                 all of them): what pooling needs from its report (every
+                                                 encoder's rates, curve and timings), with the part's settings
+                                                 and their fingerprint, so a run stopped in a concept's
+                                                 evaluation redoes only the parts not finished
     OUT/CONCEPT/result.json                      the concept's pooled figures and timings, with the settings
                                                  that produced them and their fingerprint (sha256)
 
-`--resume` reuses a finished concept and a saved encoder only when their settings equal the current ones exactly
+`--resume` reuses a finished concept, an evaluated part and a saved encoder only when their settings equal the current ones exactly
 (a concept's settings include the judge's description, which names its weights by sha256);
 anything else is refused with the differences named, never silently recomputed or mixed. Without `--resume` an
 OUT that already holds work is refused: nothing is overwritten by accident.
@@ -102,6 +107,29 @@ def load_result(concept_dir: Path, record: dict) -> dict | None:
 def save_result(concept_dir: Path, record: dict, results: dict, timings: dict) -> None:
     atomic_write_json({"schema": SCHEMA, "fingerprint": fingerprint(record), "settings": canonical(record),
                        "results": results, "timings": timings}, concept_dir / RESULT_FILE)
+
+
+def part_path(concept_dir: Path, training_seeds) -> Path:
+    return concept_dir / "parts" / f"part_s{'-'.join(str(seed) for seed in training_seeds)}.json"
+
+
+def load_part(path: Path, record: dict) -> dict | None:
+    """An evaluated part's {"report", "timing"} when its settings equal `record`; None when there is none; one
+    evaluated with other settings is refused (named), never mixed into the pooled figures."""
+    if not path.is_file():
+        return None
+    saved = _read_json(path)
+    if saved.get("fingerprint") != fingerprint(record):
+        _refuse_mismatch(str(path), saved.get("settings", {}), record)
+        raise ErasureError(f"{path} does not match its own settings (edited by hand?): remove it to evaluate that "
+                           f"part again, or pass another --out")
+    return saved
+
+
+def save_part(path: Path, record: dict, report: dict, timing: dict) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json({"schema": SCHEMA, "fingerprint": fingerprint(record), "settings": canonical(record),
+                       "report": canonical(report), "timing": timing}, path)
 
 
 def encoder_path(concept_dir: Path, run: str) -> Path:

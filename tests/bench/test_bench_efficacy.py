@@ -176,6 +176,42 @@ def test_an_interrupted_run_resumed_gives_the_uninterrupted_figures(tiny_model, 
     assert json.loads((tmp_path / "efficacy.json").read_text())["results"] == _json(full["results"])
 
 
+def test_a_run_stopped_between_parts_redoes_only_the_unfinished_part(tiny_model, tmp_path, monkeypatch):
+    """Two training seeds, each on its own share: the run is stopped after seed 0's part was evaluated (its part
+    file saved, seed 1's not, no result.json). --resume evaluates seed 1's part only and pools the figures of the
+    uninterrupted run; a saved part from other settings is refused, never pooled."""
+    import erasure_core.evaluate as evaluate_module
+    from erasure_core.errors import ErasureError
+
+    bench = _bench()
+    settings = _tiny_settings(bench)
+    run = dict(judge_for=red_judge, retain_check_for=half_right_check, log=lambda msg: None)
+    full = bench.measure(tiny_model, settings, tmp_path, **run)
+    parts = tmp_path / "circle" / "parts"
+    assert sorted(p.name for p in parts.iterdir()) == ["part_s0.json", "part_s1.json"]
+    (parts / "part_s1.json").unlink()
+    (tmp_path / "circle" / "result.json").unlink()
+    evaluated = []
+    real = evaluate_module.evaluate
+    monkeypatch.setattr(evaluate_module, "evaluate",
+                        lambda model, encoders, *a, **k: evaluated.append(sorted(encoders)) or real(model, encoders,
+                                                                                                 *a, **k))
+    resumed = bench.measure(tiny_model, settings, tmp_path, resume=True, **run)
+    assert evaluated == [["advunlearn_s1", "esd_s1"]]
+    assert _json(resumed["results"]) == _json(full["results"])
+    timing = resumed["timings"]["circle"]
+    assert [p.get("resumed", False) for p in timing["parts"]] == [True, False]
+    assert timing["parts"][0]["cpu"] == full["timings"]["circle"]["parts"][0]["cpu"]  # the earlier run's figure
+    # a part evaluated with other settings (here its saved prompts were changed) is refused with the difference
+    saved = json.loads((parts / "part_s0.json").read_text())
+    saved["settings"]["part"]["prompts"][0] = "another prompt"
+    saved["fingerprint"] = bench.store.fingerprint(saved["settings"])
+    (parts / "part_s0.json").write_text(json.dumps(saved))
+    (tmp_path / "circle" / "result.json").unlink()
+    with pytest.raises(ErasureError, match=r"part_s0\.json was made with other settings \(part\.prompts"):
+        bench.measure(tiny_model, settings, tmp_path, resume=True, **run)
+
+
 def test_other_settings_or_an_occupied_out_are_refused(tiny_model, tmp_path, capsys):
     from erasure_core.errors import ErasureError
 
