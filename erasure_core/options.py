@@ -220,10 +220,11 @@ def parse_options(parts, config_cls, *, context: str = "", aliases: Mapping[str,
 
 def typed_values(values: Mapping[str, Any], config_cls, *, context: str = "") -> dict[str, Any]:
     """`values` for `config_cls`'s constructor, each checked against its field's type: text for a field that is
-    not text is converted as option text is (`convert`), a number of the wrong kind is refused with the option's
-    name. Why: a Python caller (`from_preset(..., lr="1e-3")`) or a JSON file must get the message a user of the
-    CLI gets, not a TypeError from a comparison deep in validation. Unknown names pass (the constructor refuses
-    them)."""
+    not text is converted as option text is (`convert`); any other value must be of its field's kind (a number
+    of the right kind, true/false, text, a list of the right elements) or is refused with the option's name. Why:
+    a Python caller (`from_preset(..., lr="1e-3")`) or a JSON file must get the message a user of the CLI gets,
+    not a TypeError from a comparison deep in validation, and `contrast_words=5` must not train on nothing.
+    Unknown names pass (the constructor refuses them)."""
     types_ = _field_types(config_cls)
     out = dict(values)
     for key, value in values.items():
@@ -235,16 +236,34 @@ def typed_values(values: Mapping[str, Any], config_cls, *, context: str = "") ->
             if str not in args:
                 out[key] = convert(value, tp, key, context)
             continue
-        number = _number_type(tp)
-        if number is not None:
-            out[key] = _checked_number(value, number, key, context)
+        out[key] = _checked_value(value, tp, key, context)
     return out
 
 
-def _number_type(tp):
-    """int or float when the field holds one (alone or with None), else None."""
+def _checked_value(value, tp, key: str, context: str):
+    """A value that is not text, checked against a field of one kind (alone or with None); a field of several
+    kinds ("all" or a list of layers) is left to the config's own validation."""
     args = [a for a in (_union_args(tp) or (tp,)) if a is not type(None)]
-    return args[0] if len(args) == 1 and args[0] in (int, float) else None
+    if len(args) != 1:
+        return value
+    tp = args[0]
+    if tp in (int, float):
+        return _checked_number(value, tp, key, context)
+    if tp is bool and not isinstance(value, bool):
+        raise ErasureError(f"{context}option {key} must be true or false, got {value!r}")
+    if tp is str:
+        raise ErasureError(f"{context}option {key} must be text, got {value!r}")
+    origin = typing.get_origin(tp)
+    if origin not in (tuple, list):
+        return value
+    elements = {a for a in typing.get_args(tp) if a is not Ellipsis}
+    if not isinstance(value, (list, tuple)):
+        raise ErasureError(f"{context}option {key} must be a list, got {value!r}")
+    if len(elements) != 1 or next(iter(elements)) not in (int, float, str, bool):
+        return value
+    element = next(iter(elements))
+    return origin(item if isinstance(item, str) and element is str
+                  else _checked_value(item, element, f"{key} (an element)", context) for item in value)
 
 
 def _checked_number(value, number, key: str, context: str):

@@ -152,6 +152,22 @@ def test_python_values_are_checked_like_option_text():
             typed_values(bad, Example)
 
 
+def test_python_values_of_the_wrong_kind_are_refused_for_every_field_kind():
+    """Text, true/false and list fields are checked too (JSON's lists become the field's own kind); a field of
+    several kinds is left to the config's validation."""
+    values = typed_values({"fast": True, "timesteps": [10, 20.0], "prompts": ("a cat",), "pairs": [["a", "b"]],
+                           "layers": [1, 3]}, Example)
+    assert values == {"fast": True, "timesteps": (10, 20), "prompts": ["a cat"], "pairs": [["a", "b"]],
+                      "layers": [1, 3]}
+    assert type(values["timesteps"]) is tuple and type(values["prompts"]) is list
+    for bad, words in [({"method": 3}, "method must be text, got 3"), ({"fast": 1}, "fast must be true or false"),
+                       ({"prompts": 5}, "prompts must be a list, got 5"),
+                       ({"prompts": ["a cat", 3]}, r"prompts \(an element\) must be text, got 3"),
+                       ({"timesteps": [10, 2.5]}, r"timesteps \(an element\) must be a whole number, got 2.5")]:
+        with pytest.raises(ErasureError, match=words):
+            typed_values(bad, Example)
+
+
 def test_erase_config_from_python_gets_the_option_message():
     from erasure_core.training.config import EraseConfig
 
@@ -160,3 +176,5 @@ def test_erase_config_from_python_gets_the_option_message():
         EraseConfig.from_preset("demo", retain_early_steps="abc")
     with pytest.raises(ErasureError, match="iterations must be a whole number"):
         EraseConfig.from_dict({"iterations": 1.5})
+    with pytest.raises(ErasureError, match="contrast_words must be a list, got 5"):
+        EraseConfig.from_preset("demo", contrast_words=5)
