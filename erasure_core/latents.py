@@ -104,11 +104,12 @@ class PoolSample:
     eps_cond: torch.Tensor
     eps_uncond: torch.Tensor | None
     prompt_index: torch.Tensor
+    pool_rows: torch.Tensor | None = None  # the trajectory each point was drawn from (None: not from a pool)
 
     def to(self, device) -> "PoolSample":
         move = lambda x: None if x is None else x.to(device)  # noqa: E731
         return PoolSample(move(self.latents), move(self.timesteps), move(self.eps_cond), move(self.eps_uncond),
-                          self.prompt_index)
+                          self.prompt_index, self.pool_rows)
 
 
 @dataclass
@@ -176,12 +177,14 @@ class LatentPool:
         return stack(xs), stack(conds), stack(unconds)
 
     def draw(self, count: int, generator: torch.Generator | None = None, device=None,
-             first_steps: int | None = None) -> PoolSample:
+             first_steps: int | None = None, row_weights: torch.Tensor | None = None) -> PoolSample:
         """`count` random (trajectory, step) pairs, drawn independently and uniformly; from the first
-        `first_steps` sampling steps only (the noisiest) when given."""
+        `first_steps` sampling steps only (the noisiest) when given; trajectories in proportion to `row_weights`
+        (one per trajectory) when given."""
         if first_steps is not None and not 1 <= first_steps <= len(self.timesteps):
             raise ValueError(f"first_steps must be in [1, {len(self.timesteps)}] (the pool's steps), got {first_steps}")
-        rows = torch.randint(self.size, (count,), generator=generator)
+        rows = torch.randint(self.size, (count,), generator=generator) if row_weights is None else \
+            torch.multinomial(row_weights, count, replacement=True, generator=generator)
         steps = torch.randint(first_steps or len(self.timesteps), (count,), generator=generator)
         sample = PoolSample(
             latents=self.latents[rows, steps],
@@ -189,6 +192,7 @@ class LatentPool:
             eps_cond=self.eps_cond[rows, steps],
             eps_uncond=None if self.eps_uncond is None else self.eps_uncond[rows, steps],
             prompt_index=self.prompt_index[rows],
+            pool_rows=rows,
         )
         return sample.to(device) if device is not None else sample
 

@@ -46,6 +46,11 @@ class EraseConfig:
       first `retain_early_steps` (a fraction) of the sampling steps, the noisiest, where a retain prompt's
       colour and layout are decided; 0 = the paper (one retain term, points from every step). Costs
       `retain_batch` more UNet evaluations (forward and backward) per iteration.
+    - retain_priority: the share of the retain points drawn in proportion to their trajectory's last measured
+      retain loss (the rest uniformly); 0 = the paper (every trajectory alike). Retain damage is not spread
+      evenly: on square's benchmark encoders 23 of 92 black-background retain cases failed and 3 of 164 others,
+      so points where the student already drifts are drawn more often. No extra UNet evaluation: the losses are
+      the retain term's own. Needs the latent pools (`reuse_latents`).
     - retain_max_alignment: retain prompts whose ORIGINAL prediction carries the concept (see training/retain.py)
       more than this are left out of the retain set; None keeps every prompt that does not name a concept.
     - caption_weight: the retain list's prompts that name a concept (left out of the retain set) are unlearned
@@ -91,6 +96,7 @@ class EraseConfig:
     retain_prompts: list[str] | None = None
     retain_max_alignment: float | None = None
     retain_early_weight: float = 0.0
+    retain_priority: float = 0.0
     retain_early_steps: float = 0.25
     negative_guidance: float = 1.0
     caption_weight: float = 0.0
@@ -174,6 +180,11 @@ class EraseConfig:
               f"in (0, 1], got {self.retain_early_steps}")
         check(not self.retain_early_weight or (self.retain_weight > 0 and self.retain_batch > 0),
               "retain_early_weight adds to the retain term: it needs retain_weight > 0 and retain_batch > 0")
+        check(0 <= self.retain_priority <= 1,
+              f"retain_priority is the share of retain points drawn by their loss: it must be in [0, 1], "
+              f"got {self.retain_priority}")
+        check(not self.retain_priority or self.reuse_latents,
+              "retain_priority draws from the retain pool's trajectories: it needs reuse_latents on")
         check(self.retain_max_alignment is None or self.retain_max_alignment > 0,
               f"retain_max_alignment must be > 0 (or None to keep every retain prompt), "
               f"got {self.retain_max_alignment}")

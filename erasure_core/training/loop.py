@@ -308,13 +308,15 @@ class _Trainer:
         if config.anchor_weight > 0:
             encoder_terms.append(EncoderTerm("anchor", config.anchor_weight, lambda: anchor_loss(
                 encode_slotted(self.student, self.uncond_ids), self.uncond)))
-        if self._uses_retain:
-            for name, weight, sample in self.points.retain_terms():
-                prompts = self.retain_ids[sample.prompt_index]
-                unet_terms.append(self._term(name, weight, sample, sample.eps_cond, prompts))
+        retain = self.points.retain_terms() if self._uses_retain else []
+        for name, weight, sample in retain:
+            unet_terms.append(self._term(name, weight, sample, sample.eps_cond, self.retain_ids[sample.prompt_index]))
+        rows = {}
         losses = backward_terms(self.runner, unet_terms, encoder_terms, max_batch=config.max_unet_batch,
-                                scale=self.scaler.scale, autocast=self._autocast,
+                                scale=self.scaler.scale, autocast=self._autocast, row_losses=rows,
                                 check_finite=lambda name, loss: self._check_finite(step, name, loss))
+        if retain:
+            self.points.observe_retain(retain[0][2], rows["retain"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return self._step_logs(step, concept, adversarial, points, losses)
@@ -411,6 +413,7 @@ class _Trainer:
             current_concept=self.current_concept, unet_evaluations=self.total_evaluations,
             attack_captions=sorted(self.captions.attacked.items()) if self.captions is not None else [],
             scaler=self.scaler.state_dict(), base_encoder_fingerprint=self.base_encoder_hash,
+            retain_scores=self.points.scores_record(),
         )
         write_checkpoint(self.checkpoint_path, named_params=self.named_params, optimizer=self.optimizer,
                          adversarial=self.adversarial, rng_state=rng_state, metadata=metadata)
@@ -431,3 +434,4 @@ class _Trainer:
         if self.captions is not None:
             self.captions.attacked = {int(c): int(row) for c, row in meta.get("attack_captions", [])}
         self.previous_evaluations = int(meta["unet_evaluations"])
+        self.points.restore_scores(meta.get("retain_scores"))

@@ -19,6 +19,7 @@ class TrainingPoints:
         self.retain_conds: torch.Tensor | None = None
         self.concept_pools: list[LatentPool] | None = None
         self.retain_pool: LatentPool | None = None
+        self.retain_scores: torch.Tensor | None = None  # per retain trajectory: its last retain loss (NaN: unseen)
         self.pool_evaluations = 0
 
     @property
@@ -33,6 +34,7 @@ class TrainingPoints:
             return
         if cache is not None and key in cache:
             self.concept_pools, self.retain_pool = cache[key]
+            self._init_scores()
             return
         before = self.runner.evaluations
         pool_rng = torch.Generator().manual_seed(config.seed + 1_000_003)
@@ -51,6 +53,11 @@ class TrainingPoints:
         self.pool_evaluations = self.runner.evaluations - before
         if cache is not None:
             cache[key] = (self.concept_pools, self.retain_pool)
+        self._init_scores()
+
+    def _init_scores(self):
+        if self.retain_pool is not None and self.config.retain_priority > 0 and self.retain_scores is None:
+            self.retain_scores = torch.full((self.retain_pool.size,), float("nan"))
 
     def concept(self, concept: int, count: int, need_uncond: bool) -> PoolSample:
         """`count` noisy latents of the concept with the frozen model's prediction(s) there."""
@@ -79,13 +86,42 @@ class TrainingPoints:
         """`count` retain points with the frozen model's prediction; from the first `first_steps` sampling
         steps only when given (None: any step)."""
         if self.retain_pool is not None:
-            return self.retain_pool.draw(count, self.rng, self.device, first_steps=first_steps)
+            return self.retain_pool.draw(count, self.rng, self.device, first_steps=first_steps,
+                                         row_weights=self._retain_row_weights())
         index = torch.randint(self.retain_conds.shape[0], (count,), generator=self.rng)
         conds = self.retain_conds[index.to(self.device)]
         x_t, t = self._fresh_latents(conds, count, first_steps)
         with torch.no_grad():
             teacher = self.runner(x_t, t, conds).float()
         return PoolSample(x_t, t.reshape(1).expand(count), teacher, None, index)
+
+    def _retain_row_weights(self) -> torch.Tensor | None:
+        """With `retain_priority` p: (1 - p) / N + p * score / sum(scores) per trajectory, a trajectory not yet
+        seen scoring as the highest seen (so each is drawn and measured); None (uniform) when off."""
+        scores = self.retain_scores
+        if scores is None:
+            return None
+        seen = ~scores.isnan()
+        if not seen.any():
+            return None
+        filled = torch.where(seen, scores, scores[seen].max()).clamp_min(1e-12)
+        share = self.config.retain_priority
+        return (1 - share) / len(filled) + share * filled / filled.sum()
+
+    def observe_retain(self, sample: PoolSample, row_losses: torch.Tensor):
+        """Record the retain loss of each drawn point as its trajectory's score (the latest measurement)."""
+        if self.retain_scores is not None and sample.pool_rows is not None:
+            self.retain_scores[sample.pool_rows.cpu()] = row_losses.detach().float().cpu()
+
+    def scores_record(self) -> list | None:
+        """The retain scores for a checkpoint's JSON metadata (None for a trajectory not yet seen)."""
+        if self.retain_scores is None:
+            return None
+        return [None if score != score else float(score) for score in self.retain_scores.tolist()]
+
+    def restore_scores(self, record: list | None):
+        if record is not None:
+            self.retain_scores = torch.tensor([float("nan") if v is None else v for v in record])
 
     def _fresh_latents(self, conds, count, first_steps: int | None = None):
         """Partial DDIM sampling from new noise, as the public code does for every loss evaluation."""

@@ -49,14 +49,16 @@ class EncoderTerm:
 
 
 def backward_terms(runner, unet_terms: list[UNetTerm], encoder_terms: list[EncoderTerm], *, max_batch: int,
-                   scale: Callable[[torch.Tensor], torch.Tensor], autocast, check_finite) -> dict[str, float]:
+                   scale: Callable[[torch.Tensor], torch.Tensor], autocast, check_finite,
+                   row_losses: dict | None = None) -> dict[str, float]:
     """Back-propagate every term; returns each term's unweighted loss by name.
 
     scale: the GradScaler's scale (identity without fp16). check_finite(name, loss) raises on NaN/inf, before
-    anything of that term is back-propagated.
+    anything of that term is back-propagated. `row_losses`, when given, receives each prediction-space term's
+    per-row MSE by name (what the retain priority scores its trajectories with).
     """
-    losses = _backward_unet_terms(runner, unet_terms, max_batch, scale, autocast, check_finite) if unet_terms \
-        else {}
+    losses = _backward_unet_terms(runner, unet_terms, max_batch, scale, autocast, check_finite, row_losses) \
+        if unet_terms else {}
     for term in encoder_terms:
         with autocast():
             loss = term.loss()
@@ -66,7 +68,7 @@ def backward_terms(runner, unet_terms: list[UNetTerm], encoder_terms: list[Encod
     return losses
 
 
-def _backward_unet_terms(runner, terms, max_batch, scale, autocast, check_finite) -> dict[str, float]:
+def _backward_unet_terms(runner, terms, max_batch, scale, autocast, check_finite, rows_out) -> dict[str, float]:
     with autocast():
         conds = torch.cat([term.encode().expand(term.rows, -1, -1) for term in terms])
     latents = torch.cat([term.latents for term in terms])
@@ -84,6 +86,8 @@ def _backward_unet_terms(runner, terms, max_batch, scale, autocast, check_finite
         scale((row_weight[rows] * row_mse).sum()).backward()
         row_losses[rows] = row_mse.detach().cpu()
     conds.backward(leaf.grad)
+    if rows_out is not None:
+        rows_out.update({term.name: row_losses[owner == i] for i, term in enumerate(terms)})
     return {term.name: float(row_losses[owner == i].mean()) for i, term in enumerate(terms)}
 
 

@@ -19,7 +19,7 @@ FAST = dict(iterations=6, warmup_iterations=2, attack_steps=3, num_ddim_steps=8,
 # Every new option on at once (the resume and seeding tests must hold with all of them).
 ALL_ON = dict(attack_epsilon=0.5, attack_restart_every=2, attack_restarts=2, attack_batch=2, concept_batch=2,
               plain_weight=1.0, anchor_weight=1.0, retain_max_alignment=1.5, diagnostics_every=2,
-              retain_early_weight=1.0)
+              retain_early_weight=1.0, retain_priority=0.5)
 RETAIN = ["a photo of a dog", "a photo of a cat", "a red car", "a tree", "a house"]
 
 
