@@ -16,7 +16,10 @@ A full run takes hours, so it keeps its work as it goes, every file written atom
 
 `--resume` reuses a finished concept, an evaluated part and a saved encoder only when their settings equal the current ones exactly
 (a concept's settings include the judge's description, which names its weights by sha256);
-anything else is refused with the differences named, never silently recomputed or mixed. Without `--resume` an
+anything else is refused with the differences named, never silently recomputed or mixed. One rule makes that
+survive new code: an erase option added since a file was saved, and at its default now, reads as its default in
+the file (every new option defaults to the behaviour before it, so the saved run is what that default does);
+any other difference, a changed default included, is still refused. Without `--resume` an
 OUT that already holds work is refused: nothing is overwritten by accident.
 """
 
@@ -58,6 +61,29 @@ def differences(saved, current, path: str = "") -> list[str]:
     return [] if saved == current else [f"{path or 'settings'}: {saved!r} in OUT, {current!r} now"]
 
 
+def with_new_options(saved_config: dict) -> dict:
+    """A saved erase config with the options added to EraseConfig since, at their defaults (module docstring)."""
+    from erasure_core.training.config import EraseConfig
+
+    return {**EraseConfig().to_dict(), **saved_config}
+
+
+def _as_current(settings: dict) -> dict:
+    """A concept or part record as the current code reads it: each erase config with_new_options."""
+    if not isinstance(settings.get("erase_configs"), dict):
+        return settings
+    configs = {run: with_new_options(config) for run, config in settings["erase_configs"].items()}
+    return {**settings, "erase_configs": configs}
+
+
+def _check_saved(path: Path, saved: dict, record: dict, what: str) -> None:
+    """Refuse a saved record that does not match its own fingerprint (edited by hand) or the current settings."""
+    if "settings" in saved and saved.get("fingerprint") != fingerprint(saved["settings"]):
+        raise ErasureError(f"{path} does not match its own settings (edited by hand?): remove it to {what}, or "
+                           f"pass another --out")
+    _refuse_mismatch(str(path), _as_current(saved.get("settings", {})), _as_current(record))
+
+
 def _refuse_mismatch(what: str, saved: dict, current: dict) -> None:
     lines = differences(canonical(saved), canonical(current))
     if lines:
@@ -97,10 +123,7 @@ def load_result(concept_dir: Path, record: dict) -> dict | None:
     if not path.is_file():
         return None
     saved = _read_json(path)
-    if saved.get("fingerprint") != fingerprint(record):
-        _refuse_mismatch(str(path), saved.get("settings", {}), record)
-        raise ErasureError(f"{path} does not match its own settings (edited by hand?): remove it to recompute "
-                           f"that concept, or pass another --out")
+    _check_saved(path, saved, record, "recompute that concept")
     return saved
 
 
@@ -119,10 +142,7 @@ def load_part(path: Path, record: dict) -> dict | None:
     if not path.is_file():
         return None
     saved = _read_json(path)
-    if saved.get("fingerprint") != fingerprint(record):
-        _refuse_mismatch(str(path), saved.get("settings", {}), record)
-        raise ErasureError(f"{path} does not match its own settings (edited by hand?): remove it to evaluate that "
-                           f"part again, or pass another --out")
+    _check_saved(path, saved, record, "evaluate that part again")
     return saved
 
 
@@ -156,7 +176,8 @@ def load_trained_encoder(path: Path, erase_config: dict, model):
     from erasure_core.encoders import load_robust_text_encoder, read_encoder
 
     saved = read_encoder(path)
-    _refuse_mismatch(str(path), saved.metadata.get("erase_config", {}), erase_config)
+    _refuse_mismatch(str(path), with_new_options(saved.metadata.get("erase_config", {})),
+                     with_new_options(erase_config))
     encoder = load_robust_text_encoder(saved, reference=model.text_encoder, dtype=torch.float32)
     return encoder.to(model.device).requires_grad_(False).eval(), dict(saved.metadata.get("training", {}))
 

@@ -257,6 +257,36 @@ def test_a_finished_concept_made_with_other_settings_is_refused(tmp_path):
         store.open_run(tmp_path, {"settings": {}}, resume=True)
 
 
+def test_an_option_added_since_reads_as_its_default_in_saved_work(tiny_model, tmp_path):
+    """Saved work from before an erase option existed (here retain_priority, taken out of the saved configs as
+    older code wrote them) is reused while the option is at its default, and refused, naming it, when it is not."""
+    from erasure_core.errors import ErasureError
+
+    bench = _bench()
+    store = bench.store
+    config = bench.demo_erase_config("esd", 0, _tiny_settings(bench).demo, "circle").to_dict()
+    older = {k: v for k, v in config.items() if k != "retain_priority"}
+    record = {"concept": "red", "erase_configs": {"esd_s0": older}}
+    store.save_result(tmp_path / "red", record, {"esd": {"pre_attack": 1}}, {"cpu": 1.0})
+    now = {"concept": "red", "erase_configs": {"esd_s0": config}}
+    assert store.load_result(tmp_path / "red", now)["results"] == {"esd": {"pre_attack": 1}}
+    changed = {"concept": "red", "erase_configs": {"esd_s0": {**config, "retain_priority": 0.5}}}
+    with pytest.raises(ErasureError, match=r"erase_configs\.esd_s0\.retain_priority: 0\.0 in OUT, 0\.5 now"):
+        store.load_result(tmp_path / "red", changed)
+    # the same for a saved encoder
+    path = tmp_path / "esd_s0.safetensors"
+    store.save_trained_encoder(path, tiny_model.text_encoder, older, {"seconds": 1.0})
+    assert store.load_trained_encoder(path, config, tiny_model) is not None
+    with pytest.raises(ErasureError, match="retain_priority: 0.0 in OUT, 0.5 now"):
+        store.load_trained_encoder(path, {**config, "retain_priority": 0.5}, tiny_model)
+    # a file whose settings were edited without its fingerprint is refused as such
+    saved = json.loads((tmp_path / "red" / "result.json").read_text())
+    saved["settings"]["concept"] = "blue"
+    (tmp_path / "red" / "result.json").write_text(json.dumps(saved))
+    with pytest.raises(ErasureError, match="does not match its own settings"):
+        store.load_result(tmp_path / "red", now)
+
+
 def test_split_cases_give_each_training_seed_its_own_prompts_and_pool_them(tiny_model, tmp_path):
     """With several training seeds (the default), seed i's ESD and AdvUnlearn are evaluated on prompts i, i + n...:
     the shares are disjoint and cover every case once; a cell pools them (N = all cases, not cases x seeds) and the
