@@ -311,12 +311,12 @@ class _Trainer:
         retain = self.points.retain_terms() if self._uses_retain else []
         for name, weight, sample in retain:
             unet_terms.append(self._term(name, weight, sample, sample.eps_cond, self.retain_ids[sample.prompt_index]))
-        rows = {}
+        row_losses = {}  # not `rows`: the embedding-retain closure above reads that name when backward runs
         losses = backward_terms(self.runner, unet_terms, encoder_terms, max_batch=config.max_unet_batch,
-                                scale=self.scaler.scale, autocast=self._autocast, row_losses=rows,
+                                scale=self.scaler.scale, autocast=self._autocast, row_losses=row_losses,
                                 check_finite=lambda name, loss: self._check_finite(step, name, loss))
         if retain:
-            self.points.observe_retain(retain[0][2], rows["retain"])
+            self.points.observe_retain(retain[0][2], row_losses["retain"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         return self._step_logs(step, concept, adversarial, points, losses)
