@@ -14,8 +14,8 @@ A full run takes hours, so it keeps its work as it goes, every file written atom
     OUT/CONCEPT/result.json                      the concept's pooled figures and timings, with the settings
                                                  that produced them and their fingerprint (sha256)
 
-`--resume` reuses a finished concept, an evaluated part and a saved encoder only when their settings equal the current ones exactly
-(a concept's settings include the judge's description, which names its weights by sha256);
+`--resume` reuses a finished concept, an evaluated part and a saved encoder only when their settings equal the
+current ones exactly (a concept's settings include the judge's description, which names its weights by sha256);
 anything else is refused with the differences named, never silently recomputed or mixed. One rule makes that
 survive new code: an erase option added since a file was saved, and at its default now, reads as its default in
 the file (every new option defaults to the behaviour before it, so the saved run is what that default does);
@@ -119,17 +119,28 @@ def open_run(out_dir: Path, record: dict, resume: bool) -> None:
 def load_result(concept_dir: Path, record: dict) -> dict | None:
     """A finished concept's {"results", "timings"} when its settings equal `record`; None when not finished;
     a finished concept made with other settings is refused."""
-    path = concept_dir / RESULT_FILE
+    return _load_record(concept_dir / RESULT_FILE, record, "recompute that concept")
+
+
+def _load_record(path: Path, record: dict, what: str) -> dict | None:
+    """A saved result or part when its settings equal `record`; None when there is no file; refused (named,
+    with `what` to do about it) when made with other settings or edited by hand."""
     if not path.is_file():
         return None
     saved = _read_json(path)
-    _check_saved(path, saved, record, "recompute that concept")
+    _check_saved(path, saved, record, what)
     return saved
 
 
 def save_result(concept_dir: Path, record: dict, results: dict, timings: dict) -> None:
+    _save_record(concept_dir / RESULT_FILE, record, results=results, timings=timings)
+
+
+def _save_record(path: Path, record: dict, **content) -> None:
+    """`content` beside the settings that made it and their fingerprint, written atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_json({"schema": SCHEMA, "fingerprint": fingerprint(record), "settings": canonical(record),
-                       "results": results, "timings": timings}, concept_dir / RESULT_FILE)
+                       **content}, path)
 
 
 def part_path(concept_dir: Path, training_seeds) -> Path:
@@ -139,17 +150,11 @@ def part_path(concept_dir: Path, training_seeds) -> Path:
 def load_part(path: Path, record: dict) -> dict | None:
     """An evaluated part's {"report", "timing"} when its settings equal `record`; None when there is none; one
     evaluated with other settings is refused (named), never mixed into the pooled figures."""
-    if not path.is_file():
-        return None
-    saved = _read_json(path)
-    _check_saved(path, saved, record, "evaluate that part again")
-    return saved
+    return _load_record(path, record, "evaluate that part again")
 
 
 def save_part(path: Path, record: dict, report: dict, timing: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json({"schema": SCHEMA, "fingerprint": fingerprint(record), "settings": canonical(record),
-                       "report": canonical(report), "timing": timing}, path)
+    _save_record(path, record, report=canonical(report), timing=timing)
 
 
 def encoder_path(concept_dir: Path, run: str) -> Path:

@@ -302,16 +302,17 @@ class _Trainer:
             unet_terms += captions.unet_terms(self.student, points, concept, rows, caption_target,
                                               config.caption_weight, config.vector_weight, strengths)
         if config.embedding_retain_weight > 0 and self._uses_retain:
-            rows = torch.randint(len(self.retain_ids), (config.retain_batch,), generator=self.rng)
-            encoder_terms.append(EncoderTerm("embedding_retain", config.embedding_retain_weight, lambda: anchor_loss(
-                encode_slotted(self.student, self.retain_ids[rows]), self.retain_conds[rows])))
+            picked = torch.randint(len(self.retain_ids), (config.retain_batch,), generator=self.rng)
+            # bound now (picked=picked): the loss runs at backward, after later code may reuse the name
+            encoder_terms.append(EncoderTerm("embedding_retain", config.embedding_retain_weight, lambda picked=picked:
+                anchor_loss(encode_slotted(self.student, self.retain_ids[picked]), self.retain_conds[picked])))
         if config.anchor_weight > 0:
             encoder_terms.append(EncoderTerm("anchor", config.anchor_weight, lambda: anchor_loss(
                 encode_slotted(self.student, self.uncond_ids), self.uncond)))
         retain = self.points.retain_terms() if self._uses_retain else []
         for name, weight, sample in retain:
             unet_terms.append(self._term(name, weight, sample, sample.eps_cond, self.retain_ids[sample.prompt_index]))
-        row_losses = {}  # not `rows`: the embedding-retain closure above reads that name when backward runs
+        row_losses = {}
         losses = backward_terms(self.runner, unet_terms, encoder_terms, max_batch=config.max_unet_batch,
                                 scale=self.scaler.scale, autocast=self._autocast, row_losses=row_losses,
                                 check_finite=lambda name, loss: self._check_finite(step, name, loss))
