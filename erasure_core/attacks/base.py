@@ -53,7 +53,7 @@ class ProbeResult:
 
 
 class Probe:
-    """Subclasses set `name` and implement `run`.
+    """Subclasses set `name` and implement `run` (one prompt) or `run_batch` (many, batched), or both.
 
     `on_step(step, loss)`, when set by the caller (CLI progress bar, a node's live loss chart), is called after
     every optimisation step of probes that run their own loop; raising from it cancels the probe.
@@ -75,7 +75,11 @@ class Probe:
         judge: Judge | None = None,
         generation: GenerationSettings | None = None,
     ) -> ProbeResult:
-        raise NotImplementedError
+        """One prompt and seed. A subclass implements this or `run_batch`; by default it is `run_batch` on a
+        batch of one (so a batched probe does not restate this signature)."""
+        if type(self).run_batch is Probe.run_batch:
+            raise NotImplementedError(f"{type(self).__name__} implements neither run nor run_batch")
+        return self.run_batch(model, text_encoder, [prompt], seeds=[seed], judge=judge, generation=generation)[0]
 
     def run_batch(
         self,

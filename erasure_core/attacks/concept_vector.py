@@ -73,6 +73,9 @@ def cond_distance(a: torch.Tensor, b: torch.Tensor) -> float:
 
 
 class ConceptVectorProbe(Probe):
+    """Each prompt is the neutral prompt the concept is pushed into. The loss recorded per strength is the
+    distance to the concept prompt's encoding (the first pair's "with" prompt)."""
+
     name = "concept_vector"
 
     def __init__(self, config: ConceptVectorConfig | None = None):
@@ -82,20 +85,6 @@ class ConceptVectorProbe(Probe):
         c = self.config
         return {"name": self.name, "concept": c.concept, "pairs": len(c.prompt_pairs()),
                 "strengths": list(c.strengths), "direction_from": c.direction_from}
-
-    def run(
-        self,
-        model: SDModel,
-        text_encoder: CLIPTextModel,
-        prompt: str,
-        *,
-        seed: int,
-        judge: Judge | None = None,
-        generation: GenerationSettings | None = None,
-    ) -> ProbeResult:
-        """`prompt` is the neutral prompt the concept is pushed into. The loss recorded per strength is the
-        distance to the concept prompt's encoding (the first pair's "with" prompt)."""
-        return self.run_batch(model, text_encoder, [prompt], seeds=[seed], judge=judge, generation=generation)[0]
 
     @torch.no_grad()
     def run_batch(

@@ -156,18 +156,6 @@ class SoftPromptProbe(Probe):
         a = self.config.attack
         return ("soft_prompt", a.k, a.insertion), math.inf if a.epsilon is None else float(a.epsilon)
 
-    def run(
-        self,
-        model: SDModel,
-        text_encoder: CLIPTextModel,
-        prompt: str,
-        *,
-        seed: int,
-        judge: Judge | None = None,
-        generation: GenerationSettings | None = None,
-    ) -> ProbeResult:
-        return self.run_batch(model, text_encoder, [prompt], seeds=[seed], judge=judge, generation=generation)[0]
-
     def run_batch(
         self,
         model: SDModel,

@@ -340,3 +340,17 @@ def test_soft_probe_has_no_previous_tokens_to_start_from():
     with pytest.raises(ErasureError, match="init must be random_vocab"):
         parse_probe_spec("soft_prompt:init=previous").config.check()
     assert parse_probe_spec("soft_prompt:k=2:lr=0.5").describe()["k"] == 2
+
+
+def test_a_probe_implementing_neither_run_nor_run_batch_says_so(tiny_model):
+    """`run` defaults to `run_batch` on one prompt and `run_batch` to `run` on each; a probe with neither must fail
+    with its name, not recurse."""
+    from erasure_core.attacks.base import Probe
+
+    class Empty(Probe):
+        name = "empty"
+
+    with pytest.raises(NotImplementedError, match="Empty implements neither run nor run_batch"):
+        Empty().run(tiny_model, tiny_model.text_encoder, PROMPT, seed=0)
+    with pytest.raises(NotImplementedError, match="Empty"):
+        Empty().run_batch(tiny_model, tiny_model.text_encoder, [PROMPT], seeds=[0])
