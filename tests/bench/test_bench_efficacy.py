@@ -132,6 +132,15 @@ def test_two_workers_give_the_single_process_figures(tmp_path, monkeypatch):
     assert shared["cpu_seconds"] >= sum(t["cpu"] for t in shared["timings"].values()) - 0.05  # rounding
 
 
+@pytest.mark.parametrize("device, concepts, cpus, expected", [
+    ("cpu", 8, 2, 2), ("cpu", 8, 1, 1), ("cpu", 8, 16, 2),  # a CPU: 2 one-thread workers at most
+    ("cuda", 8, 16, 8), ("cuda", 2, 16, 2),  # a GPU: a process a concept...
+    ("cuda", 8, 4, 2), ("cuda", 8, 1, 1),  # ...but no more than one per 2 CPU cores
+])
+def test_default_workers_follow_the_device_and_the_cores(device, concepts, cpus, expected):
+    assert _bench().default_workers(device, concepts, cpus) == expected
+
+
 @pytest.mark.parametrize("bad, message", [
     (["--workers", "0"], "--workers: expected a whole number >= 1, got 0"),
     (["--prompts", "-2"], "--prompts: expected a whole number >= 1"),
