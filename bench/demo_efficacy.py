@@ -525,6 +525,14 @@ def _budgets(text: str) -> tuple[float | None, ...]:
     return tuple(values)
 
 
+def _methods(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = [n for n in names if n not in METHODS]
+    if not names or unknown or len(set(names)) != len(names):
+        raise argparse.ArgumentTypeError(f"expected some of {','.join(METHODS)}, each once, got {text!r}")
+    return tuple(m for m in METHODS if m in names)
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="2 concepts, 128 cases, 1 training seed")
@@ -532,6 +540,9 @@ def main(argv=None) -> None:
     parser.add_argument("--prompts", type=_positive_int, default=None, help="concept (and retain) prompts per concept")
     parser.add_argument("--generation-seeds", type=_int_list, default=None, help="e.g. 0,1,2,3")
     parser.add_argument("--training-seeds", type=_int_list, default=None, help="e.g. 0,1,2")
+    parser.add_argument("--methods", type=_methods, default=None,
+                        help="methods to train and attack (default esd,advunlearn; advunlearn alone for a tuning "
+                             "run, about 1/3 cheaper, without the targets that compare with ESD)")
     parser.add_argument("--batch-size", type=_positive_int, default=None, help="cases generated/attacked at once")
     parser.add_argument("--probe-option", action="append", default=[], metavar="PROBE:KEY=VALUE[:KEY=VALUE]",
                         help="change a probe's setting, e.g. soft_prompt:points=2:steps=20 (repeatable)")
@@ -586,6 +597,8 @@ def _run(args) -> None:
         settings.generation_seeds = args.generation_seeds
     if args.training_seeds:
         settings.training_seeds = args.training_seeds
+    if args.methods:
+        settings.methods = args.methods
     if args.batch_size:
         settings.demo = replace(settings.demo, batch_size=args.batch_size)
     for spec in args.probe_option:

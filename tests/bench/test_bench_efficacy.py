@@ -104,6 +104,19 @@ def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
             assert timing["cpu_seconds"] >= 0 and timing["seconds"] >= 0
 
 
+def test_advunlearn_alone_trains_and_judges_without_esd(tiny_model, tmp_path):
+    """--methods advunlearn (a tuning run): no ESD encoder is trained or attacked, and the targets that compare
+    with ESD are left out rather than judged against nothing."""
+    bench = _bench()
+    settings = _tiny_settings(bench, training_seeds=(0,))
+    settings.methods = bench._methods("advunlearn")
+    efficacy = bench.measure(tiny_model, settings, tmp_path, judge_for=red_judge, retain_check_for=half_right_check,
+                             log=lambda msg: None)
+    assert set(efficacy["results"]["circle"]) == {"original", "advunlearn"}
+    assert sorted(p.name for p in (tmp_path / "circle" / "encoders").iterdir()) == ["advunlearn_s0.safetensors"]
+    assert set(efficacy["verdicts"]["circle"]) == {"pre_attack", "post_attack", "retain"}
+
+
 def test_two_workers_give_the_single_process_figures(tmp_path, monkeypatch):
     """Concepts shared out to 2 processes of one thread each: the same efficacy figures as one process of one
     thread (every concept is seeded on its own), with each concept's timings and the workers' CPU time."""
@@ -148,6 +161,8 @@ def test_default_workers_follow_the_device_and_the_cores(device, concepts, cpus,
     (["--curve", "1,x"], "--curve: each budget must be a number > 0 or none"),
     (["--curve", "0"], "--curve: each budget must be a number > 0 or none"),
     (["--curve-cases", "0"], "--curve-cases: expected a whole number >= 1, got 0"),
+    (["--methods", "advunlearn,uce"], "--methods: expected some of esd,advunlearn, each once"),
+    (["--methods", "esd,esd"], "--methods: expected some of esd,advunlearn, each once"),
 ])
 def test_bad_command_line_values_are_refused_before_any_work(bad, message, capsys):
     with pytest.raises(SystemExit) as exited:
