@@ -542,7 +542,7 @@ def main(argv=None) -> None:
     parser.add_argument("--training-seeds", type=_int_list, default=None, help="e.g. 0,1,2")
     parser.add_argument("--methods", type=_methods, default=None,
                         help="methods to train and attack (default esd,advunlearn; advunlearn alone for a tuning "
-                             "run, about 1/3 cheaper, without the targets that compare with ESD)")
+                             "run, about a quarter cheaper, without the targets that compare with ESD)")
     parser.add_argument("--batch-size", type=_positive_int, default=None, help="cases generated/attacked at once")
     parser.add_argument("--probe-option", action="append", default=[], metavar="PROBE:KEY=VALUE[:KEY=VALUE]",
                         help="change a probe's setting, e.g. soft_prompt:points=2:steps=20 (repeatable)")
