@@ -224,8 +224,8 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
 
 def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Path, model_identity: dict,
                     judge_for=None, retain_check_for=None) -> tuple[dict, dict]:
-    """One concept: every method at every training seed, then one `evaluate` per part (`BenchSettings.parts`:
-    all seeds on every case, or each seed on its own share). Returns (pooled figures per method, timings: wall and CPU seconds of training per run and of evaluation).
+    """One concept: one `evaluate` per part (`BenchSettings.parts`: all seeds on every case, or each seed on its
+    own share), each after training the encoders it needs (every method at its training seeds). Returns (pooled figures per method, timings: wall and CPU seconds of training per run and of evaluation).
 
     Resumable (efficacy_store.py): a concept whose OUT/CONCEPT/result.json was made with these very settings
     is returned as it is (timings["resumed"]); an encoder saved with the erase config it would be trained with
@@ -249,32 +249,43 @@ def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Pa
     concept_prompts = [p for p, _ in world.prompts_naming(concept, settings.prompts, rng)]
     retain_prompts = [p for p, _ in world.prompts_not_naming(concept, settings.prompts, rng)]
     encoders, shared_latents, training = {}, {}, {}
-    for run, config in configs.items():
-        path = store.encoder_path(concept_dir, run)
-        saved = store.load_trained_encoder(path, config.to_dict(), model)
-        if saved is not None:
-            encoders[run], training[run] = saved[0], {**saved[1], "resumed": True}
-            continue
-        t1, cpu1 = time.perf_counter(), time.process_time()
-        encoders[run] = erase(model, [concept], config, latent_cache=shared_latents).text_encoder
-        training[run] = {"seconds": round(time.perf_counter() - t1, 1), "cpu": round(time.process_time() - cpu1, 1)}
-        store.save_trained_encoder(path, encoders[run], config.to_dict(), training[run])
-    t1, cpu1 = time.perf_counter(), time.process_time()
+
+    def encoder(run: str):
+        """The run's encoder: loaded where it was saved with this very config, else trained (and saved)."""
+        if run not in encoders:
+            path, config = store.encoder_path(concept_dir, run), configs[run]
+            saved = store.load_trained_encoder(path, config.to_dict(), model)
+            if saved is not None:
+                encoders[run], training[run] = saved[0], {**saved[1], "resumed": True}
+            else:
+                t1, cpu1 = time.perf_counter(), time.process_time()
+                encoders[run] = erase(model, [concept], config, latent_cache=shared_latents).text_encoder
+                training[run] = {"seconds": round(time.perf_counter() - t1, 1),
+                                 "cpu": round(time.process_time() - cpu1, 1)}
+                store.save_trained_encoder(path, encoders[run], config.to_dict(), training[run])
+        return encoders[run]
+
+    # Part by part, each training only the encoders it needs and only when it is not saved yet: a part is the
+    # unit of work a stopped run keeps (its JSON is small enough to keep where the encoders, 13 MB each, are not).
     reports, part_timings = [], []
     probes, retain_check = demo_probes(concept, settings.demo), (retain_check_for or demo_retain_check)(judge)
     for seeds, prompts, retain in (parts := settings.parts(concept_prompts, retain_prompts)):
         part = {"training_seeds": list(seeds), "prompts": prompts, "retain": retain}
         summary, timing = evaluate_part(
-            model, {f"{m}_s{seed}": encoders[f"{m}_s{seed}"] for m in settings.methods for seed in seeds}, part,
+            model, lambda seeds=seeds: {f"{m}_s{seed}": encoder(f"{m}_s{seed}") for m in settings.methods
+                                        for seed in seeds}, part,
             record={**record, "part": part}, path=store.part_path(concept_dir, seeds), settings=settings,
             probes=probes, judge=judge, retain_check=retain_check,
             out_dir=concept_dir if len(parts) == 1 else concept_dir / f"seed{seeds[0]}")
         reports.append(summary)
         part_timings.append({"training_seeds": list(seeds), **timing})
     report = merge_parts(reports)
-    timings = {"training": round(t1 - t0, 1), "training_cpu": round(cpu1 - cpu0, 1), "runs": training,
-               "evaluation": round(time.perf_counter() - t1, 1), "evaluation_cpu": round(time.process_time() - cpu1, 1),
-               "all": round(time.perf_counter() - t0, 1), "cpu": round(time.process_time() - cpu0, 1),
+    trained = [t for t in training.values() if not t.get("resumed")]
+    train_s, train_cpu = sum(t["seconds"] for t in trained), sum(t["cpu"] for t in trained)
+    all_s, all_cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    timings = {"training": round(train_s, 1), "training_cpu": round(train_cpu, 1), "runs": training,
+               "evaluation": round(all_s - train_s, 1), "evaluation_cpu": round(all_cpu - train_cpu, 1),
+               "all": round(all_s, 1), "cpu": round(all_cpu, 1),
                "evaluation_by_method": evaluation_by_method(report, settings), "parts": part_timings,
                "resumed": False}
     pooled = pool_report(report, settings)
@@ -282,15 +293,18 @@ def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Pa
     return pooled, timings
 
 
-def evaluate_part(model, encoders: dict, part: dict, *, record: dict, path: Path, settings: BenchSettings,
-                  probes, judge, retain_check, out_dir: Path) -> tuple[dict, dict]:
+def evaluate_part(model, encoders_for: Callable[[], dict], part: dict, *, record: dict, path: Path,
+                  settings: BenchSettings, probes, judge, retain_check, out_dir: Path) -> tuple[dict, dict]:
     """One part (a training seed's share of the cases, or all of them) -> (its summary, its wall and CPU seconds).
-    A part saved at `path` with this very `record` is reused (timing["resumed"]); a new one is saved at once."""
+    A part saved at `path` with this very `record` is reused (timing["resumed"]) without asking for its
+    encoders; otherwise `encoders_for()` gives them (training them if need be, not timed here) and the new part
+    is saved at once."""
     from erasure_core.evaluate import evaluate
 
     saved = store.load_part(path, record)
     if saved is not None:
         return saved["report"], {**saved["timing"], "resumed": True}
+    encoders = encoders_for()
     t0, cpu0 = time.perf_counter(), time.process_time()
     report = evaluate(model, encoders, part["prompts"], probes, judge, seeds=settings.generation_seeds,
                       steps=settings.demo.steps, guidance=settings.demo.guidance, retain_prompts=part["retain"],

@@ -14,6 +14,10 @@ A full run takes hours, so it keeps its work as it goes, every file written atom
     OUT/CONCEPT/result.json                      the concept's pooled figures and timings, with the settings
                                                  that produced them and their fingerprint (sha256)
 
+Each part trains only the encoders it needs, and only when the part itself is not saved yet, so a part's JSON
+alone carries finished work to a later run: a run kept in git under bench/results/ keeps its run.json, parts
+and results and leaves the encoders out (bench/results/.gitignore).
+
 `--resume` reuses a finished concept, an evaluated part and a saved encoder only when their settings equal the
 current ones exactly (a concept's settings include the judge's description, which names its weights by sha256);
 anything else is refused with the differences named, never silently recomputed or mixed. One rule makes that

@@ -189,6 +189,7 @@ def test_an_interrupted_run_resumed_gives_the_uninterrupted_figures(tiny_model, 
         for name in ("esd_s0", "advunlearn_s0"):
             assert (tmp_path / concept / "encoders" / f"{name}.safetensors").is_file()
     (tmp_path / "red" / "result.json").unlink()
+    (tmp_path / "red" / "parts" / "part_s0.json").unlink()  # stopped in red's evaluation: its part was not saved
     (tmp_path / "red" / "encoders" / "esd_s0.safetensors").unlink()
     (tmp_path / "efficacy.json").unlink()
     resumed = bench.measure(tiny_model, settings, tmp_path, resume=True, **run)
@@ -202,7 +203,8 @@ def test_an_interrupted_run_resumed_gives_the_uninterrupted_figures(tiny_model, 
 
 def test_a_run_stopped_between_parts_redoes_only_the_unfinished_part(tiny_model, tmp_path, monkeypatch):
     """Two training seeds, each on its own share: the run is stopped after seed 0's part was evaluated (its part
-    file saved, seed 1's not, no result.json). --resume evaluates seed 1's part only and pools the figures of the
+    file saved, seed 1's not, no result.json), and the trained encoders are gone (a kept run keeps its parts'
+    JSON, not the 13 MB encoders). --resume trains and evaluates seed 1 only and pools the figures of the
     uninterrupted run; a saved part from other settings is refused, never pooled."""
     import erasure_core.evaluate as evaluate_module
     from erasure_core.errors import ErasureError
@@ -215,6 +217,8 @@ def test_a_run_stopped_between_parts_redoes_only_the_unfinished_part(tiny_model,
     assert sorted(p.name for p in parts.iterdir()) == ["part_s0.json", "part_s1.json"]
     (parts / "part_s1.json").unlink()
     (tmp_path / "circle" / "result.json").unlink()
+    for encoder in (tmp_path / "circle" / "encoders").iterdir():
+        encoder.unlink()
     evaluated = []
     real = evaluate_module.evaluate
     monkeypatch.setattr(evaluate_module, "evaluate",
@@ -222,8 +226,11 @@ def test_a_run_stopped_between_parts_redoes_only_the_unfinished_part(tiny_model,
                                                                                                  *a, **k))
     resumed = bench.measure(tiny_model, settings, tmp_path, resume=True, **run)
     assert evaluated == [["advunlearn_s1", "esd_s1"]]
-    assert _json(resumed["results"]) == _json(full["results"])
+    assert _json(resumed["results"]) == _json(full["results"])  # seed 1 trained again gives the same figures
     timing = resumed["timings"]["circle"]
+    assert set(timing["runs"]) == {"esd_s1", "advunlearn_s1"}  # seed 0's encoders were not needed
+    assert sorted(p.name for p in (tmp_path / "circle" / "encoders").iterdir()) == [
+        "advunlearn_s1.safetensors", "esd_s1.safetensors"]
     assert [p.get("resumed", False) for p in timing["parts"]] == [True, False]
     assert timing["parts"][0]["cpu"] == full["timings"]["circle"]["parts"][0]["cpu"]  # the earlier run's figure
     # a part evaluated with other settings (here its saved prompts were changed) is refused with the difference
