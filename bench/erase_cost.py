@@ -14,7 +14,6 @@ UNet evaluation = one latent through the UNet forward (a CFG call on a batch of 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import sys
@@ -27,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from erasure_core.errors import ErasureError  # noqa: E402
+from erasure_core.files import atomic_write_json  # noqa: E402
 from erasure_core.latents import UNetRunner  # noqa: E402
 from erasure_core.layouts import sd1_text_config  # noqa: E402
 from erasure_core.models import SDModel, build_tiny_model, load_clip_tokenizer, make_scheduler  # noqa: E402
@@ -166,14 +166,7 @@ def seconds_per_unet_call(model: SDModel, reps: int = 3) -> dict:
     cond = torch.randn(1, 77, width, device=model.device)
     t = torch.tensor([500], device=model.device)
 
-    def timed(fn):
-        fn()
-        _sync(model.device)
-        start = time.perf_counter()
-        for _ in range(reps):
-            fn()
-        _sync(model.device)
-        return (time.perf_counter() - start) / reps
+    timed = lambda fn: _seconds(fn, model.device, reps)  # noqa: E731
 
     grad_cond = cond.clone().requires_grad_(True)
     backward = lambda: runner(latent, t, grad_cond).square().mean().backward()  # noqa: E731
@@ -188,6 +181,17 @@ def seconds_per_unet_call(model: SDModel, reps: int = 3) -> dict:
         for param in model.unet.parameters():
             param.grad = None
     return dict(forward=forward, backward_input_only=input_only, backward_with_weights=with_weights)
+
+
+def _seconds(fn, device, reps: int = 1) -> float:
+    """Mean seconds of `fn` over `reps` calls, after one untimed call (first kernels, allocations)."""
+    fn()
+    _sync(device)
+    start = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    _sync(device)
+    return (time.perf_counter() - start) / reps
 
 
 def _sync(device):
@@ -451,11 +455,11 @@ def report(args, model, description, defaults, measured_config, run):
         lines += [f"  total ~ {sum(public_gpu.values()):.1f} GB"]
     print("\n".join(line for line in lines if line is not None))
     if args.json:
-        Path(args.json).write_text(json.dumps(dict(ours=ours, public=public, measured_total=measured_total,
-                                                   warm_s=warm_s, attack_step_s=per_attack_step, timing=timing,
-                                                   ours_run_s=ours_run_s, public_run_s=public_run_s,
-                                                   pool_seconds_per_evaluation=run["pool_seconds_per_evaluation"],
-                                                   peak_memory_gb=memory), indent=2))
+        atomic_write_json(dict(ours=ours, public=public, measured_total=measured_total, warm_s=warm_s,
+                               attack_step_s=per_attack_step, timing=timing, ours_run_s=ours_run_s,
+                               public_run_s=public_run_s,
+                               pool_seconds_per_evaluation=run["pool_seconds_per_evaluation"],
+                               peak_memory_gb=memory), args.json)
 
 
 def _mean(values):
@@ -498,12 +502,9 @@ def pool_seconds_per_evaluation(model: SDModel, precision: str, steps: int, traj
             LatentPool.build(model, runner, cond, uncond, index, num_inference_steps=steps,
                              generator=torch.Generator().manual_seed(0), keep_uncond=False)
 
-    build()
-    _sync(model.device)
-    before, start = runner.evaluations, time.perf_counter()
-    build()
-    _sync(model.device)
-    return (time.perf_counter() - start) / max(1, runner.evaluations - before)
+    before = runner.evaluations
+    seconds = _seconds(build, model.device)  # one untimed build, one timed
+    return seconds / max(1, (runner.evaluations - before) // 2)
 
 
 def _run_seconds(config: EraseConfig, warm_s, per_attack_step, pool_s):
