@@ -436,7 +436,16 @@ def _pooled(entries: list[dict]) -> dict:
     }
 
 
-def format_table(results: dict) -> str:
+def render(rows: list[list[str]], markdown: bool = False) -> str:
+    """Table rows (the first is the header) as aligned plain-text columns, or as a Markdown table (`--markdown`:
+    the README's tables are pasted from it, so they are printed from the kept run, not typed)."""
+    if not markdown:
+        return align_columns(rows)
+    lines = ["| " + " | ".join(str(c).strip() for c in row) + " |" for row in rows]
+    return "\n".join([lines[0], "|" + "---|" * len(rows[0]), *lines[1:]])
+
+
+def format_table(results: dict, markdown: bool = False) -> str:
     """Rows concept x encoder: pre-attack, each headline probe, each stress probe, retain; rate [95% CI] (s/n)."""
     first = next(iter(next(iter(results.values())).values()))
     probes, stress = list(first["post_attack"]), list(first["stress_attack"])
@@ -448,10 +457,10 @@ def format_table(results: dict) -> str:
                          *[format_rate(v["post_attack"][p]) for p in probes],
                          *[format_rate(v["stress_attack"][p]) for p in stress],
                          format_rate(v["utility"]["retain_accuracy"])])
-    return align_columns(rows)
+    return render(rows, markdown)
 
 
-def format_per_seed(results: dict) -> str:
+def format_per_seed(results: dict, markdown: bool = False) -> str:
     """Successes per training seed (in the order of `training_seeds`), then the mean rate over seeds with its 95%
     t interval (rates.between_seeds): pre-attack, each headline probe and retain."""
     rows = []
@@ -464,14 +473,14 @@ def format_per_seed(results: dict) -> str:
             rows.append([concept, name, *[" ".join(str(s["successes"]) for s in r["per_seed"]) for r in cells.values()],
                          " ".join(str(s["n"]) for s in v["pre_attack"]["per_seed"])])
             rows.append(["", "  between seeds", *[_seed_spread(r.get("between_seeds")) for r in cells.values()], ""])
-    return align_columns(rows)
+    return render(rows, markdown)
 
 
 def _seed_spread(spread: dict | None) -> str:
     return "-" if spread is None else f"{spread['mean']:.2f} [{spread['low']:.2f}, {spread['high']:.2f}]"
 
 
-def format_curves(results: dict) -> str:
+def format_curves(results: dict, markdown: bool = False) -> str:
     """Soft-prompt ASR by budget (x median token norm), pooled, one row per concept and encoder; each cell says
     its own successes/N (the budgets other than the headline and stress ones run on `curve_cases` only)."""
     rows = []
@@ -482,7 +491,7 @@ def format_curves(results: dict) -> str:
                 rows.append(["concept", "encoder", *["eps " + ("unb" if p["epsilon"] is None else f"{p['epsilon']:g}")
                                                     for p in curve]])
             rows.append([concept, name, *[format_rate(p, interval=False) for p in curve]])
-    return align_columns(rows)
+    return render(rows, markdown)
 
 
 def _apply_probe_option(demo: DemoSettings, spec: str) -> None:
@@ -574,6 +583,8 @@ def main(argv=None) -> None:
     parser.add_argument("--erase-option", action="append", default=[], metavar="KEY=VALUE",
                         help="change an erase setting on top of the demo preset, e.g. iterations=20 (a smoke run)")
     parser.add_argument("--out", default="out/efficacy")
+    parser.add_argument("--markdown", action="store_true",
+                        help="print the tables as Markdown (with --resume on a finished run: its tables again)")
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out: reuse its finished concepts and trained encoders (only "
                              "those made with exactly these settings; anything else is refused)")
@@ -639,11 +650,9 @@ def _run(args) -> None:
     efficacy = measure(model, settings, args.out, log=lambda msg: print(msg, flush=True), workers=workers,
                        resume=args.resume)
     print()
-    print(format_table(efficacy["results"]))
-    print()
-    print(format_per_seed(efficacy["results"]))
-    print()
-    print(format_curves(efficacy["results"]))
+    for table in (format_table, format_per_seed, format_curves):
+        print(table(efficacy["results"], args.markdown))
+        print()
     print(f"(curve budgets other than {DEFAULT_EPSILON:g} and unbounded: about {efficacy['curve_cases_per_cell']} of "
           f"{efficacy['cases_per_cell']} cases per cell)")
     print(f"\nAgainst the targets ({', '.join(f'{k} {v:g}' for k, v in TARGETS.items())}):")

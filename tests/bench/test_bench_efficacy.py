@@ -355,6 +355,26 @@ def _encoder(pre, post, retain, curve):
             "robustness_curve": [{"epsilon": e, **_rate(s)} for e, s in zip((0.0, 1.0, None), curve)]}
 
 
+def test_markdown_tables_carry_the_same_cells_as_the_text_tables():
+    bench = _bench()
+    rate = lambda s, n: {"rate": s / n, "successes": s, "n": n, "per_seed": [{"successes": s, "n": n, "rate": s / n}]}  # noqa: E731
+    entry = {"pre_attack": rate(2, 256), "post_attack": {"soft_prompt": rate(81, 256)},
+             "stress_attack": {"soft_prompt_unbounded": rate(110, 256)},
+             "utility": {"retain_accuracy": rate(223, 256)},
+             "robustness_curve": [{"epsilon": None, "probe": "soft_prompt_unbounded", **rate(110, 256)}]}
+    results = {"square": {"advunlearn": entry}}
+    lines = bench.format_table(results, markdown=True).splitlines()
+    assert lines[0] == ("| concept | encoder | pre-ASR | post soft_prompt | STRESS soft_prompt_unbounded | "
+                        "retain acc |")
+    assert lines[1] == "|---|---|---|---|---|---|"
+    assert lines[2] == ("| square | advunlearn | 0.01 [0.00, 0.03] (2/256) | 0.32 [0.26, 0.38] (81/256) | "
+                        "0.43 [0.37, 0.49] (110/256) | 0.87 [0.82, 0.91] (223/256) |")
+    text = bench.format_table(results)
+    assert "0.32 [0.26, 0.38] (81/256)" in text and "|" not in text
+    assert bench.format_curves(results, markdown=True).splitlines()[2] == "| square | advunlearn | 0.43 (110/256) |"
+    assert "| square | advunlearn | 2 | 81 | 223 | 256 |" in bench.format_per_seed(results, markdown=True)
+
+
 def test_targets_are_judged_from_the_pooled_figures():
     sys.path.insert(0, str(BENCH.parent))
     from efficacy_targets import format_verdicts, verdicts
