@@ -22,7 +22,8 @@ METHODS = ("esd", "advunlearn")
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo run. The defaults fit the 5-minute budget on a 2-core CPU."""
+    """Sizes of the demo run. With the defaults the demo took 415 s on an idle 2-core CPU, over its 5-minute
+    target: training is 88% of it (README, "Where the demo's time goes")."""
 
     concept_prompts: int = 8
     retain_prompts: int = 8
