@@ -26,7 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from erasure_core.errors import ErasureError  # noqa: E402
-from erasure_core.files import atomic_write_json  # noqa: E402
+from erasure_core.files import atomic_write_json, prepare_output  # noqa: E402
 from erasure_core.latents import UNetRunner  # noqa: E402
 from erasure_core.layouts import sd1_text_config  # noqa: E402
 from erasure_core.models import SDModel, build_tiny_model, load_clip_tokenizer, make_scheduler  # noqa: E402
@@ -350,6 +350,8 @@ def main(argv=None):
 
 
 def _measure_and_report(args):
+    if args.json:
+        prepare_output(args.json)  # a bad --json is reported now, not after minutes of measuring
     torch.set_num_threads(max(1, args.threads or torch.get_num_threads()))
     device = torch.device(args.device)
     if args.sd15_shaped:

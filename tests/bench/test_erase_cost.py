@@ -51,3 +51,13 @@ def test_the_caption_terms_are_counted():
     demo = EraseConfig(**{**FAST, "retain_prompts": PROMPTS, **CONFIGS["demo-like"]})
     assert bench.our_counts(demo)["per_run"] > bench.our_counts(base)["per_run"]
     assert bench.our_counts(demo)["with_backward_per_run"] > bench.our_counts(base)["with_backward_per_run"]
+
+
+def test_a_bad_json_path_is_refused_before_any_measuring(tmp_path, capsys, monkeypatch):
+    bench = _bench()
+    monkeypatch.setattr(bench, "build_tiny_model", lambda *a, **k: pytest.fail("measured before checking --json"))
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--json", str(tmp_path)])  # a folder, not a file
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert "it is a folder" in err and str(tmp_path) in err
