@@ -45,8 +45,8 @@ seed on its own third of them (the default, `split_cases`) cuts the projection t
 AdvUnlearn 1.44x): measured with it, circle and red took 2,654 and 2,581 CPU-s each (3 seeds, split), so 8
 concepts about 21,000 CPU-s, ~2.9 h with 2 idle workers. Those figures are from the machine of the last complete
 run; on the CI-class machine of session 12 the same work took about 1.9x the CPU (circle and square 4,328 and
-4,245 CPU-s each), about 5 h for the 8 concepts (README, Benchmarks, "Cost"). Measured end to end at the current preset (sessions
-15-16, kept in bench/results/full): about 23,600 CPU-s, 3.0-3.9 h with 2 workers.
+4,245 CPU-s each), about 5 h for the 8 concepts (README, Benchmarks, "Cost"). Measured end to end at the
+current preset (sessions 15-16, kept in bench/results/full): about 23,600 CPU-s, 3.0-3.9 h with 2 workers.
 
 Sample sizes: a cell's 95% interval is about +-6 points near 0.5 at N = 256 and [0, 0.015] at 0/256 (each
 training seed's own figure rests on about 85 cases: +-10 points); with --no-split-cases (N = 768) about +-3.5. Targets (issue 10) for AdvUnlearn: pre-attack ASR <= 0.02,
