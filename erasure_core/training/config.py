@@ -52,6 +52,13 @@ class EraseConfig:
       so points where the student already drifts are drawn more often. No extra UNet evaluation: the losses are
       the retain term's own. Needs the latent pools (`reuse_latents`). Off in every preset: at 0.5 on square
       (3 seeds) retain rose from 685 to 723/768 but the soft prompt's ASR from 37 to 82/256.
+    - project_conflicts: where the gradient of the terms that remove the concept points against that of the
+      terms that keep the rest (retain, the "" anchor), its component along the keeping gradient is removed
+      before the step (training/projection.py, one-sided PCGrad); the history logs their cosine each step.
+      Costs a second UNet call a step (the two groups are back-propagated apart; about +5% CPU on the demo).
+      Off in every preset until the full benchmark has run with it: on square (3 training seeds) the soft prompt's
+      ASR fell from 81 to 41/256 and retain rose from 223 to 240/256; red, circle and star did not move beyond
+      noise (bench/demo_preset_tuning.md, session 17).
     - retain_max_alignment: retain prompts whose ORIGINAL prediction carries the concept (see training/retain.py)
       more than this are left out of the retain set; None keeps every prompt that does not name a concept.
     - caption_weight: the retain list's prompts that name a concept (left out of the retain set) are unlearned
@@ -99,6 +106,7 @@ class EraseConfig:
     retain_early_weight: float = 0.0
     retain_priority: float = 0.0
     retain_early_steps: float = 0.25
+    project_conflicts: bool = False
     negative_guidance: float = 1.0
     caption_weight: float = 0.0
     contrast_words: list[str] | None = None

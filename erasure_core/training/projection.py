@@ -1,0 +1,62 @@
+"""Conflict projection (`project_conflicts`): the unlearning step gives up what it would take from the retain terms.
+
+A training step's gradient is the sum of two groups: the terms that remove the concept (the attacked, plain and
+caption prompts, the concept-vector term) and the terms that keep everything else (the retain terms, the ""
+anchor, the retain encodings). Where the two point against each other (a negative dot product), the removing
+group's gradient loses its component along the keeping group's, as in PCGrad (Yu et al., "Gradient Surgery for
+Multi-Task Learning", 2020), one-sided: the keeping group is never projected. The summed gradient then never
+points against the keeping gradient (for plain gradient descent: to first order the step cannot raise the keeping
+terms' loss on its own points; Adam rescales each coordinate, so there it is a bias, not a guarantee). Without a
+conflict nothing changes.
+
+Why: every change that raised retain accuracy before moved along the trade-off (retain up, a probe's ASR up;
+bench/demo_preset_tuning.md). The retain failures are siblings and styles lost to the same update that removes
+the concept (square's encoders: "outline" drawn as "striped" or "filled"; star's: triangles drawn as squares), the
+conflict this removes at its source. Cost: the two groups are back-propagated separately, one more UNet call a
+step (on the demo preset's 28 rows a step, two calls instead of one).
+
+The gradients are projected as one vector over every trained parameter, before the optimiser sees them (Adam
+then scales each coordinate as usual).
+"""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import torch
+
+# the terms that keep what is not the concept; every other term removes the concept
+KEEPING_TERMS = frozenset({"retain", "retain_early", "anchor", "embedding_retain"})
+
+
+def split_terms(terms: Sequence) -> tuple[list, list]:
+    """(removing, keeping) terms by name."""
+    return [t for t in terms if t.name not in KEEPING_TERMS], [t for t in terms if t.name in KEEPING_TERMS]
+
+
+def take_gradients(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+    """The parameters' gradients (zeros where none), detached from them; the parameters' .grad are cleared."""
+    grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+    for p in params:
+        p.grad = None
+    return grads
+
+
+def project_and_add(params: Sequence[torch.Tensor], removing: Sequence[torch.Tensor]) -> float:
+    """Sets each p.grad (holding the keeping gradient) to keeping + removing', where removing' is `removing`
+    without its component along the keeping gradient if the two conflict. Returns their cosine (0 if either is
+    zero), measured before the projection."""
+    keeping = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
+    g_keep = torch.cat([g.flatten().float() for g in keeping])
+    g_remove = torch.cat([g.flatten().float() for g in removing])
+    dot, keep_sq = float(g_remove @ g_keep), float(g_keep @ g_keep)
+    norms = keep_sq ** 0.5 * float(g_remove.norm())
+    cosine = dot / norms if norms > 0 else 0.0
+    if dot < 0 and keep_sq > 0:
+        g_remove = g_remove - (dot / keep_sq) * g_keep
+    offset = 0
+    for p, g in zip(params, keeping):
+        n = g.numel()
+        p.grad = g + g_remove[offset : offset + n].view_as(g).to(g.dtype)
+        offset += n
+    return cosine
