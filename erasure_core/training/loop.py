@@ -53,7 +53,7 @@ from .config import EraseConfig, check, select_trainable_parameters
 from .diagnostics import Diagnostics
 from .points import TrainingPoints, join_samples
 from .precision import gradient_checkpointing, resolve_precision
-from .projection import project_and_add, split_terms, take_gradients
+from .projection import backward_projected
 from .retain import cached_alignment, filter_retain_prompts, select_by_alignment
 from .terms import EncoderTerm, UNetTerm, backward_terms, history_losses
 
@@ -315,32 +315,17 @@ class _Trainer:
         for name, weight, sample in retain:
             unet_terms.append(self._term(name, weight, sample, sample.eps_cond, self.retain_ids[sample.prompt_index]))
         row_losses = {}
-        losses, cosine = self._backward(step, unet_terms, encoder_terms, row_losses)
+        run = lambda unet, encoder: backward_terms(  # noqa: E731
+            self.runner, unet, encoder, max_batch=config.max_unet_batch, scale=self.scaler.scale,
+            autocast=self._autocast, row_losses=row_losses, check_finite=lambda n, x: self._check_finite(step, n, x))
+        losses, cosine = backward_projected(run, unet_terms, encoder_terms, [p for _, p in self.named_params],
+                                            config.project_conflicts)
         if retain:
             self.points.observe_retain(retain[0][2], row_losses["retain"])
         self.scaler.step(self.optimizer)
         self.scaler.update()
         logs = self._step_logs(step, concept, adversarial, points, losses)
-        if cosine is not None:
-            logs["conflict_cosine"] = cosine
-        return logs
-
-    def _backward(self, step: int, unet_terms, encoder_terms, row_losses: dict) -> tuple[dict, float | None]:
-        """Back-propagates the step's terms: together, or with `project_conflicts` as two groups whose conflict
-        is projected out of the removing group (projection.py). Returns the losses and the groups' cosine."""
-        def run(unet, encoder):
-            return backward_terms(self.runner, unet, encoder, max_batch=self.config.max_unet_batch,
-                                  scale=self.scaler.scale, autocast=self._autocast, row_losses=row_losses,
-                                  check_finite=lambda name, loss: self._check_finite(step, name, loss))
-
-        (remove_unet, keep_unet), (remove_enc, keep_enc) = split_terms(unet_terms), split_terms(encoder_terms)
-        if not self.config.project_conflicts or not (keep_unet or keep_enc) or not (remove_unet or remove_enc):
-            return run(unet_terms, encoder_terms), None
-        params = [p for _, p in self.named_params]
-        losses = run(remove_unet, remove_enc)
-        removing = take_gradients(params)
-        losses.update(run(keep_unet, keep_enc))
-        return losses, project_and_add(params, removing)
+        return logs if cosine is None else {**logs, "conflict_cosine": cosine}
 
     def _term(self, name: str, weight: float, points, target, prompt, adv_embeds=None) -> UNetTerm:
         """A prediction-space term on `points`; its encoding, the student's of `prompt` (slotted or ids)."""

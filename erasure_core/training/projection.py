@@ -21,7 +21,7 @@ then scales each coordinate as usual).
 
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Callable, Sequence
 
 import torch
 
@@ -60,3 +60,17 @@ def project_and_add(params: Sequence[torch.Tensor], removing: Sequence[torch.Ten
         p.grad = g + g_remove[offset : offset + n].view_as(g).to(g.dtype)
         offset += n
     return cosine
+
+
+def backward_projected(run: Callable[[list, list], dict], unet_terms: list, encoder_terms: list,
+                       params: Sequence[torch.Tensor], enabled: bool) -> tuple[dict, float | None]:
+    """Back-propagates a step's terms with `run(unet_terms, encoder_terms) -> losses` (terms.backward_terms): all
+    at once when `enabled` is off or a group is empty (cosine None), else the removing group, its gradient taken
+    away, then the keeping group, and the projected sum left in the parameters' .grad (cosine returned)."""
+    (remove_unet, keep_unet), (remove_enc, keep_enc) = split_terms(unet_terms), split_terms(encoder_terms)
+    if not enabled or not (keep_unet or keep_enc) or not (remove_unet or remove_enc):
+        return run(unet_terms, encoder_terms), None
+    losses = run(remove_unet, remove_enc)
+    removing = take_gradients(params)
+    losses.update(run(keep_unet, keep_enc))
+    return losses, project_and_add(params, removing)
