@@ -30,6 +30,7 @@ with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import functools
 import random
 import time
 from contextlib import nullcontext
@@ -315,9 +316,9 @@ class _Trainer:
         for name, weight, sample in retain:
             unet_terms.append(self._term(name, weight, sample, sample.eps_cond, self.retain_ids[sample.prompt_index]))
         row_losses = {}
-        run = lambda unet, encoder: backward_terms(  # noqa: E731
-            self.runner, unet, encoder, max_batch=config.max_unet_batch, scale=self.scaler.scale,
-            autocast=self._autocast, row_losses=row_losses, check_finite=lambda n, x: self._check_finite(step, n, x))
+        run = functools.partial(backward_terms, self.runner, max_batch=config.max_unet_batch, scale=self.scaler.scale,
+                                autocast=self._autocast, row_losses=row_losses,
+                                check_finite=lambda name, loss: self._check_finite(step, name, loss))
         losses, cosine = backward_projected(run, unet_terms, encoder_terms, [p for _, p in self.named_params],
                                             config.project_conflicts)
         if retain:

@@ -24,6 +24,7 @@ from __future__ import annotations
 from typing import Callable, Sequence
 
 import torch
+from torch.nn.utils import parameters_to_vector
 
 # the terms that keep what is not the concept; every other term removes the concept
 KEEPING_TERMS = frozenset({"retain", "retain_early", "anchor", "embedding_retain"})
@@ -34,9 +35,13 @@ def split_terms(terms: Sequence) -> tuple[list, list]:
     return [t for t in terms if t.name not in KEEPING_TERMS], [t for t in terms if t.name in KEEPING_TERMS]
 
 
+def _grad_or_zeros(p: torch.Tensor) -> torch.Tensor:
+    return torch.zeros_like(p) if p.grad is None else p.grad
+
+
 def take_gradients(params: Sequence[torch.Tensor]) -> list[torch.Tensor]:
     """The parameters' gradients (zeros where none), detached from them; the parameters' .grad are cleared."""
-    grads = [torch.zeros_like(p) if p.grad is None else p.grad.detach().clone() for p in params]
+    grads = [_grad_or_zeros(p).detach().clone() for p in params]
     for p in params:
         p.grad = None
     return grads
@@ -46,19 +51,15 @@ def project_and_add(params: Sequence[torch.Tensor], removing: Sequence[torch.Ten
     """Sets each p.grad (holding the keeping gradient) to keeping + removing', where removing' is `removing`
     without its component along the keeping gradient if the two conflict. Returns their cosine (0 if either is
     zero), measured before the projection."""
-    keeping = [torch.zeros_like(p) if p.grad is None else p.grad for p in params]
-    g_keep = torch.cat([g.flatten().float() for g in keeping])
-    g_remove = torch.cat([g.flatten().float() for g in removing])
+    keeping = [_grad_or_zeros(p) for p in params]
+    g_keep, g_remove = parameters_to_vector(keeping).float(), parameters_to_vector(removing).float()
     dot, keep_sq = float(g_remove @ g_keep), float(g_keep @ g_keep)
     norms = keep_sq ** 0.5 * float(g_remove.norm())
     cosine = dot / norms if norms > 0 else 0.0
     if dot < 0 and keep_sq > 0:
         g_remove = g_remove - (dot / keep_sq) * g_keep
-    offset = 0
-    for p, g in zip(params, keeping):
-        n = g.numel()
-        p.grad = g + g_remove[offset : offset + n].view_as(g).to(g.dtype)
-        offset += n
+    for p, g, r in zip(params, keeping, g_remove.split([g.numel() for g in keeping])):
+        p.grad = g + r.view_as(g).to(g.dtype)
     return cosine
 
 
