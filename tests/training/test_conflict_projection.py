@@ -6,6 +6,7 @@ from contextlib import nullcontext
 import pytest
 import torch
 
+from erasure_core.errors import ErasureError
 from erasure_core.models import build_tiny_model
 from erasure_core.training import EraseConfig, erase
 from erasure_core.training.projection import backward_projected, project_and_add, split_terms, take_gradients
@@ -96,3 +97,9 @@ def test_without_keeping_terms_it_changes_nothing():
     a, b = off.text_encoder.state_dict(), on.text_encoder.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert "conflict_cosine" not in on.history[-1]
+
+
+@pytest.mark.parametrize("value", ["yes", "no", 1, None])
+def test_the_switch_must_be_a_bool(value):
+    with pytest.raises(ErasureError, match=f"project_conflicts is on or off: give True or False, got {value!r}"):
+        EraseConfig(project_conflicts=value).validate()
