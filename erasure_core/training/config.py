@@ -59,6 +59,12 @@ class EraseConfig:
       Off in every preset until the full benchmark has run with it: on square (3 training seeds) the soft prompt's
       ASR fell from 81 to 41/256 and retain rose from 223 to 240/256; red, circle and star did not move beyond
       noise (bench/demo_preset_tuning.md, session 17).
+    - project_updates: after the optimiser's step, where the update would raise the keeping terms' loss to first
+      order (a positive dot product with their gradient), it loses its component along that gradient
+      (projection.py; Adam's per-coordinate scaling and momentum left 24 of 80 updates raising it on square with
+      project_conflicts alone). The history logs the update's cosine with the keeping gradient each step. Costs a
+      copy of the trained weights and the same second UNet call as project_conflicts (none if both are on). Off
+      in every preset: not yet measured on the benchmark.
     - retain_max_alignment: retain prompts whose ORIGINAL prediction carries the concept (see training/retain.py)
       more than this are left out of the retain set; None keeps every prompt that does not name a concept.
     - caption_weight: the retain list's prompts that name a concept (left out of the retain set) are unlearned
@@ -107,6 +113,7 @@ class EraseConfig:
     retain_priority: float = 0.0
     retain_early_steps: float = 0.25
     project_conflicts: bool = False
+    project_updates: bool = False
     negative_guidance: float = 1.0
     caption_weight: float = 0.0
     contrast_words: list[str] | None = None
@@ -174,7 +181,7 @@ class EraseConfig:
                      "attack_batch", "concept_batch"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
-        for name in ("project_conflicts", "plain_contrast", "attack_captions", "train_final_layer_norm",
+        for name in ("project_conflicts", "project_updates", "plain_contrast", "attack_captions", "train_final_layer_norm",
                      "reuse_latents", "gradient_checkpointing"):  # "no" or "0" as text must not read as on
             check(isinstance(getattr(self, name), bool),
                   f"{name} is on or off: give True or False, got {getattr(self, name)!r}")

@@ -11,7 +11,8 @@ Per iteration (see shared notes, advunlearn-method.md):
    with `plain_weight`, for the plain prompt too) must match ESD's negative-guidance target; anchor loss: its
    encoding of "" must stay the original's; retain loss: on unrelated prompts it must match the original;
 4. one Adam step on the selected encoder parameters (with `project_conflicts`, the removing terms' gradient first
-   loses its component against the keeping terms', projection.py).
+   loses its component against the keeping terms'; with `project_updates`, the step's update after it;
+   projection.py).
 
 Cost choices (the public code's waste, not repeated): ONE frozen UNet serves as teacher and as the network
 gradients pass through (requires_grad False: no UNet gradients are computed or stored); the original encoder's
@@ -54,7 +55,7 @@ from .config import EraseConfig, check, select_trainable_parameters
 from .diagnostics import Diagnostics
 from .points import TrainingPoints, join_samples
 from .precision import gradient_checkpointing, resolve_precision
-from .projection import backward_projected
+from .projection import Projection
 from .retain import cached_alignment, filter_retain_prompts, select_by_alignment
 from .terms import EncoderTerm, UNetTerm, backward_terms, history_losses
 
@@ -148,6 +149,8 @@ class _Trainer:
         for _, param in self.named_params:
             param.requires_grad_(True)
         self.optimizer = torch.optim.Adam([p for _, p in self.named_params], lr=config.lr)
+        self.projection = Projection([p for _, p in self.named_params], config.project_conflicts,
+                                     config.project_updates)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.precision == "fp16")
 
     @torch.no_grad()
@@ -319,14 +322,12 @@ class _Trainer:
         run = functools.partial(backward_terms, self.runner, max_batch=config.max_unet_batch, scale=self.scaler.scale,
                                 autocast=self._autocast, row_losses=row_losses,
                                 check_finite=lambda name, loss: self._check_finite(step, name, loss))
-        losses, cosine = backward_projected(run, unet_terms, encoder_terms, [p for _, p in self.named_params],
-                                            config.project_conflicts)
+        losses, projected = self.projection.backward(run, unet_terms, encoder_terms)
         if retain:
             self.points.observe_retain(retain[0][2], row_losses["retain"])
-        self.scaler.step(self.optimizer)
+        projected.update(self.projection.step(functools.partial(self.scaler.step, self.optimizer)))
         self.scaler.update()
-        logs = self._step_logs(step, concept, adversarial, points, losses)
-        return logs if cosine is None else {**logs, "conflict_cosine": cosine}
+        return {**self._step_logs(step, concept, adversarial, points, losses), **projected}
 
     def _term(self, name: str, weight: float, points, target, prompt, adv_embeds=None) -> UNetTerm:
         """A prediction-space term on `points`; its encoding, the student's of `prompt` (slotted or ids)."""
