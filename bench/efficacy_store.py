@@ -23,8 +23,9 @@ current ones exactly (a concept's settings include the judge's description, whic
 anything else is refused with the differences named, never silently recomputed or mixed. One rule makes that
 survive new code: an erase option added since a file was saved, and at its default now, reads as its default in
 the file (every new option defaults to the behaviour before it, so the saved run is what that default does);
-any other difference, a changed default included, is still refused. Without `--resume` an
-OUT that already holds work is refused: nothing is overwritten by accident.
+any other difference, a changed default included, is still refused. The erase configs are compared as they take
+effect, not as they were spelled: an `--erase-option` at the preset's value is the run without it. Without
+`--resume` an OUT that already holds work is refused: nothing is overwritten by accident.
 """
 
 from __future__ import annotations
@@ -50,19 +51,19 @@ def fingerprint(record: dict) -> str:
     return hashlib.sha256(json.dumps(canonical(record), sort_keys=True).encode()).hexdigest()
 
 
-def differences(saved, current, path: str = "") -> list[str]:
-    """Where two settings records differ, one line per leaf: 'prompts: 16 in OUT, 32 now'."""
+def differences(saved, current, path: str = "", labels: tuple[str, str] = ("in OUT", "now")) -> list[str]:
+    """Where two settings records differ, one line per leaf: 'prompts: 16 in OUT, 32 now' (`labels` name the two)."""
     if isinstance(saved, dict) and isinstance(current, dict):
         lines = []
         for key in sorted(set(saved) | set(current)):
             where = f"{path}.{key}" if path else str(key)
             if key not in saved or key not in current:
-                lines.append(f"{where}: {'missing' if key not in saved else saved[key]!r} in OUT, "
-                             f"{'missing' if key not in current else current[key]!r} now")
+                lines.append(f"{where}: {'missing' if key not in saved else saved[key]!r} {labels[0]}, "
+                             f"{'missing' if key not in current else current[key]!r} {labels[1]}")
             else:
-                lines += differences(saved[key], current[key], where)
+                lines += differences(saved[key], current[key], where, labels)
         return lines
-    return [] if saved == current else [f"{path or 'settings'}: {saved!r} in OUT, {current!r} now"]
+    return [] if saved == current else [f"{path or 'settings'}: {saved!r} {labels[0]}, {current!r} {labels[1]}"]
 
 
 def with_new_options(saved_config: dict) -> dict:
@@ -88,8 +89,20 @@ def _check_saved(path: Path, saved: dict, record: dict, what: str) -> None:
     _refuse_mismatch(str(path), _as_current(saved.get("settings", {})), _as_current(record))
 
 
+def _without_erase_options(record: dict) -> dict:
+    """A record less the erase options as given (`--erase-option`): the effective erase configs are what count,
+    and they are compared where they are kept (each concept's and part's `erase_configs`, each encoder's metadata).
+    So an option given at the preset's value is the run made without it, e.g. `project_conflicts=false` resumes the
+    full run of sessions 15-16, made before the preset turned it on."""
+    settings = record.get("settings")
+    if not isinstance(settings, dict) or not isinstance(settings.get("demo"), dict):
+        return record
+    demo = {k: v for k, v in settings["demo"].items() if k != "erase"}
+    return {**record, "settings": {**settings, "demo": demo}}
+
+
 def _refuse_mismatch(what: str, saved: dict, current: dict) -> None:
-    lines = differences(canonical(saved), canonical(current))
+    lines = differences(canonical(_without_erase_options(saved)), canonical(_without_erase_options(current)))
     if lines:
         shown = "; ".join(lines[:8]) + (f"; and {len(lines) - 8} more" if len(lines) > 8 else "")
         raise ErasureError(f"{what} was made with other settings ({shown}): resume with the settings it was made "

@@ -401,3 +401,24 @@ def test_targets_are_judged_from_the_pooled_figures():
     # without ESD or the original, the targets that need them are left out rather than guessed
     alone = verdicts({"x": {"advunlearn": results["held"]["advunlearn"]}}, targets)
     assert set(alone["x"]) == {"pre_attack", "post_attack"}
+
+
+def test_an_erase_option_at_the_presets_value_resumes_the_run_made_without_it(tiny_model, tmp_path):
+    """Erase configs are compared as they take effect: a run resumed with an option spelled out at the preset's
+    value reuses everything; a value that changes the config is refused at the concept, naming the option."""
+    from erasure_core.errors import ErasureError
+
+    bench = _bench()
+    def tiny(**erase):  # AdvUnlearn alone: an --erase-option applies to ESD too, whose baseline has it off
+        settings = _tiny_settings(bench, training_seeds=(0,))
+        settings.methods = ("advunlearn",)
+        settings.demo.erase.update(erase)
+        return settings
+
+    run = dict(judge_for=red_judge, retain_check_for=half_right_check, log=lambda msg: None)
+    first = bench.measure(tiny_model, tiny(), tmp_path, **run)
+    again = bench.measure(tiny_model, tiny(project_conflicts=True), tmp_path, resume=True, **run)  # the preset's value
+    assert again["resumed_concepts"] == ["circle"] and _json(again["results"]) == _json(first["results"])
+    other = tiny(project_conflicts=False)
+    with pytest.raises(ErasureError, match=r"advunlearn_s0\.project_conflicts: True in OUT, False now"):
+        bench.measure(tiny_model, other, tmp_path, resume=True, **run)
