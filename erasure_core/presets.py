@@ -68,12 +68,18 @@ PRESETS: dict[str, dict] = {
     #   a seed: retain 685 -> 722/768, pre-attack 10 -> 0/768, concept vector 56 -> 2/768, soft prompt 37 -> 37/256
     #   (seeds on thirds). Star, the same: retain 680 -> 715/768 (0.885 -> 0.931), pre-attack 0 -> 0/768, concept
     #   vector 1 -> 2/768, soft prompt 0 -> 0/256. The first change that raised retain without raising any probe.
+    # - project_conflicts (training/projection.py, sessions 17-18): all 8 concepts, 3 training seeds each, the full
+    #   benchmark's cases, against its encoders (same seeds, one thread each): square's soft prompt 81 -> 41/256
+    #   (lower on every seed), retain 223 -> 240/256; star's retain 240 -> 247; green worse (concept vector 7 ->
+    #   20/256, pre-attack 0 -> 4/256, retain 238 -> 225); retain over the 8: 1913 -> 1917/2048; the concepts that
+    #   meet every AdvUnlearn target 2 -> 3 (triangle, blue; + star). About +5% CPU.
     "demo": dict(
         lr=1e-3, iterations=400, attack_every=2, warmup_iterations=20, attack_steps=10, attack_k=3, attack_lr=1e-2,
         attack_insertion="prefix", attack_batch=2, concept_batch=4, plain_weight=1.0,
         retain_weight=10.0, retain_batch=16, retain_set="shapes_world", caption_weight=1.0, attack_captions=True,
         negative_guidance=2.0, num_ddim_steps=20, guidance=5.0, concept_pool_size=16, retain_pool_size=64,
         max_unet_batch=32,  # a small UNet on a CPU: one call on 20 latents with backward took 0.17 s, 4 calls 0.24 s
+        project_conflicts=True,
     ),
 }
 

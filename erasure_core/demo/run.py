@@ -57,7 +57,7 @@ class DemoSettings:
 # The baseline as published (ESD-TE: the bare word against "", nothing anchored): the options the demo preset adds
 # for AdvUnlearn are switched off, so the comparison is with the method the paper compares with.
 ESD_BASELINE = dict(anchor_weight=0.0, caption_weight=0.0, vector_weight=0.0, plain_contrast=False,
-                    attack_captions=False)
+                    attack_captions=False, project_conflicts=False)
 
 
 def demo_erase_config(method: str, seed: int, settings: DemoSettings, concept: str | None = None):

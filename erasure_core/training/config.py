@@ -56,9 +56,8 @@ class EraseConfig:
       terms that keep the rest (retain, the "" anchor), its component along the keeping gradient is removed
       before the step (training/projection.py, one-sided PCGrad); the history logs their cosine each step.
       Costs a second UNet call a step (the two groups are back-propagated apart; about +5% CPU on the demo).
-      Off in every preset until the full benchmark has run with it: on square (3 training seeds) the soft prompt's
-      ASR fell from 81 to 41/256 and retain rose from 223 to 240/256; red, circle and star did not move beyond
-      noise (bench/demo_preset_tuning.md, session 17).
+      On in the `demo` preset (its figures in presets.py: over the 8 concepts square's soft prompt 81 -> 41/256,
+      green worse, retain unchanged); off in the paper presets (not measured on SD1.x).
     - project_updates: after the optimiser's step, where the update would raise the keeping terms' loss to first
       order (a positive dot product with their gradient), it loses its component along that gradient
       (projection.py; Adam's per-coordinate scaling and momentum left 24 of 80 updates raising it on square with

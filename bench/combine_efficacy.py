@@ -1,0 +1,98 @@
+"""One method's encoders from tuning runs beside a full run's other encoders, on the same cases: the tables and
+the verdicts against the targets, as `demo_efficacy.py` prints them.
+
+    python bench/combine_efficacy.py --base bench/results/full --method advunlearn RUN [RUN ...] [--markdown]
+        [--out combined.json]
+
+Why: a tuning run (`demo_efficacy.py --methods advunlearn --erase-option ...`) trains and attacks one method, about a
+quarter cheaper than a full run, and the other encoders (the original, ESD) would come out the same: evaluation is
+deterministic at a fixed number of workers (the original model's figures of session 17's tuning runs equal the full
+run's, case for case). So when a tuning run's setting becomes the preset, its encoders beside the full run's others
+are the benchmark at the new preset without evaluating ESD again (about 2 h here). The runs must share the cases: the
+same benchmark settings but for the erase options, the methods, the concepts and the curve's budgets, and the same
+figures for the original model; anything else is refused, naming what differs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from efficacy_store import differences  # noqa: E402
+from efficacy_targets import ORIGINAL, format_verdicts, verdicts  # noqa: E402
+
+from erasure_core.errors import ErasureError  # noqa: E402
+from erasure_core.files import atomic_write_json  # noqa: E402
+
+# what a tuning run may change without changing the cases
+FREE = {"concepts", "methods", "curve_cases"}
+FREE_DEMO = {"erase", "curve_epsilons"}
+CASES = ("training_seeds", "generation_seeds", "split_cases", "cases_per_cell")
+
+
+def shared_settings(efficacy: dict) -> dict:
+    """The settings that decide the cases and the probes: efficacy.json's, less what a tuning run may change."""
+    settings = {k: v for k, v in efficacy["settings"].items() if k not in FREE}
+    settings["demo"] = {k: v for k, v in settings["demo"].items() if k not in FREE_DEMO}
+    return {**settings, **{k: efficacy[k] for k in CASES}}
+
+
+def same_figures(a: dict, b: dict) -> bool:
+    """Equal figures, the robustness curve compared at the budgets both have (a tuning run may draw fewer)."""
+    strip = lambda v: {k: x for k, x in v.items() if k != "robustness_curve"}  # noqa: E731
+    curve_b = {json.dumps(p["epsilon"]): p for p in b.get("robustness_curve", [])}
+    shared = [p for p in a.get("robustness_curve", []) if json.dumps(p["epsilon"]) in curve_b]
+    return strip(a) == strip(b) and all(p == curve_b[json.dumps(p["epsilon"])] for p in shared)
+
+
+def combine(base: dict, runs: dict[str, dict], method: str) -> tuple[dict, dict]:
+    """(results, sources): the base run's results with `method` replaced, per concept, by the run that measured it
+    (a later run wins). Refuses runs whose cases differ from the base's."""
+    results = {c: dict(by_encoder) for c, by_encoder in base["results"].items()}
+    sources = {c: {name: "base" for name in by_encoder} for c, by_encoder in base["results"].items()}
+    for path, run in runs.items():
+        lines = differences(shared_settings(base), shared_settings(run), labels=("in the base run", f"in {path}"))
+        if lines:
+            raise ErasureError(f"{path} was measured on other cases than the base run:\n  " + "\n  ".join(lines))
+        for concept, by_encoder in run["results"].items():
+            if concept not in results or method not in by_encoder:
+                raise ErasureError(f"{path} has no {method} for {concept!r} or the base run has no {concept!r}")
+            if not same_figures(by_encoder[ORIGINAL], results[concept][ORIGINAL]):
+                raise ErasureError(f"{path}: the original model's figures for {concept!r} differ from the base run's "
+                                   "(other cases, or another evaluation code); they cannot be combined")
+            results[concept][method], sources[concept][method] = by_encoder[method], path
+    return results, sources
+
+
+def main(argv=None) -> None:
+    from demo_efficacy import format_per_seed, format_table
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--base", required=True, help="a full run's directory (its efficacy.json)")
+    parser.add_argument("--method", default="advunlearn", help="the encoders the runs replace")
+    parser.add_argument("runs", nargs="+", help="tuning runs' directories, each with its efficacy.json")
+    parser.add_argument("--markdown", action="store_true")
+    parser.add_argument("--out", help="write the combined results, sources and verdicts here (JSON)")
+    args = parser.parse_args(argv)
+    read = lambda d: json.loads((Path(d) / "efficacy.json").read_text())  # noqa: E731
+    base = read(args.base)
+    try:
+        results, sources = combine(base, {d: read(d) for d in args.runs}, args.method)
+    except ErasureError as exc:
+        raise SystemExit(f"error: {exc}")
+    checks = verdicts(results, base["targets"])
+    for table in (format_table, format_per_seed):
+        print(table(results, args.markdown), end="\n\n")
+    print(format_verdicts(checks))
+    if args.out:
+        atomic_write_json({"results": results, "sources": sources, "verdicts": checks, "targets": base["targets"]},
+                          args.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""bench/combine_efficacy.py on the kept runs: a tuning run's encoders replace the full run's, and runs measured on
+other cases are refused."""
+
+import copy
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from erasure_core.errors import ErasureError
+
+ROOT = Path(__file__).resolve().parents[2]
+FULL, ARM = ROOT / "bench/results/full", ROOT / "bench/results/projection/square_red"
+
+
+def _combine_module():
+    sys.path.insert(0, str(ROOT / "bench"))
+    spec = importlib.util.spec_from_file_location("combine_efficacy", ROOT / "bench/combine_efficacy.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _read(run: Path) -> dict:
+    return json.loads((run / "efficacy.json").read_text())
+
+
+def test_the_tuning_run_replaces_only_its_method_and_concepts():
+    combine = _combine_module()
+    base, arm = _read(FULL), _read(ARM)
+    results, sources = combine.combine(base, {"arm": arm}, "advunlearn")
+    assert results["square"]["advunlearn"] == arm["results"]["square"]["advunlearn"]
+    assert results["square"]["esd"] == base["results"]["square"]["esd"]
+    assert results["circle"]["advunlearn"] == base["results"]["circle"]["advunlearn"]  # not in the arm
+    assert sources["square"] == {"original": "base", "esd": "base", "advunlearn": "arm"}
+    assert sources["circle"]["advunlearn"] == "base"
+    # the arm drew a coarser curve: the original's figures still agree at the budgets both have
+    assert len(arm["results"]["square"]["original"]["robustness_curve"]) < \
+        len(base["results"]["square"]["original"]["robustness_curve"])
+
+
+def test_a_run_on_other_cases_is_refused_naming_the_difference():
+    combine = _combine_module()
+    base, arm = _read(FULL), _read(ARM)
+    other = copy.deepcopy(arm)
+    other["settings"]["prompts"] = 32
+    with pytest.raises(ErasureError, match="prompts: 64 in the base run, 32 in arm"):
+        combine.combine(base, {"arm": other}, "advunlearn")
+    other = copy.deepcopy(arm)
+    other["generation_seeds"] = [0, 1]
+    with pytest.raises(ErasureError, match="generation_seeds"):
+        combine.combine(base, {"arm": other}, "advunlearn")
+
+
+def test_an_original_that_disagrees_is_refused():
+    combine = _combine_module()
+    base, arm = _read(FULL), _read(ARM)
+    arm["results"]["red"]["original"]["pre_attack"]["successes"] -= 1
+    with pytest.raises(ErasureError, match="original model's figures for 'red' differ"):
+        combine.combine(base, {"arm": arm}, "advunlearn")
+
+
+def test_the_erase_options_and_the_curve_may_differ():
+    combine = _combine_module()
+    arm = _read(ARM)
+    assert arm["settings"]["demo"]["erase"] == {"project_conflicts": True}
+    assert combine.shared_settings(arm) == combine.shared_settings(_read(FULL))
