@@ -69,6 +69,20 @@ def combine(base: dict, runs: dict[str, dict], method: str) -> tuple[dict, dict]
     return results, sources
 
 
+def read_efficacy(run_dir: str) -> dict:
+    """A run's efficacy.json, or a clear error naming the file and what to pass instead."""
+    path = Path(run_dir) / "efficacy.json"
+    try:
+        efficacy = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ErasureError(f"{path} does not exist: pass a benchmark run's --out directory (it holds efficacy.json)")
+    except (OSError, ValueError) as exc:
+        raise ErasureError(f"{path} could not be read as JSON ({exc}): pass a finished benchmark run's directory")
+    if not isinstance(efficacy, dict) or not {"settings", "results", "targets"} <= set(efficacy):
+        raise ErasureError(f"{path} is not a demo_efficacy.py result (no settings, results and targets)")
+    return efficacy
+
+
 def main(argv=None) -> None:
     from demo_efficacy import format_per_seed, format_table
 
@@ -79,10 +93,9 @@ def main(argv=None) -> None:
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--out", help="write the combined results, sources and verdicts here (JSON)")
     args = parser.parse_args(argv)
-    read = lambda d: json.loads((Path(d) / "efficacy.json").read_text())  # noqa: E731
-    base = read(args.base)
     try:
-        results, sources = combine(base, {d: read(d) for d in args.runs}, args.method)
+        base = read_efficacy(args.base)
+        results, sources = combine(base, {d: read_efficacy(d) for d in args.runs}, args.method)
     except ErasureError as exc:
         raise SystemExit(f"error: {exc}")
     checks = verdicts(results, base["targets"])

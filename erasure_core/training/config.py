@@ -182,8 +182,9 @@ class EraseConfig:
                      "attack_batch", "concept_batch"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        # "no" or "0" as text must not read as on
         for name in ("project_conflicts", "project_updates", "plain_contrast", "attack_captions",
-                     "train_final_layer_norm", "reuse_latents", "gradient_checkpointing"):  # "no" or "0" as text must not read as on
+                     "train_final_layer_norm", "reuse_latents", "gradient_checkpointing"):
             check(isinstance(getattr(self, name), bool),
                   f"{name} is on or off: give True or False, got {getattr(self, name)!r}")
         for name in ("retain_weight", "anchor_weight", "plain_weight", "caption_weight", "embedding_retain_weight",

@@ -67,3 +67,14 @@ def test_the_erase_options_and_the_curve_may_differ():
     arm = _read(ARM)
     assert arm["settings"]["demo"]["erase"] == {"project_conflicts": True}
     assert combine.shared_settings(arm) == combine.shared_settings(_read(FULL))
+
+
+@pytest.mark.parametrize("content, message", [(None, "does not exist: pass a benchmark run's --out directory"),
+                                              ("{not json", "could not be read as JSON"),
+                                              ('{"results": {}}', "is not a demo_efficacy.py result")])
+def test_a_directory_without_a_result_is_refused_clearly(tmp_path, content, message):
+    combine = _combine_module()
+    if content is not None:
+        (tmp_path / "efficacy.json").write_text(content)
+    with pytest.raises(ErasureError, match=message):
+        combine.read_efficacy(str(tmp_path))
