@@ -63,9 +63,10 @@ class EraseConfig:
       (projection.py; Adam's per-coordinate scaling and momentum left 24 of 80 updates raising it on square with
       project_conflicts alone). The history logs the update's cosine with the keeping gradient each step. Costs a
       copy of the trained weights and the same second UNet call as project_conflicts (none if both are on). Off
-      in every preset until the benchmark has it on all 8 concepts (red and circle so far, with project_conflicts:
-      red's soft prompt 23 -> 4/256 and retain 233 -> 242/256, but square's soft prompt on two seeds 21 -> 63/172;
-      bench/demo_preset_tuning.md, session 18).
+      in every preset: on all 8 concepts with project_conflicts (3 seeds, 256 cases a cell) it raised retain
+      (1917 -> 1945/2048) but the headline probes' successes too (119 -> 184 of 6,144: square's soft prompt 41 ->
+      92/256, green's pre-attack 4 -> 8/256), while red's soft prompt fell 23 -> 4/256; bench/demo_preset_tuning.md,
+      session 19.
     - retain_max_alignment: retain prompts whose ORIGINAL prediction carries the concept (see training/retain.py)
       more than this are left out of the retain set; None keeps every prompt that does not name a concept.
     - caption_weight: the retain list's prompts that name a concept (left out of the retain set) are unlearned
