@@ -66,7 +66,8 @@ class EraseConfig:
       in every preset: on all 8 concepts with project_conflicts (3 seeds, 256 cases a cell) it raised retain
       (1917 -> 1945/2048) but the headline probes' successes too (119 -> 184 of 6,144: square's soft prompt 41 ->
       92/256, green's pre-attack 4 -> 8/256), while red's soft prompt fell 23 -> 4/256; bench/demo_preset_tuning.md,
-      session 19.
+      session 19. With attack_steps 20 as well (session 20, the same cases): retain 1917 -> 1922/2048, headline
+      successes 119 -> 128; red and green met every target, star's retain fell 247 -> 238/256; not adopted either.
     - retain_max_alignment: retain prompts whose ORIGINAL prediction carries the concept (see training/retain.py)
       more than this are left out of the retain set; None keeps every prompt that does not name a concept.
     - caption_weight: the retain list's prompts that name a concept (left out of the retain set) are unlearned
