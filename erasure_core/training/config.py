@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 from ..attacks.soft_prompt import DEFAULT_EPSILON, SoftPromptConfig
@@ -184,6 +185,9 @@ class EraseConfig:
                      "attack_batch", "concept_batch"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
+        # Below 0 the ESD target points toward the concept: training would strengthen what it should erase.
+        check(math.isfinite(self.negative_guidance) and self.negative_guidance >= 0,
+              f"negative_guidance must be >= 0 (the paper: 1, the demo preset: 2), got {self.negative_guidance}")
         # "no" or "0" as text must not read as on
         for name in ("project_conflicts", "project_updates", "plain_contrast", "attack_captions",
                      "train_final_layer_norm", "reuse_latents", "gradient_checkpointing"):

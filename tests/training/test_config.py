@@ -51,3 +51,11 @@ def test_every_soft_prompt_field_is_an_option_of_training_and_probe():
 def test_attack_errors_name_the_option_as_typed(bad, words):
     with pytest.raises(ErasureError, match=words):
         EraseConfig.from_dict(parse_options([bad], EraseConfig))
+
+
+@pytest.mark.parametrize("bad", ["negative_guidance=-1", "negative_guidance=nan"])
+def test_negative_guidance_below_zero_is_refused(bad):
+    # below 0 the target would pull the prediction toward the concept instead of away from it
+    with pytest.raises(ErasureError, match="negative_guidance must be >= 0"):
+        EraseConfig.from_dict(parse_options([bad], EraseConfig))
+    assert EraseConfig.from_dict(parse_options(["negative_guidance=0"], EraseConfig)).negative_guidance == 0
