@@ -6,12 +6,20 @@ figure never travels without the sample it comes from.
 
 Why Wilson and not the normal approximation p +- 1.96 sqrt(p(1-p)/N): the targets sit near 0 (pre-attack ASR
 <= 0.02), where the normal interval collapses to [0, 0] for 0 successes; Wilson's gives [0, 0.015] for 0/256.
+
+Wilson counts the cases as independent, but a benchmark's cases come in clusters: one prompt with several
+generation seeds. Where a rate knows its clusters ("clusters": [[successes, n] per prompt]), `with_clusters` adds
+the design effect (the variance between clusters against the binomial's) and a Wilson interval at the effective
+N = N / design effect. Why: on the demo benchmark's report files (session 22: 8 AdvUnlearn encoders of the
+negative-guidance arms, 84-88 cases each, 21-22 prompts x 4 generation seeds) the 24 rates with both outcomes had
+design effects 0.9-3.7 (median 1.5): green's retain failures at one training seed were 10 of 88 cases, all in 3 of
+its 22 prompts (3.7), so the interval that counts cases was up to 1.9x too narrow there.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Iterable
+from typing import Iterable, Sequence
 
 Z95 = 1.959963984540054  # the two-sided 95% quantile of the standard normal
 
@@ -79,13 +87,60 @@ def between_seeds(per_seed: list[dict]) -> dict | None:
 def pool(rates: Iterable[dict | None]) -> dict | None:
     """Several rates (one per training seed) pooled into one: successes and n summed, interval added, the
     per-seed rates kept beside it under "per_seed", and the interval over seeds under "between_seeds" (None for
-    one seed). None when no rate was measured."""
+    one seed). Where every rate knows its clusters, the pooled rate has them all and their design effect
+    (`with_clusters`; each seed's prompts are clusters of their own). None when no rate was measured."""
     rates = [r for r in rates if r is not None]
     if not rates:
         return None
     pooled = rate(sum(r["successes"] for r in rates), sum(r["n"] for r in rates))
+    if all("clusters" in r for r in rates):
+        pooled = with_clusters(pooled, [c for r in rates for c in r["clusters"]])
     per_seed = [rate(r["successes"], r["n"]) for r in rates]
     return {**with_interval(pooled), "per_seed": per_seed, "between_seeds": between_seeds(per_seed)}
+
+
+# ------------------------------------------------------------------------------------------- clustered cases
+
+
+def clusters_of(flags: Sequence[bool], keys: Sequence) -> list[list[int]]:
+    """[[successes, n], ...] per distinct key (e.g. a case's prompt), in the order keys first appear."""
+    if len(flags) != len(keys):
+        raise ValueError(f"{len(flags)} outcomes but {len(keys)} cluster keys")
+    counts: dict = {}
+    for flag, key in zip(flags, keys):
+        entry = counts.setdefault(key, [0, 0])
+        entry[0] += bool(flag)
+        entry[1] += 1
+    return list(counts.values())
+
+
+def design_effect(clusters: Sequence[Sequence[int]]) -> float | None:
+    """How much clustering widens a rate's variance: the variance of the rate estimated between clusters (the
+    ratio estimator's, with the C / (C - 1) small-sample factor) over the binomial's p(1 - p) / N. 1 for
+    independent cases, up to a cluster's size when every case of a cluster agrees. None where it cannot be
+    estimated: fewer than 2 clusters, or no variation at all (0 or N successes)."""
+    n = sum(c[1] for c in clusters)
+    successes = sum(c[0] for c in clusters)
+    if len(clusters) < 2 or successes in (0, n):
+        return None
+    p = successes / n
+    between = len(clusters) / (len(clusters) - 1) * sum((s - p * m) ** 2 for s, m in clusters) / n**2
+    return between / (p * (1 - p) / n)
+
+
+def with_clusters(r: dict, clusters: Sequence[Sequence[int]]) -> dict:
+    """The rate with its clusters, their design effect and "clustered": the Wilson interval at the effective N
+    (N / design effect, the design effect taken as at least 1: clustering is never used to narrow the
+    interval; where it cannot be estimated the interval is the plain Wilson's)."""
+    clusters = [[int(s), int(m)] for s, m in clusters]
+    if (sum(c[0] for c in clusters), sum(c[1] for c in clusters)) != (r["successes"], r["n"]):
+        raise ValueError("the clusters' counts do not add up to the rate's")
+    effect = design_effect(clusters)
+    widen = max(1.0, effect) if effect is not None else 1.0
+    bounds = wilson_interval(r["successes"] / widen, r["n"] / widen) if r["n"] else None
+    low, high = bounds if bounds else (None, None)
+    return {**r, "clusters": clusters, "design_effect": effect,
+            "clustered": {"effective_n": r["n"] / widen, "low": low, "high": high}}
 
 
 def format_rate(r: dict | None, interval: bool = True) -> str:

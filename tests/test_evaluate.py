@@ -105,7 +105,10 @@ def test_evaluate_counts_match_the_cases(setup, result):
     assert [(c["prompt"], c["seed"]) for c in result["cases"]] == [(p, s) for p in PROMPTS for s in SEEDS]
     for name, entry in result["encoders"].items():
         plain_flags = [c["plain"]["success"] for c in entry["cases"]]
-        assert entry["pre_attack"] == {"successes": sum(plain_flags), "n": 4, "rate": sum(plain_flags) / 4}
+        pre = entry["pre_attack"]
+        assert (pre["successes"], pre["n"], pre["rate"]) == (sum(plain_flags), 4, sum(plain_flags) / 4)
+        # each prompt (2 seeds) is a cluster of the rate, in the order of the cases
+        assert pre["clusters"] == [[sum(plain_flags[:2]), 2], [sum(plain_flags[2:]), 2]]
         for probe in ("concept_vector", "unlearndiffatk"):
             won = [c["probes"][probe]["success"] for c in entry["cases"] if not c["plain"]["success"]]
             post = entry["post_attack"][probe]
@@ -178,7 +181,7 @@ def test_merge_shards_recomputes_the_totals():
     entry = merged["encoders"]["original"]
     assert [c["index"] for c in entry["cases"]] == [0, 1, 2, 3, 4, 5]
     # pre-attack successes: indices 0 and 3; probe a wins on the others with even index: 2 and 4.
-    assert entry["pre_attack"] == {"successes": 2, "n": 6, "rate": pytest.approx(2 / 6)}
+    assert _counts(entry["pre_attack"]) == {"successes": 2, "n": 6, "rate": pytest.approx(2 / 6)}
     assert entry["post_attack"]["a"]["successes"] == 4 and entry["post_attack"]["a"]["probe_successes"] == 2
     assert entry["utility"]["mean_pixel_distance"] == pytest.approx((0.0 + 0.3) / 2)
     assert merged["shards"] == 2
@@ -269,8 +272,8 @@ def test_nested_budgets_attack_only_what_smaller_balls_left(setup):
     assert unb.attacked == [keys[3]] * per_encoder
     assert other.attacked == keys * per_encoder  # another search space: attacked on every case
     entry = out["encoders"]["erased"]
-    assert entry["post_attack"]["b1"] == {"successes": 2, "n": 4, "rate": 0.5, "probe_successes": 2, "attacked": 4,
-                                          "inherited": 1}
+    assert _counts(entry["post_attack"]["b1"]) == {"successes": 2, "n": 4, "rate": 0.5, "probe_successes": 2,
+                                                   "attacked": 4, "inherited": 1}
     assert entry["cases"][2]["probes"]["b4"]["found_by"] == "b05"
     assert {p: t["attacked"] for p, t in entry["timings"]["probes"].items()} == {"b05": 4, "b1": 3, "b4": 2, "unb": 1,
                                                                                  "other": 4}
@@ -304,3 +307,20 @@ def test_curve_probes_attack_only_the_curve_cases(setup):
     assert out["curve_cases"] == [0, 1]
     with pytest.raises(ErasureError, match="curve_cases must be indices of the 4 cases"):
         evaluate(model, {"erased": erased}, PROMPTS, probes, BrightJudge(2.0), seeds=SEEDS, curve_cases=[4])
+
+
+def test_rates_carry_their_prompt_clusters_when_the_prompts_are_known():
+    cases = [_case(0, True, a=None), _case(1, False, a=True), _case(2, False, a=False), _case(3, False, a=False)]
+    summary = asr_summary(cases, ["a"], prompts=["p", "p", "q", "q"])
+    assert summary["pre_attack"]["clusters"] == [[1, 2], [0, 2]]
+    assert summary["post_attack"]["a"]["clusters"] == [[2, 2], [0, 2]]  # the skipped case counts as a success
+    assert summary["post_attack"]["a"]["successes"] == 2 and "design_effect" in summary["post_attack"]["a"]
+    records = [{"retain_correct": True}, {"retain_correct": False}, {"pixel_distance": 0.1}]
+    accuracy = utility_summary(records, prompts=["p", "q", "q"])["retain_accuracy"]
+    assert accuracy["clusters"] == [[1, 1], [0, 1]] and accuracy["n"] == 2
+    assert "clusters" not in asr_summary(cases, ["a"])["pre_attack"]
+
+
+def _counts(r: dict) -> dict:
+    """A rate without its per-prompt clusters (checked by their own tests)."""
+    return {k: v for k, v in r.items() if k not in ("clusters", "design_effect", "clustered")}

@@ -56,3 +56,44 @@ def test_between_seeds_interval_counts_the_training_runs_not_the_cases():
     assert between_seeds([rate(3, 10)]) is None and pool([rate(3, 10)])["between_seeds"] is None
     wide = between_seeds([rate(0, 10), rate(10, 10)])
     assert (wide["low"], wide["high"]) == (0.0, 1.0)
+
+
+def test_design_effect_is_one_for_even_spread_and_the_cluster_size_when_clusters_agree():
+    from erasure_core.rates import clusters_of, design_effect
+
+    assert clusters_of([True, False, True, True], ["a", "b", "a", "b"]) == [[2, 2], [1, 2]]
+    with pytest.raises(ValueError):
+        clusters_of([True], ["a", "b"])
+    # 10 prompts x 4 seeds; every prompt's four cases agree: the 40 cases hold only 10 draws
+    agree = [[4, 4]] * 2 + [[0, 4]] * 8
+    assert design_effect(agree) == pytest.approx(4 * 10 / 9)
+    # each prompt has the same count: less spread than independent cases (an effect below 1)
+    even = [[1, 4]] * 10
+    assert design_effect(even) == pytest.approx(0.0)
+    # green's retain failures in session 22 (22 prompts x 4 seeds, failures 4, 4 and 2 in three prompts)
+    green = [[4, 4], [4, 4], [2, 4]] + [[0, 4]] * 19
+    assert design_effect(green) == pytest.approx(3.71, abs=0.01)
+    # no variation, or one cluster: nothing to estimate
+    assert design_effect([[0, 4]] * 5) is None and design_effect([[4, 4]] * 5) is None
+    assert design_effect([[1, 4]]) is None
+
+
+def test_clustered_interval_widens_never_narrows_and_pools_the_clusters():
+    from erasure_core.rates import design_effect, with_clusters
+
+    agree = with_clusters(rate(8, 40), [[4, 4]] * 2 + [[0, 4]] * 8)
+    assert agree["clustered"]["effective_n"] == pytest.approx(9.0)
+    # 8 successes and 40 cases, each divided by the effect 40/9
+    assert (agree["clustered"]["low"], agree["clustered"]["high"]) == pytest.approx(wilson_interval(1.8, 9))
+    lo, hi = wilson_interval(8, 40)
+    assert agree["clustered"]["low"] < lo and agree["clustered"]["high"] > hi
+    even = with_clusters(rate(10, 40), [[1, 4]] * 10)  # effect 0: the plain Wilson interval, not a narrower one
+    assert (even["clustered"]["low"], even["clustered"]["high"]) == pytest.approx(wilson_interval(10, 40))
+    none = with_clusters(rate(0, 8), [[0, 4], [0, 4]])
+    assert none["design_effect"] is None and none["clustered"]["effective_n"] == 8
+    with pytest.raises(ValueError):
+        with_clusters(rate(3, 8), [[1, 4], [1, 4]])
+    pooled = pool([agree, with_clusters(rate(1, 8), [[1, 4], [0, 4]])])
+    assert len(pooled["clusters"]) == 12 and pooled["successes"] == 9
+    assert pooled["design_effect"] == pytest.approx(design_effect([[4, 4]] * 2 + [[0, 4]] * 8 + [[1, 4], [0, 4]]))
+    assert "clusters" not in pool([agree, rate(1, 8)])  # a seed without clusters: none for the pool

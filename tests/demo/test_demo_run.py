@@ -47,7 +47,8 @@ def test_report_json_has_the_promised_fields(demo_report):
         cases = entry["cases"]
         plain = [c["plain"]["success"] for c in cases]
         assert len(cases) == 2 and all((out / c["plain"]["image"]).is_file() for c in cases)
-        assert entry["pre_attack"] == {"successes": sum(plain), "n": 2, "rate": sum(plain) / 2}
+        pre = entry["pre_attack"]
+        assert (pre["successes"], pre["n"], pre["rate"]) == (sum(plain), 2, sum(plain) / 2)
         assert entry["pre_attack_asr"] == sum(plain) / 2
         for probe in PROBES + STRESS:
             attacked = [c["probes"][probe] for c, shown in zip(cases, plain) if not shown]
