@@ -76,9 +76,10 @@ PRESETS: dict[str, dict] = {
     # Its other departures from the paper, and what stands behind each:
     # - negative_guidance 2 (the paper: 1), set in the first tuning of this model (commit 018d4ea) with no figure
     #   kept. At 1 (session 21, square and green, training seeds 0-1, 344 cases) the headline probes' successes were
-    #   135 of 1,032 against 46 at 2, pre-attack 10/344 against 1/344, retain 322 against 318/344. At 3 (square,
-    #   green, red and yellow, 3 seeds, 1,024 cases; the other four concepts not run): headline successes 108 against
-    #   117 of 3,072, retain 908 against 932/1024 (red's soft prompt 23 -> 6/256, square's 41 -> 62/256).
+    #   135 of 1,032 against 46 at 2, pre-attack 10/344 against 1/344, retain 322 against 318/344. At 3 (sessions
+    #   21-22: 6 of the 8 concepts, 3 seeds, 1,536 cases; triangle and blue not run, the rule already decided):
+    #   headline successes 110 against 119 of 4,608, retain 1,390 against 1,416/1,536 (red's soft prompt 23 -> 6/256,
+    #   square's 41 -> 62/256), and star's retain 247 -> 241/256 loses its met target. 2 stays.
     # - attack_steps 10 (the paper: 30; the probe runs 30). 20 was measured twice and not adopted: square, 3 seeds,
     #   soft prompt 89 -> 64/256 for 1.5x the training time (renders-only judge); with project_updates on all 8
     #   concepts, headline successes 119 -> 128 of 6,144. 30 was not measured (3x the attack's time).
