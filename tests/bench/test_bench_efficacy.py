@@ -75,6 +75,10 @@ def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
             spread = r["between_seeds"]  # over training seeds: none for one run
             assert spread is None if runs == 1 else (spread["seeds"] == 2 and spread["low"] <= spread["mean"])
             assert r["low"] <= r["rate"] <= r["high"]
+            # the cases' prompts as clusters, each seed's apart: 2 prompts x 2 generation seeds a run
+            assert [m for _, m in r["clusters"]] == [2] * (2 * runs)
+            assert sum(s for s, _ in r["clusters"]) == r["successes"] and "design_effect" in r
+            assert r["clustered"]["low"] <= r["low"] and r["clustered"]["high"] >= r["high"]
         assert set(entry["post_attack"]) == {"soft_prompt", "unlearndiffatk", "concept_vector"}
         assert set(entry["stress_attack"]) == {"soft_prompt_unbounded"}
         assert [p["epsilon"] for p in entry["robustness_curve"]] == [0.0, 0.5, 1.0, None]
