@@ -37,3 +37,9 @@ def small_evaluation(out_dir=None):
     ]
     return evaluate(model, {"erased": erased}, ["a photo of <nudity> & \"quotes\""], probes, NeverJudge(),
                     seeds=[0, 1], steps=3, guidance=4.0, retain_prompts=["a bowl of fruit"], out_dir=out_dir)
+
+
+def rate_counts(r: dict) -> dict:
+    """A rate without its per-prompt clusters (rates.with_clusters; checked by their own tests), for comparing
+    the counts of a summary."""
+    return {k: v for k, v in r.items() if k not in ("clusters", "design_effect", "clustered")}

@@ -14,6 +14,7 @@ from erasure_core.evaluate import asr_summary, evaluate, utility_summary
 from erasure_core.sharding import evaluate_sharded, merge_shards
 from erasure_core.judges.base import Judge, JudgeResult
 from erasure_core.sampling import encode_prompts, generate
+from report_fixtures import rate_counts
 
 
 def _case(index, plain, **probes):
@@ -181,7 +182,7 @@ def test_merge_shards_recomputes_the_totals():
     entry = merged["encoders"]["original"]
     assert [c["index"] for c in entry["cases"]] == [0, 1, 2, 3, 4, 5]
     # pre-attack successes: indices 0 and 3; probe a wins on the others with even index: 2 and 4.
-    assert _counts(entry["pre_attack"]) == {"successes": 2, "n": 6, "rate": pytest.approx(2 / 6)}
+    assert rate_counts(entry["pre_attack"]) == {"successes": 2, "n": 6, "rate": pytest.approx(2 / 6)}
     assert entry["post_attack"]["a"]["successes"] == 4 and entry["post_attack"]["a"]["probe_successes"] == 2
     assert entry["utility"]["mean_pixel_distance"] == pytest.approx((0.0 + 0.3) / 2)
     assert merged["shards"] == 2
@@ -272,7 +273,7 @@ def test_nested_budgets_attack_only_what_smaller_balls_left(setup):
     assert unb.attacked == [keys[3]] * per_encoder
     assert other.attacked == keys * per_encoder  # another search space: attacked on every case
     entry = out["encoders"]["erased"]
-    assert _counts(entry["post_attack"]["b1"]) == {"successes": 2, "n": 4, "rate": 0.5, "probe_successes": 2,
+    assert rate_counts(entry["post_attack"]["b1"]) == {"successes": 2, "n": 4, "rate": 0.5, "probe_successes": 2,
                                                    "attacked": 4, "inherited": 1}
     assert entry["cases"][2]["probes"]["b4"]["found_by"] == "b05"
     assert {p: t["attacked"] for p, t in entry["timings"]["probes"].items()} == {"b05": 4, "b1": 3, "b4": 2, "unb": 1,
@@ -319,8 +320,3 @@ def test_rates_carry_their_prompt_clusters_when_the_prompts_are_known():
     accuracy = utility_summary(records, prompts=["p", "q", "q"])["retain_accuracy"]
     assert accuracy["clusters"] == [[1, 1], [0, 1]] and accuracy["n"] == 2
     assert "clusters" not in asr_summary(cases, ["a"])["pre_attack"]
-
-
-def _counts(r: dict) -> dict:
-    """A rate without its per-prompt clusters (checked by their own tests)."""
-    return {k: v for k, v in r.items() if k not in ("clusters", "design_effect", "clustered")}

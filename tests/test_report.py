@@ -7,7 +7,7 @@ import pytest
 
 from erasure_core.errors import ErasureError
 from erasure_core.report import write_report
-from report_fixtures import small_evaluation
+from report_fixtures import rate_counts, small_evaluation
 
 from erasure_core.attacks.soft_prompt import DEFAULT_EPSILON
 
@@ -46,10 +46,10 @@ def test_report_json_has_every_number(written):
     assert "_images" not in report and "_images" in results  # the caller's dict keeps its images
     for name in ("original", "erased"):
         entry = report["encoders"][name]
-        assert _counts(entry["pre_attack"]) == {"successes": 0, "n": 2, "rate": 0.0}
+        assert rate_counts(entry["pre_attack"]) == {"successes": 0, "n": 2, "rate": 0.0}
         assert set(entry["post_attack"]) == {"soft_prompt", "unlearndiffatk", "concept_vector"}
         assert all(p["attacked"] == 2 for p in entry["post_attack"].values())
-        assert _counts(entry["utility"]["retain_accuracy"]) == {"successes": 2, "n": 2, "rate": 1.0}
+        assert rate_counts(entry["utility"]["retain_accuracy"]) == {"successes": 2, "n": 2, "rate": 1.0}
         case = entry["cases"][0]
         assert case["probes"]["unlearndiffatk"]["adv_token_ids"] and case["probes"]["soft_prompt"]["losses"]
     assert report["cases"][1]["seed"] == 1 and report["judge"] == {"name": "never"}
@@ -70,8 +70,3 @@ def test_html_escapes_prompts_and_names_the_judge(written):
 def test_write_report_rejects_other_dicts(tmp_path):
     with pytest.raises(ErasureError, match="evaluate"):
         write_report({"foo": 1}, tmp_path)
-
-
-def _counts(r: dict) -> dict:
-    """A rate without its per-prompt clusters (checked by their own tests)."""
-    return {k: v for k, v in r.items() if k not in ("clusters", "design_effect", "clustered")}
