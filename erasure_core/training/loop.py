@@ -144,7 +144,8 @@ class _Trainer:
         config = self.config
         self.student = copy.deepcopy(self.model.text_encoder).float().to(self.device)
         self.student.requires_grad_(False)
-        self.named_params = select_trainable_parameters(self.student, config.layers, config.train_final_layer_norm)
+        self.named_params = select_trainable_parameters(self.student, config.layers, config.train_final_layer_norm,
+                                                        config.train_biases_and_norms)
         check(bool(self.named_params), f"layers={config.layers!r} selects no parameters")
         for _, param in self.named_params:
             param.requires_grad_(True)

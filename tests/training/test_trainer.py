@@ -57,6 +57,28 @@ def test_layer_selection_is_by_index_and_checked():
         EraseConfig(layers="ffn")
 
 
+def test_weights_only_leaves_every_bias_and_norm_out():
+    encoder = build_tiny_model().text_encoder
+    every = dict(select_trainable_parameters(encoder))
+    weights = dict(select_trainable_parameters(encoder, train_biases_and_norms=False))
+    left_out = set(every) - set(weights)
+    assert weights and all(name.endswith(".weight") and p.ndim == 2 for name, p in weights.items())
+    assert any("layer_norm" in n for n in left_out) and any(n.endswith(".bias") for n in left_out)
+    assert set(weights) == {n for n, p in every.items() if p.ndim == 2}
+    with pytest.raises(ErasureError, match="train_biases_and_norms is on or off"):
+        EraseConfig(train_biases_and_norms="no").validate()
+
+
+def test_erase_without_biases_and_norms_changes_matrices_only():
+    model = build_tiny_model()
+    before = {k: v.clone() for k, v in model.text_encoder.state_dict().items()}
+    result = erase(model, ["nudity"], EraseConfig(**{**FAST, "iterations": 3}, train_biases_and_norms=False))
+    after = result.text_encoder.state_dict()
+    changed = _changed(before, after)
+    assert changed and all(after[n].ndim == 2 and not n.endswith(".bias") for n in changed)
+    assert not any("layer_norm" in n or "embeddings" in n for n in changed)
+
+
 def _evaluation_points(model, concept):
     """Fixed noisy latents of the concept, with the frozen model's predictions (an independent pool)."""
     runner = UNetRunner(model.unet)
