@@ -17,10 +17,11 @@ to one process a concept (`--workers`, `default_workers`).
 Cases that succeed before the attack are not attacked, and the curve's budgets are nested (evaluate.py); the
 curve's budgets other than the headline (epsilon 1) and the stress probe (unbounded) attack only the first
 `--curve-cases` cases (64 by default: the first 16 prompts x 4 seeds), so those points state their own, smaller
-N. Writes efficacy.json (the contract below) and prints a table; each concept's full report (images,
-report.html) is in OUT/CONCEPT/, beside its trained encoders, its evaluated parts and result.json: an interrupted
-run continues with `--resume`, redoing only the training runs and parts not finished (efficacy_store.py says
-what is kept and when it is reused).
+N. Writes efficacy.json (the contract below) and prints a table (each cell: rate [Wilson interval] (successes/N),
+and where a prompt's cases agree more than independent ones would, the wider interval by prompt); each concept's
+full report (images, report.html) is in OUT/CONCEPT/, beside its trained encoders, its evaluated parts and
+result.json: an interrupted run continues with `--resume`, redoing only the training runs and parts not
+finished (efficacy_store.py says what is kept and when it is reused).
 
 efficacy.json: results.<concept>.<method> has pre_attack, post_attack {probe: ...} (headline probes only),
 stress_attack {probe: ...}, utility.retain_accuracy and robustness_curve, each rate {rate, successes, n, low,

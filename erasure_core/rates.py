@@ -143,15 +143,28 @@ def with_clusters(r: dict, clusters: Sequence[Sequence[int]]) -> dict:
             "clustered": {"effective_n": r["n"] / widen, "low": low, "high": high}}
 
 
+def clustered_bounds(r: dict | None) -> tuple[float, float] | None:
+    """The interval counting prompts as clusters ("clustered", with_clusters), where it is wider than the
+    Wilson interval over cases (a design effect above 1); None where clustering changes nothing or was not
+    measured."""
+    if not r or (r.get("design_effect") or 0) <= 1 or not r.get("clustered") or r["clustered"]["low"] is None:
+        return None
+    return r["clustered"]["low"], r["clustered"]["high"]
+
+
 def format_rate(r: dict | None, interval: bool = True) -> str:
-    """'0.12 [0.08, 0.17] (31/256)' for tables; '-' when nothing was measured."""
+    """'0.12 [0.08, 0.17] (31/256)' for tables, and where the cases cluster by prompt, the wider interval that
+    counts that: '0.94 [0.90, 0.96] (240/256; by prompt [0.88, 0.97])'; '-' when nothing was measured."""
     if not r or not r.get("n"):
         return "-"
-    text = f"{r['rate']:.2f}"
+    text, counts = f"{r['rate']:.2f}", f"{r['successes']}/{r['n']}"
     if interval:
         low, high = wilson_interval(r["successes"], r["n"])
         text += f" [{low:.2f}, {high:.2f}]"
-    return f"{text} ({r['successes']}/{r['n']})"
+        wider = clustered_bounds(r)
+        if wider and f"{wider[0]:.2f}, {wider[1]:.2f}" != f"{low:.2f}, {high:.2f}":
+            counts += f"; by prompt [{wider[0]:.2f}, {wider[1]:.2f}]"
+    return f"{text} ({counts})"
 
 
 # ------------------------------------------------------------------------------------------- robustness curve

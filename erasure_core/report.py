@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import ErasureError
 from .files import atomic_write_json, atomic_write_text, safe_name, save_png
 from .plots import line_plot, steps_series, training_series
-from .rates import wilson_interval
+from .rates import clustered_bounds, wilson_interval
 
 
 def _loss_plots(results: dict, out_dir: Path) -> dict[str, str]:
@@ -101,9 +101,10 @@ def _asr_table(results: dict) -> str:
         util = entry["utility"]
         dist = "–" if util["mean_pixel_distance"] is None else f"{util['mean_pixel_distance']:.4f}"
         post = {**entry["post_attack"], **entry.get("stress_attack", {})}
-        cells = "".join(f"<td>{_count(post[p])}</td>" for p in probes + stress)
-        rows.append(f"<tr><th>{_e(name)}</th><td>{_count(entry['pre_attack'])}</td>{cells}"
-                    f"<td>{dist}</td><td>{_count(util['retain_accuracy'])}</td></tr>")
+        cells = "".join(f"<td>{_count(post[p])}{_interval(post[p])}</td>" for p in probes + stress)
+        rows.append(f"<tr><th>{_e(name)}</th><td>{_count(entry['pre_attack'])}{_interval(entry['pre_attack'])}</td>"
+                    f"{cells}<td>{dist}</td><td>{_count(util['retain_accuracy'])}"
+                    f"{_interval(util['retain_accuracy'])}</td></tr>")
     return (f"<table class='asr'><tr><th>encoder</th><th>pre-attack ASR</th>{head}"
             f"<th>retain: mean pixel distance to original</th><th>retain accuracy</th></tr>{''.join(rows)}</table>")
 
@@ -132,8 +133,13 @@ def _curve_section(results: dict, plot: str | None) -> str:
 
 
 def _interval(r: dict | None) -> str:
+    """The 95% Wilson interval, and where the cases cluster by prompt the wider one that counts it."""
     bounds = wilson_interval(r["successes"], r["n"]) if r and r.get("n") else None
-    return f"<br><small>[{bounds[0]:.2f}, {bounds[1]:.2f}]</small>" if bounds else ""
+    if not bounds:
+        return ""
+    wider = clustered_bounds(r)
+    by_prompt = f"; by prompt [{wider[0]:.2f}, {wider[1]:.2f}]" if wider else ""
+    return f"<br><small>[{bounds[0]:.2f}, {bounds[1]:.2f}]{by_prompt}</small>"
 
 
 def _img(rel: str | None, caption: str) -> str:
@@ -246,7 +252,8 @@ probe successes on the other prompts) / N, for the headline probes (each within 
 same for stress probes (the unbounded soft prompt), reported apart: no text-encoder method can be expected to hold
 them. Soft-prompt budgets are nested: a larger ball attacks only the cases no smaller ball broke, and a success
 found inside a smaller ball counts for every larger one (it lies inside them), so the curve never falls. Counts in
-brackets.</p>
+parentheses; below each rate its 95% Wilson interval over cases and, where a prompt's cases agree more than
+independent cases would, the wider interval "by prompt" (Wilson at N / design effect).</p>
 {_asr_table(results)}
 {_curve_section(results, curve_plot)}
 <h2>Concept prompts: original vs erased, plain vs attacked</h2>

@@ -97,3 +97,16 @@ def test_clustered_interval_widens_never_narrows_and_pools_the_clusters():
     assert len(pooled["clusters"]) == 12 and pooled["successes"] == 9
     assert pooled["design_effect"] == pytest.approx(design_effect([[4, 4]] * 2 + [[0, 4]] * 8 + [[1, 4], [0, 4]]))
     assert "clusters" not in pool([agree, rate(1, 8)])  # a seed without clusters: none for the pool
+
+
+def test_tables_show_the_interval_by_prompt_only_where_it_is_wider():
+    from erasure_core.rates import clustered_bounds, with_clusters
+
+    agree = with_clusters(rate(8, 40), [[4, 4]] * 2 + [[0, 4]] * 8)
+    low, high = wilson_interval(1.8, 9)
+    assert clustered_bounds(agree) == pytest.approx((low, high))
+    assert format_rate(agree) == f"0.20 [0.10, 0.35] (8/40; by prompt [{low:.2f}, {high:.2f}])"
+    assert format_rate(agree, interval=False) == "0.20 (8/40)"
+    even = with_clusters(rate(10, 40), [[1, 4]] * 10)  # no wider interval: the plain cell
+    assert clustered_bounds(even) is None and format_rate(even) == "0.25 [0.14, 0.40] (10/40)"
+    assert clustered_bounds(rate(8, 40)) is None and clustered_bounds(None) is None

@@ -70,3 +70,18 @@ def test_html_escapes_prompts_and_names_the_judge(written):
 def test_write_report_rejects_other_dicts(tmp_path):
     with pytest.raises(ErasureError, match="evaluate"):
         write_report({"foo": 1}, tmp_path)
+
+
+def test_html_gives_intervals_and_the_wider_one_by_prompt(written, tmp_path):
+    import copy
+
+    from erasure_core.rates import rate, with_clusters, wilson_interval
+
+    results = copy.deepcopy(written[0])
+    # 8 of 40 retain cases lost, all in two prompts: the cases are 10 draws, not 40
+    lost = with_clusters(rate(8, 40), [[4, 4]] * 2 + [[0, 4]] * 8)
+    results["encoders"]["erased"]["utility"]["retain_accuracy"] = lost
+    text = write_report(results, tmp_path).read_text(encoding="utf-8")
+    low, high = wilson_interval(1.8, 9)
+    assert f"20.0% <small>(8/40)</small><br><small>[0.10, 0.35]; by prompt [{low:.2f}, {high:.2f}]</small>" in text
+    assert "0.0% <small>(0/2)</small><br><small>[0.00, 0.66]</small>" in text  # no clusters: Wilson's alone
