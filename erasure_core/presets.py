@@ -88,6 +88,10 @@ PRESETS: dict[str, dict] = {
     # - warmup_iterations 20 (the paper: 200 of 1000): not measured against a longer warm-up.
     # - concept_batch 4, attack_batch 2 (the paper: 1 each): pool points cost no teacher evaluation
     #   (training/points.py); not measured apart from the retune they came with (commit a242e5c).
+    # - layers "all" and every bias and norm trained (EraseConfig's defaults, as the public code's full text encoder),
+    #   kept after session 23 on square and green, 3 seeds, 256 cases a cell: the first of the 2 layers alone
+    #   raised retain 465 -> 488/512 but square's soft prompt 41 -> 63/256 (headline successes 86 -> 99 of 1,536);
+    #   the matrices alone (no bias or norm, seeds 0-1) raised the headline successes 46 -> 76 of 1,032.
     # - num_ddim_steps 20, guidance 5 (the paper: 50, 3): the demo model's own sampling settings, with which its
     #   quality and every benchmark image were measured.
     "demo": dict(
