@@ -224,7 +224,9 @@ def gpu_estimate_512(model: SDModel, config: EraseConfig) -> dict:
     unet_params, encoder_params = params(model.unet), params(model.text_encoder)
     from erasure_core.training import select_trainable_parameters
 
-    trainable = sum(p.numel() for _, p in select_trainable_parameters(model.text_encoder, config.layers))
+    trainable = sum(p.numel() for _, p in select_trainable_parameters(model.text_encoder, config.layers,
+                                                                    config.train_final_layer_norm,
+                                                                    config.train_biases_and_norms))
     activations = saved_activation_bytes(model, 64, torch.bfloat16) * config.max_unet_batch
     parts = {
         "UNet weights fp32 (one copy, no grads)": unet_params * 4,
