@@ -152,6 +152,15 @@ def clustered_bounds(r: dict | None) -> tuple[float, float] | None:
     return r["clustered"]["low"], r["clustered"]["high"]
 
 
+def by_prompt_text(r: dict, low: float, high: float) -> str:
+    """'; by prompt [0.88, 0.97]' where the interval by prompt is wider than [low, high] at two decimals, else ''
+    (the one wording of the tables and report.html)."""
+    wider = clustered_bounds(r)
+    if not wider or f"{wider[0]:.2f}, {wider[1]:.2f}" == f"{low:.2f}, {high:.2f}":
+        return ""
+    return f"; by prompt [{wider[0]:.2f}, {wider[1]:.2f}]"
+
+
 def format_rate(r: dict | None, interval: bool = True) -> str:
     """'0.12 [0.08, 0.17] (31/256)' for tables, and where the cases cluster by prompt, the wider interval that
     counts that: '0.94 [0.90, 0.96] (240/256; by prompt [0.88, 0.97])'; '-' when nothing was measured."""
@@ -161,9 +170,7 @@ def format_rate(r: dict | None, interval: bool = True) -> str:
     if interval:
         low, high = wilson_interval(r["successes"], r["n"])
         text += f" [{low:.2f}, {high:.2f}]"
-        wider = clustered_bounds(r)
-        if wider and f"{wider[0]:.2f}, {wider[1]:.2f}" != f"{low:.2f}, {high:.2f}":
-            counts += f"; by prompt [{wider[0]:.2f}, {wider[1]:.2f}]"
+        counts += by_prompt_text(r, low, high)
     return f"{text} ({counts})"
 
 

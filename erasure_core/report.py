@@ -17,7 +17,7 @@ from pathlib import Path
 from .errors import ErasureError
 from .files import atomic_write_json, atomic_write_text, safe_name, save_png
 from .plots import line_plot, steps_series, training_series
-from .rates import clustered_bounds, wilson_interval
+from .rates import by_prompt_text, wilson_interval
 
 
 def _loss_plots(results: dict, out_dir: Path) -> dict[str, str]:
@@ -137,9 +137,7 @@ def _interval(r: dict | None) -> str:
     bounds = wilson_interval(r["successes"], r["n"]) if r and r.get("n") else None
     if not bounds:
         return ""
-    wider = clustered_bounds(r)
-    by_prompt = f"; by prompt [{wider[0]:.2f}, {wider[1]:.2f}]" if wider else ""
-    return f"<br><small>[{bounds[0]:.2f}, {bounds[1]:.2f}]{by_prompt}</small>"
+    return f"<br><small>[{bounds[0]:.2f}, {bounds[1]:.2f}]{by_prompt_text(r, *bounds)}</small>"
 
 
 def _img(rel: str | None, caption: str) -> str:

@@ -91,9 +91,9 @@ class EraseConfig:
       acts on every token of every prompt alike, so moving it to remove one concept moves all the others; on the
       demo encoders of the tuning arms (seed 0) the biases moved 0.3-1.9x their own norm, the matrices
       0.12-0.40x. True = the paper (every parameter of the chosen layers), and every preset: the biases carry
-      neither the erasure nor the retain damage (8 kept demo encoders, 512 held-out cases: with their biases and norms put
-      back, pre-attack 16 -> 16/512, retain 487 -> 485/512), and trained without them (square and green, seeds
-      0-1, 1,032 probe cases) the headline probes' successes rose 46 -> 76 (session 23).
+      neither the erasure nor the retain damage (8 kept demo encoders, 512 held-out cases: with their biases and
+      norms put back, pre-attack 16 -> 16/512, retain 487 -> 485/512), and trained without them (square and
+      green, seeds 0-1, 1,032 probe cases) the headline probes' successes rose 46 -> 76 (session 23).
     - diagnostics_every: every that many iterations (and at the last) the history records drift of the empty
       prompt's prediction, the plain prompt's unlearning loss, the adversarial token norm and the relative
       weight change, on fixed points (0 = never).
