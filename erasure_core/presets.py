@@ -89,10 +89,11 @@ PRESETS: dict[str, dict] = {
     # - concept_batch 4, attack_batch 2 (the paper: 1 each): pool points cost no teacher evaluation
     #   (training/points.py); not measured apart from the retune they came with (commit a242e5c).
     # - layers "all" and every bias and norm trained (EraseConfig's defaults, as the public code's full text encoder),
-    #   kept after session 23 on square and green, 3 seeds, 256 cases a cell: the first of the 2 layers alone
+    #   kept after sessions 23-24 (3 seeds, 256 cases a cell): the first of the 2 layers alone, on square and green,
     #   raised retain 465 -> 488/512 but square's soft prompt 41 -> 63/256 (headline successes 86 -> 99 of 1,536),
-    #   and on red and yellow (session 24, seeds 0-1) retain 310 -> 326/344 with headline successes 20 -> 22 of
-    #   1,032 (the 8 over the preset's 119); with a 20-step attack square's soft prompt rose further (21 -> 58/172);
+    #   and on red and yellow (session 24) retain 467 -> 483/512 with headline successes 31 -> 28 of 1,536 (the 4
+    #   run: 117 -> 127 of 3,072, the 8 over the preset's 119); with a 20-step attack square's soft prompt rose
+    #   further (seeds 0-1: 21 -> 58/172);
     #   the matrices alone (no bias or norm, seeds 0-1) raised the headline successes 46 -> 76 of 1,032.
     # - num_ddim_steps 20, guidance 5 (the paper: 50, 3): the demo model's own sampling settings, with which its
     #   quality and every benchmark image were measured.
