@@ -93,8 +93,8 @@ PRESETS: dict[str, dict] = {
     #   raised retain 465 -> 488/512 but square's soft prompt 41 -> 63/256 (headline successes 86 -> 99 of 1,536),
     #   and on red and yellow (session 24) retain 467 -> 483/512 with headline successes 31 -> 28 of 1,536 (the 4
     #   run: 117 -> 127 of 3,072, the 8 over the preset's 119); with a 20-step attack square's soft prompt rose
-    #   further (seeds 0-1: 21 -> 58/172);
-    #   the matrices alone (no bias or norm, seeds 0-1) raised the headline successes 46 -> 76 of 1,032.
+    #   further (seeds 0-1: 21 -> 58/172); the matrices alone (no bias or norm, seeds 0-1) raised the headline
+    #   successes 46 -> 76 of 1,032.
     # - num_ddim_steps 20, guidance 5 (the paper: 50, 3): the demo model's own sampling settings, with which its
     #   quality and every benchmark image were measured.
     "demo": dict(
