@@ -95,6 +95,11 @@ PRESETS: dict[str, dict] = {
     #   run: 117 -> 127 of 3,072, the 8 over the preset's 119); with a 20-step attack square's soft prompt rose
     #   further (seeds 0-1: 21 -> 58/172); the matrices alone (no bias or norm, seeds 0-1) raised the headline
     #   successes 46 -> 76 of 1,032.
+    # - attack_restart_every 10 (EraseConfig's default) was measured only beside `layers` 0 (session 25, square and
+    #   green, the same cases): a fresh start at every refresh (1) lost retain and robustness on seed 0 alone (retain
+    #   135 against the preset's 163 of 176, headline successes 44 against 9), never restarting (0) over 3 seeds gave
+    #   headline successes 74 against the preset's 86 (layer 0 restarted every 10th: 99) and retain 470 against 465
+    #   of 512 (488). On every layer it was not measured.
     # - num_ddim_steps 20, guidance 5 (the paper: 50, 3): the demo model's own sampling settings, with which its
     #   quality and every benchmark image were measured.
     "demo": dict(
