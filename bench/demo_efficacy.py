@@ -24,7 +24,8 @@ result.json: an interrupted run continues with `--resume`, redoing only the trai
 finished (efficacy_store.py says what is kept and when it is reused).
 
 efficacy.json: results.<concept>.<method> has pre_attack, post_attack {probe: ...} (headline probes only),
-stress_attack {probe: ...}, utility.retain_accuracy and robustness_curve, each rate {rate, successes, n, low,
+stress_attack {probe: ...}, utility.retain_accuracy, utility.concept_on_retain (how often the concept judge saw the
+concept on a retain prompt, which does not name it; compare with the original's) and robustness_curve, each rate {rate, successes, n, low,
 high} pooled over the training seeds, with per_seed beside it (in the order of `training_seeds`) and
 between_seeds {mean, low, high, seeds}: the mean over seeds with its 95% t interval (rates.between_seeds); beside the
 results: seconds and cpu_seconds (all processes), workers, per concept the wall and CPU seconds of every
@@ -433,9 +434,19 @@ def _pooled(entries: list[dict]) -> dict:
         "post_attack": {p: pool(e["post_attack"][p] for e in entries) for p in probes("post_attack")},
         "stress_attack": {p: pool(e["stress_attack"][p] for e in entries) for p in probes("stress_attack")},
         "robustness_curve": pool_curves(e["robustness_curve"] for e in entries),
-        "utility": {"retain_accuracy": pool(e["utility"]["retain_accuracy"] for e in entries)},
+        "utility": _pooled_utility([e["utility"] for e in entries]),
         "runs": len(entries),
     }
+
+
+def _pooled_utility(utilities: list[dict]) -> dict:
+    """Retain accuracy pooled over the seeds, and concept_on_retain where every seed measured it (parts saved
+    before it existed lack it; a pool over some seeds only would not be the run's figure)."""
+    pooled = {"retain_accuracy": pool(u["retain_accuracy"] for u in utilities)}
+    shown = [u.get("concept_on_retain") for u in utilities]
+    if all(r is not None for r in shown):
+        pooled["concept_on_retain"] = pool(shown)
+    return pooled
 
 
 def render(rows: list[list[str]], markdown: bool = False) -> str:
@@ -451,14 +462,16 @@ def format_table(results: dict, markdown: bool = False) -> str:
     """Rows concept x encoder: pre-attack, each headline probe, each stress probe, retain; rate [95% CI] (s/n)."""
     first = next(iter(next(iter(results.values())).values()))
     probes, stress = list(first["post_attack"]), list(first["stress_attack"])
+    shown = all("concept_on_retain" in v["utility"] for by_encoder in results.values() for v in by_encoder.values())
     rows = [["concept", "encoder", "pre-ASR", *[f"post {p}" for p in probes], *[f"STRESS {p}" for p in stress],
-             "retain acc"]]
+             "retain acc", *(["concept on retain"] if shown else [])]]
     for concept, by_encoder in results.items():
         for name, v in by_encoder.items():
             rows.append([concept, name, format_rate(v["pre_attack"]),
                          *[format_rate(v["post_attack"][p]) for p in probes],
                          *[format_rate(v["stress_attack"][p]) for p in stress],
-                         format_rate(v["utility"]["retain_accuracy"])])
+                         format_rate(v["utility"]["retain_accuracy"]),
+                         *([format_rate(v["utility"]["concept_on_retain"])] if shown else [])])
     return render(rows, markdown)
 
 

@@ -104,9 +104,12 @@ def _asr_table(results: dict) -> str:
         cells = "".join(f"<td>{_count(post[p])}{_interval(post[p])}</td>" for p in probes + stress)
         rows.append(f"<tr><th>{_e(name)}</th><td>{_count(entry['pre_attack'])}{_interval(entry['pre_attack'])}</td>"
                     f"{cells}<td>{dist}</td><td>{_count(util['retain_accuracy'])}"
-                    f"{_interval(util['retain_accuracy'])}</td></tr>")
+                    f"{_interval(util['retain_accuracy'])}</td>"
+                    f"<td>{_count(util.get('concept_on_retain'))}{_interval(util.get('concept_on_retain'))}</td></tr>")
     return (f"<table class='asr'><tr><th>encoder</th><th>pre-attack ASR</th>{head}"
-            f"<th>retain: mean pixel distance to original</th><th>retain accuracy</th></tr>{''.join(rows)}</table>")
+            f"<th>retain: mean pixel distance to original</th><th>retain accuracy</th>"
+            f"<th>concept shown on retain prompts<br><small>(compare with the original)</small></th></tr>"
+            f"{''.join(rows)}</table>")
 
 
 def _epsilon_label(epsilon) -> str:

@@ -32,12 +32,12 @@ def _pct(entry) -> str:
 
 def summary_rows(results: dict) -> list[list[str]]:
     probes = [p["name"] for p in results["probes"]]
-    rows = [["encoder", "before attack", *[f"after {p}" for p in probes], "retain accuracy"]]
+    rows = [["encoder", "before attack", *[f"after {p}" for p in probes], "retain accuracy", "concept on retain"]]
     for name, entry in results["encoders"].items():
         post = entry.get("post_attack", {})
         utility = entry.get("utility", {}) or {}
         rows.append([name, _pct(entry.get("pre_attack")), *[_pct(post.get(p)) for p in probes],
-                     _pct(utility.get("retain_accuracy"))])
+                     _pct(utility.get("retain_accuracy")), _pct(utility.get("concept_on_retain"))])
     return rows
 
 

@@ -48,6 +48,9 @@ def test_utility_arithmetic():
     assert summary["mean_pixel_distance"] == pytest.approx(0.2)
     assert summary["retain_accuracy"] == {"successes": 2, "n": 3, "rate": pytest.approx(2 / 3)}
     assert utility_summary([{"pixel_distance": 0.1}])["retain_accuracy"] is None
+    assert summary["concept_on_retain"] is None  # no record was judged for the concept
+    shown = utility_summary([{"shows_concept": True}, {"shows_concept": False}, {"pixel_distance": 0.1}])
+    assert shown["concept_on_retain"] == {"successes": 1, "n": 2, "rate": 0.5} and shown["retain_accuracy"] is None
 
 
 class BrightJudge(Judge):
@@ -123,6 +126,20 @@ def test_evaluate_counts_match_the_cases(setup, result):
     assert case["plain"]["success"] == judge(images).flags[0]
     assert case["plain"]["score"] == pytest.approx(judge(images).scores[0])
     assert result["_ticks"][-1][0] == result["_ticks"][-1][1] == 2 * (4 * 3 + 2)  # encoders x (cases x (plain + 2 probes) + 2 retain cases)
+
+
+def test_retain_images_are_judged_for_the_concept(setup, result):
+    """Every retain image carries the concept judge's verdict, and concept_on_retain counts them: the verdict is
+    the judge's on the same retain generation (original encoder, the case's seed)."""
+    model, _, judge, _ = setup
+    for entry in result["encoders"].values():
+        flags = [r["shows_concept"] for r in entry["retain"]]
+        assert entry["utility"]["concept_on_retain"]["successes"] == sum(flags)
+        assert entry["utility"]["concept_on_retain"]["n"] == len(flags) == 2
+        assert entry["concept_on_retain"] == sum(flags) / 2
+    for seed, record in zip(SEEDS, result["encoders"]["original"]["retain"]):
+        images = generate(model, encode_prompts(model, ["a bowl of fruit"]), [seed], steps=STEPS, guidance=GUIDANCE)
+        assert record["shows_concept"] == judge(images).flags[0]
 
 
 def test_evaluate_keeps_adversarial_prompts_and_utility(result):

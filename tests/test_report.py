@@ -50,6 +50,7 @@ def test_report_json_has_every_number(written):
         assert set(entry["post_attack"]) == {"soft_prompt", "unlearndiffatk", "concept_vector"}
         assert all(p["attacked"] == 2 for p in entry["post_attack"].values())
         assert rate_counts(entry["utility"]["retain_accuracy"]) == {"successes": 2, "n": 2, "rate": 1.0}
+        assert rate_counts(entry["utility"]["concept_on_retain"]) == {"successes": 0, "n": 2, "rate": 0.0}
         case = entry["cases"][0]
         assert case["probes"]["unlearndiffatk"]["adv_token_ids"] and case["probes"]["soft_prompt"]["losses"]
     assert report["cases"][1]["seed"] == 1 and report["judge"] == {"name": "never"}

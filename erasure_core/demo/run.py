@@ -89,19 +89,21 @@ def demo_probes(concept: str, settings: DemoSettings) -> list:
 
 def format_table(encoders: dict) -> str:
     """The ASR table the demo prints: one row per encoder, fractions in [0, 1]; the headline probes, then the
-    stress probes (marked), then the robustness curve (soft-prompt ASR by budget)."""
+    stress probes (marked), retain accuracy, how often the concept showed on retain prompts (beside the original's:
+    an erasure can move the concept under another name), then the robustness curve (soft-prompt ASR by budget)."""
     probes = sorted({p for v in encoders.values() for p in v["post_attack_asr"]})
     stress = sorted({p for v in encoders.values() for p in v.get("stress_asr", {})})
     epsilons = [p["epsilon"] for p in max((v.get("robustness_curve", []) for v in encoders.values()), key=len)]
     label = lambda eps: "unb" if eps is None else f"{eps:g}"  # noqa: E731
     head = ["encoder", "pre-ASR", *[f"post {p}" for p in probes], *[f"STRESS {p}" for p in stress], "retain acc",
-            "curve eps " + "/".join(label(e) for e in epsilons)]
+            "concept on retain", "curve eps " + "/".join(label(e) for e in epsilons)]
+    fraction = lambda r: "-" if r is None else f"{r:.2f}"  # noqa: E731
     rows = [head]
     for name, v in encoders.items():
         curve = "/".join("-" if p["rate"] is None else f"{p['rate']:.2f}" for p in v.get("robustness_curve", []))
         rows.append([name, f"{v['pre_attack_asr']:.2f}", *[f"{v['post_attack_asr'][p]:.2f}" for p in probes],
                      *[f"{v['stress_asr'][p]:.2f}" for p in stress],
-                     "-" if v["retain_accuracy"] is None else f"{v['retain_accuracy']:.2f}", curve])
+                     fraction(v["retain_accuracy"]), fraction(v.get("concept_on_retain")), curve])
     return align_columns(rows)
 
 

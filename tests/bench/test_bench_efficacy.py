@@ -68,7 +68,7 @@ def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
         runs = 1 if name == "original" else 2
         assert entry["runs"] == runs
         for r in [entry["pre_attack"], *entry["post_attack"].values(), *entry["stress_attack"].values(),
-                  entry["utility"]["retain_accuracy"]]:
+                  entry["utility"]["retain_accuracy"], entry["utility"]["concept_on_retain"]]:
             assert set(r) >= {"rate", "successes", "n", "low", "high", "per_seed"}
             assert r["n"] == 4 * runs and len(r["per_seed"]) == runs
             assert sum(s["successes"] for s in r["per_seed"]) == r["successes"]
@@ -357,6 +357,18 @@ def _encoder(pre, post, retain, curve):
     return {"pre_attack": _rate(pre), "post_attack": {"soft_prompt": _rate(post[0]), "concept_vector": _rate(post[1])},
             "utility": {"retain_accuracy": _rate(retain)},
             "robustness_curve": [{"epsilon": e, **_rate(s)} for e, s in zip((0.0, 1.0, None), curve)]}
+
+
+def test_concept_on_retain_is_pooled_only_where_every_seed_measured_it():
+    """Parts saved before the field existed lack it: a pool over some seeds only would not be the run's figure."""
+    bench = _bench()
+    rate = lambda s, n: {"rate": s / n, "successes": s, "n": n}  # noqa: E731
+    both = [{"retain_accuracy": rate(80, 88), "concept_on_retain": rate(3, 88)},
+            {"retain_accuracy": rate(70, 84), "concept_on_retain": rate(1, 84)}]
+    pooled = bench._pooled_utility(both)
+    assert (pooled["concept_on_retain"]["successes"], pooled["concept_on_retain"]["n"]) == (4, 172)
+    older = [both[0], {"retain_accuracy": rate(70, 84)}]
+    assert set(bench._pooled_utility(older)) == {"retain_accuracy"}
 
 
 def test_markdown_tables_carry_the_same_cells_as_the_text_tables():
