@@ -43,11 +43,16 @@ def shared_settings(efficacy: dict) -> dict:
 
 
 def same_figures(a: dict, b: dict) -> bool:
-    """Equal figures, the robustness curve compared at the budgets both have (a tuning run may draw fewer)."""
-    strip = lambda v: {k: x for k, x in v.items() if k != "robustness_curve"}  # noqa: E731
+    """Equal figures: the robustness curve compared at the budgets both have (a tuning run may draw fewer), the
+    utility at the figures both measured (runs made before utility.concept_on_retain existed lack it; retain
+    accuracy, which every run has, must agree)."""
+    strip = lambda v: {k: x for k, x in v.items() if k not in ("robustness_curve", "utility")}  # noqa: E731
     curve_b = {json.dumps(p["epsilon"]): p for p in b.get("robustness_curve", [])}
     shared = [p for p in a.get("robustness_curve", []) if json.dumps(p["epsilon"]) in curve_b]
-    return strip(a) == strip(b) and all(p == curve_b[json.dumps(p["epsilon"])] for p in shared)
+    utility_a, utility_b = a.get("utility", {}), b.get("utility", {})
+    measured = (set(utility_a) & set(utility_b)) | {"retain_accuracy"}
+    return (strip(a) == strip(b) and all(p == curve_b[json.dumps(p["epsilon"])] for p in shared)
+            and all(utility_a.get(k) == utility_b.get(k) for k in measured))
 
 
 def combine(base: dict, runs: dict[str, dict], method: str) -> tuple[dict, dict]:

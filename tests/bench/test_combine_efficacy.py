@@ -62,6 +62,20 @@ def test_an_original_that_disagrees_is_refused():
         combine.combine(base, {"arm": arm}, "advunlearn")
 
 
+def test_a_newer_run_with_more_utility_figures_combines_but_its_retain_must_agree():
+    """A run made after utility.concept_on_retain existed beside a base made before it: the figures both have
+    decide."""
+    combine = _combine_module()
+    base, arm = _read(FULL), _read(ARM)
+    original = arm["results"]["red"]["original"]["utility"]
+    original["concept_on_retain"] = {"rate": 0.0, "successes": 0, "n": 256}
+    combine.combine(base, {"arm": arm}, "advunlearn")
+    retain = original["retain_accuracy"]
+    original["retain_accuracy"] = {**retain, "successes": retain["successes"] - 1}
+    with pytest.raises(ErasureError, match="original model's figures for 'red' differ"):
+        combine.combine(base, {"arm": arm}, "advunlearn")
+
+
 def test_the_erase_options_and_the_curve_may_differ():
     combine = _combine_module()
     arm = _read(ARM)
