@@ -26,9 +26,9 @@ finished (efficacy_store.py says what is kept and when it is reused).
 efficacy.json: results.<concept>.<method> has pre_attack, post_attack {probe: ...} (headline probes only),
 stress_attack {probe: ...}, utility.retain_accuracy, utility.concept_on_retain (how often the concept judge saw the
 concept on a retain prompt, which does not name it; compare with the original's) and robustness_curve, each rate
-{rate, successes, n, low, high} pooled over the training seeds, with per_seed beside it (in the order of `training_seeds`) and
-between_seeds {mean, low, high, seeds}: the mean over seeds with its 95% t interval (rates.between_seeds); beside the
-results: seconds and cpu_seconds (all processes), workers, per concept the wall and CPU seconds of every
+{rate, successes, n, low, high} pooled over the training seeds, with per_seed beside it (in the order of
+`training_seeds`) and between_seeds {mean, low, high, seeds}: the mean over seeds with its 95% t interval
+(rates.between_seeds); beside the results: seconds and cpu_seconds (all processes), workers, per concept the wall and CPU seconds of every
 training run and of the evaluation, and where the evaluation's time went per method (evaluation_by_method per
 concept, evaluation_timings summed: plain generation, each probe with the cases it attacked, retain generation).
 
