@@ -29,8 +29,9 @@ concept on a retain prompt, which does not name it; compare with the original's)
 {rate, successes, n, low, high} pooled over the training seeds, with per_seed beside it (in the order of
 `training_seeds`) and between_seeds {mean, low, high, seeds}: the mean over seeds with its 95% t interval
 (rates.between_seeds); beside the results: seconds and cpu_seconds (all processes), workers, per concept the wall
-and CPU seconds of every training run and of the evaluation, and where the evaluation's time went per method (evaluation_by_method per
-concept, evaluation_timings summed: plain generation, each probe with the cases it attacked, retain generation).
+and CPU seconds of every training run and of the evaluation, and where the evaluation's time went per method
+(evaluation_by_method per concept, evaluation_timings summed: plain generation, each probe with the cases it
+attacked, retain generation).
 
 Cost (a projection, not a run): from two measured runs of one concept (red, 16 prompts x 2 seeds = 32 cases, 1
 training seed, the demo preset, 1 thread, on the shared 2-core machine while others' jobs ran), scaled linearly to
