@@ -166,6 +166,7 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
     import torch
 
     out_dir = Path(out_dir)
+    _check_configs(settings)
     # CPU time beside wall time: on a shared machine the wall clock measures the neighbours as much as the run.
     started, cpu_started = time.perf_counter(), time.process_time()
     identity = model_identity(model)
@@ -224,6 +225,17 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
     }
     atomic_write_json(efficacy, out_dir / "efficacy.json")
     return efficacy
+
+
+def _check_configs(settings: BenchSettings) -> None:
+    """Builds every erase config and probe the run will use, so a bad --erase-option (and a --probe-option the probe
+    builders refuse) fails with ErasureError before OUT is written, not in a worker after run.json exists. A probe
+    checks its own option values only when it runs (UnlearnDiffAtk's timesteps need the model)."""
+    for concept in settings.concepts:
+        demo_probes(concept, settings.demo)
+        for method in settings.methods:
+            for seed in settings.training_seeds:
+                demo_erase_config(method, seed, settings.demo, concept)
 
 
 def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Path, model_identity: dict,

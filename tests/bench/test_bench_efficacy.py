@@ -359,6 +359,18 @@ def _encoder(pre, post, retain, curve):
             "robustness_curve": [{"epsilon": e, **_rate(s)} for e, s in zip((0.0, 1.0, None), curve)]}
 
 
+def test_a_bad_erase_option_is_refused_before_out_is_written(tiny_model, tmp_path):
+    from erasure_core.errors import ErasureError
+
+    bench = _bench()
+    settings = _tiny_settings(bench)
+    settings.demo.erase.update(attack_restart_every=-1)
+    with pytest.raises(ErasureError, match="attack_restart_every must be >= 0, got -1"):
+        bench.measure(tiny_model, settings, tmp_path / "out", judge_for=red_judge, retain_check_for=half_right_check,
+                      log=lambda msg: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_concept_on_retain_is_pooled_only_where_every_seed_measured_it():
     """Parts saved before the field existed lack it: a pool over some seeds only would not be the run's figure."""
     bench = _bench()
