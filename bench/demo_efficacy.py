@@ -166,7 +166,7 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
     import torch
 
     out_dir = Path(out_dir)
-    _check_configs(settings)
+    _check_configs(settings, model)
     # CPU time beside wall time: on a shared machine the wall clock measures the neighbours as much as the run.
     started, cpu_started = time.perf_counter(), time.process_time()
     identity = model_identity(model)
@@ -227,12 +227,13 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
     return efficacy
 
 
-def _check_configs(settings: BenchSettings) -> None:
-    """Builds every erase config and probe the run will use, so a bad --erase-option (and a --probe-option the probe
-    builders refuse) fails with ErasureError before OUT is written, not in a worker after run.json exists. A probe
-    checks its own option values only when it runs (UnlearnDiffAtk's timesteps need the model)."""
+def _check_configs(settings: BenchSettings, model) -> None:
+    """Builds every erase config and probe the run will use and checks each probe's settings against `model`, so a
+    bad --erase-option or --probe-option fails with ErasureError before OUT is written, not in a worker after
+    run.json exists (a probe's settings used to be checked only when it ran, after training)."""
     for concept in settings.concepts:
-        demo_probes(concept, settings.demo)
+        for probe in demo_probes(concept, settings.demo):
+            probe.check(model)
         for method in settings.methods:
             for seed in settings.training_seeds:
                 demo_erase_config(method, seed, settings.demo, concept)

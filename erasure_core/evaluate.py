@@ -284,11 +284,14 @@ def _with_original(model: SDModel, encoders: dict[str, CLIPTextModel]) -> dict[s
     return {ORIGINAL: model.text_encoder, **rest}
 
 
-def _check_probes(probes: Sequence[Probe]) -> list[Probe]:
+def _check_probes(probes: Sequence[Probe], model: SDModel) -> list[Probe]:
+    """Distinct names and valid settings, before the first image is written (a probe runs after generation)."""
     probes = list(probes)
     names = [p.name for p in probes]
     if len(set(names)) != len(names):
         raise ErasureError(f"two probes share a name ({names}); give each probe a distinct name")
+    for probe in probes:
+        probe.check(model)
     return probes
 
 
@@ -329,7 +332,7 @@ def evaluate(
     if judge is None:
         raise ErasureError("evaluate needs a judge to decide whether an image shows the concept")
     encoders = _with_original(model, encoders)
-    probes = _check_probes(probes)
+    probes = _check_probes(probes, model)
     generation = GenerationSettings(steps=steps, guidance=guidance, scheduler=scheduler,
                                     negative_prompt=negative_prompt)
     cases = as_cases(prompts, seeds)

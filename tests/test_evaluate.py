@@ -182,6 +182,15 @@ def test_evaluate_rejects_bad_input(setup):
         evaluate(model, {"erased": erased}, PROMPTS, [], None)
 
 
+def test_a_bad_probe_setting_is_refused_before_any_image_is_written(setup, tmp_path):
+    """UnlearnDiffAtk checks its timesteps when it attacks, after plain generation has written images."""
+    model, erased, judge, _ = setup
+    bad = UnlearnDiffAtk(UnlearnDiffAtkConfig(concept="red", timesteps=(5000,)))
+    with pytest.raises(ErasureError, match=r"timesteps must be a non-empty list in \[0, 1000\)"):
+        evaluate(model, {"erased": erased}, PROMPTS, [bad], judge, out_dir=tmp_path / "report")
+    assert not (tmp_path / "report").exists()
+
+
 def _shard(indices, judge_name="j"):
     cases = [_case(i, i % 3 == 0, a=(i % 2 == 0)) for i in indices]
     return {

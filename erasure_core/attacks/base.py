@@ -96,6 +96,10 @@ class Probe:
         return [self.run(model, text_encoder, p, seed=s, judge=judge, generation=generation)
                 for p, s in zip(prompts, seeds)]
 
+    def check(self, model: SDModel) -> None:
+        """Raises ErasureError naming a bad setting of this probe for `model`. Called by `run_batch` and, before
+        anything is written, by callers that build probes from user options (bench/demo_efficacy.py)."""
+
     def describe(self) -> dict:
         return {"name": self.name, "role": self.role}
 

@@ -81,6 +81,9 @@ class ConceptVectorProbe(Probe):
     def __init__(self, config: ConceptVectorConfig | None = None):
         self.config = config or ConceptVectorConfig()
 
+    def check(self, model) -> None:
+        self.config.check()
+
     def describe(self) -> dict:
         c = self.config
         return {"name": self.name, "concept": c.concept, "pairs": len(c.prompt_pairs()),
@@ -100,7 +103,7 @@ class ConceptVectorProbe(Probe):
         """Every prompt at every strength in turn, one batched generation per strength for the prompts that
         have not succeeded yet."""
         check_batch(prompts, seeds)
-        self.config.check()
+        self.check(model)
         generation = generation or GenerationSettings()
         pairs = self.config.prompt_pairs()
         source = model.text_encoder if self.config.direction_from == "original" else text_encoder

@@ -145,6 +145,9 @@ class SoftPromptProbe(Probe):
         self.name = probe_name(self.config.attack.epsilon)
         self.role = role or ("stress" if self.config.attack.epsilon is None else "headline")
 
+    def check(self, model) -> None:
+        self.config.check()
+
     def describe(self) -> dict:
         c, a = self.config, self.config.attack
         return {"name": self.name, "role": self.role, "k": a.k, "steps": a.steps, "lr": a.lr, "method": a.method,
@@ -167,7 +170,7 @@ class SoftPromptProbe(Probe):
         generation: GenerationSettings | None = None,
     ) -> list[ProbeResult]:
         check_batch(prompts, seeds)
-        self.config.check()
+        self.check(model)
         attack = self.config.attack
         generation = generation or GenerationSettings()
         # Two streams per case, both from its seed: the original model's targets (cached across encoders) and

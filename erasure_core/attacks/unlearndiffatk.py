@@ -199,6 +199,9 @@ class UnlearnDiffAtk(Probe):
     def __init__(self, config: UnlearnDiffAtkConfig | None = None):
         self.config = config or UnlearnDiffAtkConfig()
 
+    def check(self, model) -> None:
+        self.config.check(model.scheduler.config.num_train_timesteps)
+
     def describe(self) -> dict:
         c = self.config
         sweep = list(c.timesteps)
@@ -243,7 +246,7 @@ class UnlearnDiffAtk(Probe):
         check_batch(prompts, seeds)
         generation = generation or GenerationSettings()
         config = self.config
-        config.check(model.scheduler.config.num_train_timesteps)
+        self.check(model)
         if target_images is None:
             target_images = make_target_images(model, prompts, seeds, generation)
         x0 = torch.cat([target_latent(model, image) for image in target_images])

@@ -371,6 +371,24 @@ def test_a_bad_erase_option_is_refused_before_out_is_written(tiny_model, tmp_pat
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("probe, option, message", [
+    ("soft_prompt", {"points": 0}, "trajectories, points and sampling_steps >= 1"),
+    ("unlearndiffatk", {"timesteps": (0, 5000)}, r"timesteps must be a non-empty list in \[0, 1000\); got bad values \[5000\]"),
+    ("concept_vector", {"strengths": ()}, "needs at least one strength"),
+])
+def test_a_bad_probe_option_is_refused_before_out_is_written(tiny_model, tmp_path, probe, option, message):
+    """A probe checks its settings when it runs, after training; the run checks them before writing anything."""
+    from erasure_core.errors import ErasureError
+
+    bench = _bench()
+    settings = _tiny_settings(bench)
+    settings.demo.probes[probe] = {**settings.demo.probes.get(probe, {}), **option}
+    with pytest.raises(ErasureError, match=message):
+        bench.measure(tiny_model, settings, tmp_path / "out", judge_for=red_judge, retain_check_for=half_right_check,
+                      log=lambda msg: None)
+    assert not (tmp_path / "out").exists()
+
+
 def test_concept_on_retain_is_pooled_only_where_every_seed_measured_it():
     """Parts saved before the field existed lack it: a pool over some seeds only would not be the run's figure."""
     bench = _bench()
