@@ -68,6 +68,9 @@ PRESETS: dict[str, dict] = {
     #   a seed: retain 685 -> 722/768, pre-attack 10 -> 0/768, concept vector 56 -> 2/768, soft prompt 37 -> 37/256
     #   (seeds on thirds). Star, the same: retain 680 -> 715/768 (0.885 -> 0.931), pre-attack 0 -> 0/768, concept
     #   vector 1 -> 2/768, soft prompt 0 -> 0/256. The first change that raised retain without raising any probe.
+    #   32 (+23% UNet evaluations) was measured only beside `layers` 0 and a never-restarted attacker (session 27,
+    #   square and red, 3 seeds): retain 473 -> 486/512 against this preset (red 233 -> 246: every target met), but
+    #   headline successes 72 -> 79 of 1,536 (square's soft prompt 41 -> 56/256); not adopted.
     # - project_conflicts (training/projection.py, sessions 17-18): all 8 concepts, 3 training seeds each, the full
     #   benchmark's cases, against its encoders (same seeds, one thread each): square's soft prompt 81 -> 41/256
     #   (lower on every seed), retain 223 -> 240/256; star's retain 240 -> 247; green worse (concept vector 7 ->
