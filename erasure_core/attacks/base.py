@@ -97,8 +97,8 @@ class Probe:
                 for p, s in zip(prompts, seeds)]
 
     def check(self, model: SDModel) -> None:
-        """Raises ErasureError naming a bad setting of this probe for `model`. Called by `run_batch` and, before
-        anything is written, by callers that build probes from user options (bench/demo_efficacy.py)."""
+        """Raises ErasureError naming a bad setting of this probe for `model`. A probe calls it first thing in
+        `run_batch`; `evaluate` and bench/demo_efficacy.py call it before they write anything."""
 
     def describe(self) -> dict:
         return {"name": self.name, "role": self.role}

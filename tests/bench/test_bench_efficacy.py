@@ -373,7 +373,8 @@ def test_a_bad_erase_option_is_refused_before_out_is_written(tiny_model, tmp_pat
 
 @pytest.mark.parametrize("probe, option, message", [
     ("soft_prompt", {"points": 0}, "trajectories, points and sampling_steps >= 1"),
-    ("unlearndiffatk", {"timesteps": (0, 5000)}, r"timesteps must be a non-empty list in \[0, 1000\); got bad values \[5000\]"),
+    ("unlearndiffatk", {"timesteps": (0, 5000)},
+     r"timesteps must be a non-empty list in \[0, 1000\); got bad values \[5000\]"),
     ("concept_vector", {"strengths": ()}, "needs at least one strength"),
 ])
 def test_a_bad_probe_option_is_refused_before_out_is_written(tiny_model, tmp_path, probe, option, message):
