@@ -359,16 +359,21 @@ def _encoder(pre, post, retain, curve):
             "robustness_curve": [{"epsilon": e, **_rate(s)} for e, s in zip((0.0, 1.0, None), curve)]}
 
 
-def test_a_bad_erase_option_is_refused_before_out_is_written(tiny_model, tmp_path):
+def _assert_refused_before_out(bench, model, settings, out, message):
     from erasure_core.errors import ErasureError
 
+    with pytest.raises(ErasureError, match=message):
+        bench.measure(model, settings, out, judge_for=red_judge, retain_check_for=half_right_check,
+                      log=lambda msg: None)
+    assert not out.exists()
+
+
+def test_a_bad_erase_option_is_refused_before_out_is_written(tiny_model, tmp_path):
     bench = _bench()
     settings = _tiny_settings(bench)
     settings.demo.erase.update(attack_restart_every=-1)
-    with pytest.raises(ErasureError, match="attack_restart_every must be >= 0, got -1"):
-        bench.measure(tiny_model, settings, tmp_path / "out", judge_for=red_judge, retain_check_for=half_right_check,
-                      log=lambda msg: None)
-    assert not (tmp_path / "out").exists()
+    _assert_refused_before_out(bench, tiny_model, settings, tmp_path / "out",
+                               "attack_restart_every must be >= 0, got -1")
 
 
 @pytest.mark.parametrize("probe, option, message", [
@@ -379,15 +384,10 @@ def test_a_bad_erase_option_is_refused_before_out_is_written(tiny_model, tmp_pat
 ])
 def test_a_bad_probe_option_is_refused_before_out_is_written(tiny_model, tmp_path, probe, option, message):
     """A probe checks its settings when it runs, after training; the run checks them before writing anything."""
-    from erasure_core.errors import ErasureError
-
     bench = _bench()
     settings = _tiny_settings(bench)
     settings.demo.probes[probe] = {**settings.demo.probes.get(probe, {}), **option}
-    with pytest.raises(ErasureError, match=message):
-        bench.measure(tiny_model, settings, tmp_path / "out", judge_for=red_judge, retain_check_for=half_right_check,
-                      log=lambda msg: None)
-    assert not (tmp_path / "out").exists()
+    _assert_refused_before_out(bench, tiny_model, settings, tmp_path / "out", message)
 
 
 def test_concept_on_retain_is_pooled_only_where_every_seed_measured_it():
