@@ -43,16 +43,26 @@ def shared_settings(efficacy: dict) -> dict:
 
 
 def same_figures(a: dict, b: dict) -> bool:
-    """Equal figures: the robustness curve compared at the budgets both have (a tuning run may draw fewer), the
-    utility at the figures both measured (runs made before utility.concept_on_retain existed lack it; retain
-    accuracy, which every run has, must agree)."""
-    strip = lambda v: {k: x for k, x in v.items() if k not in ("robustness_curve", "utility")}  # noqa: E731
-    curve_b = {json.dumps(p["epsilon"]): p for p in b.get("robustness_curve", [])}
-    shared = [p for p in a.get("robustness_curve", []) if json.dumps(p["epsilon"]) in curve_b]
-    utility_a, utility_b = a.get("utility", {}), b.get("utility", {})
-    measured = (set(utility_a) & set(utility_b)) | {"retain_accuracy"}
-    return (strip(a) == strip(b) and all(p == curve_b[json.dumps(p["epsilon"])] for p in shared)
-            and all(utility_a.get(k) == utility_b.get(k) for k in measured))
+    """Equal wherever both runs measured a figure: the robustness curve at the budgets both have (a tuning run may
+    draw fewer), and a figure a later evaluation added only where both have it (runs made before session 26 lack
+    utility.concept_on_retain and each rate's per-prompt clusters); every run's rates (pre-attack, each probe, retain
+    accuracy) must be in both and agree."""
+    strip = lambda v: {k: x for k, x in v.items() if k != "robustness_curve"}  # noqa: E731
+    curve_a, curve_b = ({json.dumps(p["epsilon"]): p for p in v.get("robustness_curve", [])} for v in (a, b))
+    every_run = ("pre_attack", "post_attack", "utility")
+    return (all(k in a and k in b for k in every_run)
+            and all("retain_accuracy" in v["utility"] for v in (a, b))
+            and _agree(strip(a), strip(b))
+            and all(_agree(curve_a[e], curve_b[e]) for e in curve_a.keys() & curve_b.keys()))
+
+
+def _agree(a, b) -> bool:
+    """Dicts on the keys both have (a rate's successes and n must be in both), anything else exactly."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        if ("successes" in a or "successes" in b) and not all(k in a and k in b for k in ("successes", "n")):
+            return False
+        return all(_agree(a[k], b[k]) for k in a.keys() & b.keys())
+    return a == b
 
 
 def combine(base: dict, runs: dict[str, dict], method: str) -> tuple[dict, dict]:

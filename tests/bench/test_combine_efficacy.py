@@ -92,3 +92,21 @@ def test_a_directory_without_a_result_is_refused_clearly(tmp_path, content, mess
         (tmp_path / "efficacy.json").write_text(content)
     with pytest.raises(ErasureError, match=message):
         combine.read_efficacy(str(tmp_path))
+
+
+def test_a_run_with_per_prompt_clusters_combines_but_a_shared_figure_must_agree():
+    """A run evaluated after each rate got its per-prompt clusters (session 26), beside a base made before: the
+    figures both have decide, on every rate and curve point, not only on the utility."""
+    combine = _combine_module()
+    base, arm = _read(FULL), _read(ROOT / "bench/results/layer0_persistent_rb32")
+    assert "clusters" in arm["results"]["square"]["original"]["pre_attack"]
+    assert "clusters" not in base["results"]["square"]["original"]["pre_attack"]
+    results, _ = combine.combine(base, {"arm": arm}, "advunlearn")
+    assert results["square"]["advunlearn"] == arm["results"]["square"]["advunlearn"]
+    for spoil in (lambda o: o["post_attack"]["soft_prompt"].update(successes=0),
+                  lambda o: o["robustness_curve"][0].update(n=1),
+                  lambda o: o["pre_attack"].pop("successes")):
+        spoilt = copy.deepcopy(arm)
+        spoil(spoilt["results"]["red"]["original"])
+        with pytest.raises(ErasureError, match="original model's figures for 'red' differ"):
+            combine.combine(base, {"arm": spoilt}, "advunlearn")
