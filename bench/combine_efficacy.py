@@ -44,9 +44,9 @@ def shared_settings(efficacy: dict) -> dict:
 
 def same_figures(a: dict, b: dict) -> bool:
     """Equal wherever both runs measured a figure: the robustness curve at the budgets both have (a tuning run may
-    draw fewer), and a figure a later evaluation added only where both have it (runs made before session 26 lack
-    utility.concept_on_retain and each rate's per-prompt clusters); every run's rates (pre-attack, each probe, retain
-    accuracy) must be in both and agree."""
+    draw fewer), and a figure a later evaluation added only where both have it (runs made before session 22 lack each
+    rate's per-prompt clusters, before session 26 utility.concept_on_retain); every run's rates (pre-attack, each
+    probe, retain accuracy) must be in both and agree."""
     strip = lambda v: {k: x for k, x in v.items() if k != "robustness_curve"}  # noqa: E731
     curve_a, curve_b = ({json.dumps(p["epsilon"]): p for p in v.get("robustness_curve", [])} for v in (a, b))
     every_run = ("pre_attack", "post_attack", "utility")

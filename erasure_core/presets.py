@@ -63,11 +63,12 @@ PRESETS: dict[str, dict] = {
     # - retain_early_weight 0 (the EraseConfig default): an extra retain term at weight 10 on the first quarter of
     #   the sampling steps brought retain within 5 points of the original on red, square and yellow (3 seeds each:
     #   square 685 -> 741/768), but raised square's concept vector 56 -> 99/768 and soft prompt 37 -> 62/256.
-    # - retain_batch 16 (not 8; 32 since session 28, below): the same retain term (weight 10 on the mean of its points) on twice the points a
-    #   step, so half its gradient noise, for 3,200 more UNet evaluations a run (+13%). Square, seeds 0-2, 256 cases
-    #   a seed: retain 685 -> 722/768, pre-attack 10 -> 0/768, concept vector 56 -> 2/768, soft prompt 37 -> 37/256
-    #   (seeds on thirds). Star, the same: retain 680 -> 715/768 (0.885 -> 0.931), pre-attack 0 -> 0/768, concept
-    #   vector 1 -> 2/768, soft prompt 0 -> 0/256. The first change that raised retain without raising any probe.
+    # - retain_batch 16 (not 8; 32 since session 28, below): the same retain term (weight 10 on the mean of its
+    #   points) on twice the points a step, so half its gradient noise, for 3,200 more UNet evaluations a run (+13%).
+    #   Square, seeds 0-2, 256 cases a seed: retain 685 -> 722/768, pre-attack 10 -> 0/768, concept vector 56 ->
+    #   2/768, soft prompt 37 -> 37/256 (seeds on thirds). Star, the same: retain 680 -> 715/768 (0.885 -> 0.931),
+    #   pre-attack 0 -> 0/768, concept vector 1 -> 2/768, soft prompt 0 -> 0/256. The first change that raised retain
+    #   without raising any probe.
     #   32 (+23% UNet evaluations): with `layers` [0] and a never-restarted attacker, below (session 28).
     # - project_conflicts (training/projection.py, sessions 17-18): all 8 concepts, 3 training seeds each, the full
     #   benchmark's cases, against its encoders (same seeds, one thread each): square's soft prompt 81 -> 41/256

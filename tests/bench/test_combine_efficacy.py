@@ -95,7 +95,7 @@ def test_a_directory_without_a_result_is_refused_clearly(tmp_path, content, mess
 
 
 def test_a_run_with_per_prompt_clusters_combines_but_a_shared_figure_must_agree():
-    """A run evaluated after each rate got its per-prompt clusters (session 26), beside a base made before: the
+    """A run evaluated after each rate got its per-prompt clusters (session 22), beside a base made before: the
     figures both have decide, on every rate and curve point, not only on the utility."""
     combine = _combine_module()
     base, arm = _read(FULL), _read(ROOT / "bench/results/layer0_persistent_rb32")

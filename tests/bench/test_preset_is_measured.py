@@ -31,7 +31,7 @@ def test_the_preset_builds_the_measured_config(method, runs):
     for run in runs:
         for concept, saved in _saved_configs(run, method):
             built = demo_erase_config(method, saved["seed"], DemoSettings(), concept).to_dict()
-            # a run made before a later option existed did not record it: that option must be at its old default
+            # an option added after a run was made is not in its saved config, so it cannot be compared
             differing = {k: (saved.get(k), built[k]) for k in built if k in saved and saved[k] != built[k]}
             assert not differing, f"{run}/{concept}: the preset's {method} config differs from the measured one"
             concepts.add(concept)
