@@ -85,6 +85,7 @@ from erasure_core.evaluate import sum_timings  # noqa: E402
 from erasure_core.errors import ErasureError  # noqa: E402
 from erasure_core.files import atomic_write_json  # noqa: E402
 from erasure_core.rates import format_rate, pool, pool_curves  # noqa: E402
+from erasure_core.training import select_trainable_parameters  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # efficacy_store beside this file (also in workers)
 import efficacy_store as store  # noqa: E402
@@ -228,15 +229,18 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
 
 
 def _check_configs(settings: BenchSettings, model) -> None:
-    """Builds every erase config and probe the run will use and checks each probe's settings against `model`, so a
-    bad --erase-option or --probe-option fails with ErasureError before OUT is written, not in a worker after
-    run.json exists (a probe's settings used to be checked only when it ran, after training)."""
+    """Builds every erase config and probe the run will use and checks each probe's settings and each config's
+    layers against `model`, so a bad --erase-option or --probe-option fails with ErasureError before OUT is
+    written, not in a worker after run.json exists (both used to be checked only when they ran)."""
     for concept in settings.concepts:
         for probe in demo_probes(concept, settings.demo):
             probe.check(model)
         for method in settings.methods:
             for seed in settings.training_seeds:
-                demo_erase_config(method, seed, settings.demo, concept)
+                config = demo_erase_config(method, seed, settings.demo, concept)
+                # the layers exist? (only the model can say; erase() would find out after run.json is written)
+                select_trainable_parameters(model.text_encoder, config.layers, config.train_final_layer_norm,
+                                            config.train_biases_and_norms)
 
 
 def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Path, model_identity: dict,

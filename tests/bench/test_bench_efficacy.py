@@ -368,12 +368,16 @@ def _assert_refused_before_out(bench, model, settings, out, message):
     assert not out.exists()
 
 
-def test_a_bad_erase_option_is_refused_before_out_is_written(tiny_model, tmp_path):
+@pytest.mark.parametrize("option, message", [
+    ({"attack_restart_every": -1}, "attack_restart_every must be >= 0, got -1"),
+    # valid for any encoder alone, out of range for this one: only the model can say so
+    ({"layers": "7"}, r"layer index\(es\) \[7\] out of range: this encoder has layers 0..1"),
+])
+def test_a_bad_erase_option_is_refused_before_out_is_written(tiny_model, tmp_path, option, message):
     bench = _bench()
     settings = _tiny_settings(bench)
-    settings.demo.erase.update(attack_restart_every=-1)
-    _assert_refused_before_out(bench, tiny_model, settings, tmp_path / "out",
-                               "attack_restart_every must be >= 0, got -1")
+    settings.demo.erase.update(option)
+    _assert_refused_before_out(bench, tiny_model, settings, tmp_path / "out", message)
 
 
 @pytest.mark.parametrize("probe, option, message", [
