@@ -85,7 +85,7 @@ from erasure_core.evaluate import sum_timings  # noqa: E402
 from erasure_core.errors import ErasureError  # noqa: E402
 from erasure_core.files import atomic_write_json  # noqa: E402
 from erasure_core.rates import format_rate, pool, pool_curves  # noqa: E402
-from erasure_core.training import select_trainable_parameters  # noqa: E402
+from erasure_core.training import check_layers  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # efficacy_store beside this file (also in workers)
 import efficacy_store as store  # noqa: E402
@@ -238,9 +238,7 @@ def _check_configs(settings: BenchSettings, model) -> None:
         for method in settings.methods:
             for seed in settings.training_seeds:
                 config = demo_erase_config(method, seed, settings.demo, concept)
-                # the layers exist? (only the model can say; erase() would find out after run.json is written)
-                select_trainable_parameters(model.text_encoder, config.layers, config.train_final_layer_norm,
-                                            config.train_biases_and_norms)
+                check_layers(model.text_encoder, config.layers)  # erase() would check after run.json exists
 
 
 def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Path, model_identity: dict,

@@ -5,10 +5,11 @@ back-propagated (terms.py) and, optionally, their conflict projected out (projec
 and erasure_core.latents."""
 
 from .checkpoint import CHECKPOINT_FORMAT, RESUMABLE_CHANGES, read_checkpoint
-from .config import LAYER_GROUPS, METHODS, PRECISIONS, EraseConfig, parse_layers, select_trainable_parameters
+from .config import (LAYER_GROUPS, METHODS, PRECISIONS, EraseConfig, check_layers, parse_layers,
+                     select_trainable_parameters)
 from .loop import EraseResult, erase
 from .retain import filter_retain_prompts
 
 __all__ = ["CHECKPOINT_FORMAT", "RESUMABLE_CHANGES", "LAYER_GROUPS", "METHODS", "PRECISIONS", "EraseConfig",
-           "EraseResult", "erase", "filter_retain_prompts", "parse_layers", "read_checkpoint",
+           "EraseResult", "check_layers", "erase", "filter_retain_prompts", "parse_layers", "read_checkpoint",
            "select_trainable_parameters"]

@@ -265,17 +265,24 @@ def encoder_parts(text_encoder):
     return core.encoder.layers, core.final_layer_norm
 
 
+def check_layers(text_encoder, layers) -> str | list[int]:
+    """`layers` parsed, with every index checked against this encoder's layer list (a config alone cannot say)."""
+    layers = parse_layers(layers)
+    if isinstance(layers, list):
+        count = len(encoder_parts(text_encoder)[0])
+        bad = [i for i in layers if not 0 <= i < count]
+        check(not bad, f"layer index(es) {bad} out of range: this encoder has layers 0..{count - 1}")
+    return layers
+
+
 def select_trainable_parameters(text_encoder, layers="all", train_final_layer_norm=True,
                                 train_biases_and_norms=True):
     """[(name, parameter)] to train. Layers are chosen by their index in the layer list, never by matching
     names as text (so layer 1 is layer 1 only, not also 10 and 11). Without `train_biases_and_norms` only the
     weight matrices train: a bias or a layer norm's gain is added to (or multiplies) every token of every prompt,
     and in a CLIP layer those are exactly the 1-D parameters."""
-    layers = parse_layers(layers)
+    layers = check_layers(text_encoder, layers)
     blocks, final_norm = encoder_parts(text_encoder)
-    if isinstance(layers, list):
-        bad = [i for i in layers if not 0 <= i < len(blocks)]
-        check(not bad, f"layer index(es) {bad} out of range: this encoder has layers 0..{len(blocks) - 1}")
     chosen = []
     for index, block in enumerate(blocks):
         modules = _modules_of(block, layers, index)

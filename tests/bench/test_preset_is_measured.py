@@ -8,9 +8,10 @@ from pathlib import Path
 
 import pytest
 
+from erasure_core.demo import world
 from erasure_core.demo.run import DemoSettings, demo_erase_config
 
-EIGHT = {"circle", "square", "triangle", "star", "red", "green", "blue", "yellow"}  # the benchmark's default
+EIGHT = set(world.WORLD["shape"] + world.WORLD["colour"])  # the benchmark's default concepts
 RESULTS = Path(__file__).resolve().parents[2] / "bench/results"
 # the runs behind the README's table at the current preset (session 28), and the full run for ESD
 ADVUNLEARN_RUNS = ("layer0_persistent_rb32", "layer0_persistent_rb32_green_yellow",
