@@ -42,27 +42,40 @@ def shared_settings(efficacy: dict) -> dict:
     return {**settings, **{k: efficacy[k] for k in CASES}}
 
 
-def same_figures(a: dict, b: dict) -> bool:
-    """Equal wherever both runs measured a figure: the robustness curve at the budgets both have (a tuning run may
-    draw fewer), and a figure a later evaluation added only where both have it (runs made before session 22 lack each
-    rate's per-prompt clusters, before session 26 utility.concept_on_retain); every run's rates (pre-attack, each
-    probe, retain accuracy) must be in both and agree."""
+def figure_difference(a: dict, b: dict) -> str | None:
+    """Where two encoders' figures disagree (a dotted key and both values), or None where they agree wherever both
+    runs measured a figure: the robustness curve at the budgets both have (a tuning run may draw fewer), and a
+    figure a later evaluation added only where both have it (runs made before session 22 lack each rate's
+    per-prompt clusters, before session 26 utility.concept_on_retain); every run's rates (pre-attack, each probe,
+    retain accuracy) must be in both and agree."""
+    for key in ("pre_attack", "post_attack", "utility"):
+        if key not in a or key not in b:
+            return f"{key}: missing in {'the base run' if key not in b else 'this run'}"
+    for v, which in ((a, "this run"), (b, "the base run")):
+        if "retain_accuracy" not in v["utility"]:
+            return f"utility.retain_accuracy: missing in {which}"
     strip = lambda v: {k: x for k, x in v.items() if k != "robustness_curve"}  # noqa: E731
     curve_a, curve_b = ({json.dumps(p["epsilon"]): p for p in v.get("robustness_curve", [])} for v in (a, b))
-    every_run = ("pre_attack", "post_attack", "utility")
-    return (all(k in a and k in b for k in every_run)
-            and all("retain_accuracy" in v["utility"] for v in (a, b))
-            and _agree(strip(a), strip(b))
-            and all(_agree(curve_a[e], curve_b[e]) for e in curve_a.keys() & curve_b.keys()))
+    found = _disagreement(strip(a), strip(b), "")
+    for e in sorted(curve_a.keys() & curve_b.keys()):
+        found = found or _disagreement(curve_a[e], curve_b[e], f"robustness_curve[epsilon {e}]")
+    return found
 
 
-def _agree(a, b) -> bool:
-    """Dicts on the keys both have (a rate's successes and n must be in both), anything else exactly."""
+def _disagreement(a, b, where: str) -> str | None:
+    """Dicts on the keys both have (a rate's successes and n must be in both), anything else exactly; the first
+    place they differ, as `where: <value in this run>, <value in the base run>`."""
     if isinstance(a, dict) and isinstance(b, dict):
-        if ("successes" in a or "successes" in b) and not all(k in a and k in b for k in ("successes", "n")):
-            return False
-        return all(_agree(a[k], b[k]) for k in a.keys() & b.keys())
-    return a == b
+        if "successes" in a or "successes" in b:
+            for k in ("successes", "n"):
+                if k not in a or k not in b:
+                    return f"{where}.{k}: missing in {'the base run' if k not in b else 'this run'}"
+        for k in sorted(a.keys() & b.keys()):
+            found = _disagreement(a[k], b[k], f"{where}.{k}" if where else k)
+            if found:
+                return found
+        return None
+    return None if a == b else f"{where}: {a!r} in this run, {b!r} in the base run"
 
 
 def combine(base: dict, runs: dict[str, dict], method: str) -> tuple[dict, dict]:
@@ -77,9 +90,11 @@ def combine(base: dict, runs: dict[str, dict], method: str) -> tuple[dict, dict]
         for concept, by_encoder in run["results"].items():
             if concept not in results or method not in by_encoder:
                 raise ErasureError(f"{path} has no {method} for {concept!r} or the base run has no {concept!r}")
-            if not same_figures(by_encoder[ORIGINAL], results[concept][ORIGINAL]):
+            difference = figure_difference(by_encoder[ORIGINAL], results[concept][ORIGINAL])
+            if difference:
                 raise ErasureError(f"{path}: the original model's figures for {concept!r} differ from the base run's "
-                                   "(other cases, or another evaluation code); they cannot be combined")
+                                   f"at {difference} (other cases, or another evaluation code); they cannot be "
+                                   "combined")
             results[concept][method], sources[concept][method] = by_encoder[method], path
     return results, sources
 

@@ -57,8 +57,10 @@ def test_a_run_on_other_cases_is_refused_naming_the_difference():
 def test_an_original_that_disagrees_is_refused():
     combine = _combine_module()
     base, arm = _read(FULL), _read(ARM)
-    arm["results"]["red"]["original"]["pre_attack"]["successes"] -= 1
-    with pytest.raises(ErasureError, match="original model's figures for 'red' differ"):
+    original = arm["results"]["red"]["original"]["pre_attack"]
+    original["successes"] += 1
+    where = f"pre_attack.successes: {original['successes']} in this run, {original['successes'] - 1} in the base run"
+    with pytest.raises(ErasureError, match=f"figures for 'red' differ from the base run's at {where}"):
         combine.combine(base, {"arm": arm}, "advunlearn")
 
 
@@ -72,7 +74,7 @@ def test_a_newer_run_with_more_utility_figures_combines_but_its_retain_must_agre
     combine.combine(base, {"arm": arm}, "advunlearn")
     retain = original["retain_accuracy"]
     original["retain_accuracy"] = {**retain, "successes": retain["successes"] - 1}
-    with pytest.raises(ErasureError, match="original model's figures for 'red' differ"):
+    with pytest.raises(ErasureError, match="'red' differ from the base run's at utility.retain_accuracy.successes"):
         combine.combine(base, {"arm": arm}, "advunlearn")
 
 
@@ -103,10 +105,13 @@ def test_a_run_with_per_prompt_clusters_combines_but_a_shared_figure_must_agree(
     assert "clusters" not in base["results"]["square"]["original"]["pre_attack"]
     results, _ = combine.combine(base, {"arm": arm}, "advunlearn")
     assert results["square"]["advunlearn"] == arm["results"]["square"]["advunlearn"]
-    for spoil in (lambda o: o["post_attack"]["soft_prompt"].update(successes=0),
-                  lambda o: o["robustness_curve"][0].update(n=1),
-                  lambda o: o["pre_attack"].pop("successes")):
+    # each spoilt figure, and where the refusal must say it differs
+    spoils = {"post_attack.soft_prompt.successes: 0 in this run":
+              lambda o: o["post_attack"]["soft_prompt"].update(successes=0),
+              r"robustness_curve\[epsilon 0.0\].n: 1 in this run": lambda o: o["robustness_curve"][0].update(n=1),
+              "pre_attack.successes: missing in this run": lambda o: o["pre_attack"].pop("successes")}
+    for where, spoil in spoils.items():
         spoilt = copy.deepcopy(arm)
         spoil(spoilt["results"]["red"]["original"])
-        with pytest.raises(ErasureError, match="original model's figures for 'red' differ"):
+        with pytest.raises(ErasureError, match=f"figures for 'red' differ from the base run's at {where}"):
             combine.combine(base, {"arm": spoilt}, "advunlearn")
