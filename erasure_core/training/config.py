@@ -42,7 +42,9 @@ class EraseConfig:
     - concept_batch / attack_batch: pool points per unlearning step / per inner attack step (the paper: 1).
     - attack_epsilon: L2 bound per adversarial token, relative to the token table's median row norm (None =
       unbounded, the paper); attack_restart_every: every that many attack refreshes the attack starts again
-      from random vocabulary instead of its previous embeddings (0 = never); attack_restarts: starts per refresh.
+      from random vocabulary instead of its previous embeddings (0 = never); attack_restarts: starts per refresh;
+      attack_population: token sets the attack keeps per concept, warm-started in turn (refresh i continues set
+      i mod N), so a never-restarted attacker still meets the encoder from N places (1 = one set, the paper).
     - retain_early_weight: a second retain term, with this weight and `retain_batch` points drawn only from the
       first `retain_early_steps` (a fraction) of the sampling steps, the noisiest, where a retain prompt's
       colour and layout are decided; 0 = the paper (one retain term, points from every step). Costs
@@ -111,6 +113,7 @@ class EraseConfig:
     # attacks once per case), so these stay here, flat, rather than in a second nested config with one user.
     attack_every: int = 1
     attack_restart_every: int = 10
+    attack_population: int = 1
     attack_batch: int = 1
     concept_batch: int = 1
     plain_weight: float = 0.0
@@ -190,7 +193,7 @@ class EraseConfig:
                      "diagnostics_every"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("attack_every", "num_ddim_steps", "concept_pool_size", "retain_pool_size", "max_unet_batch",
-                     "attack_batch", "concept_batch"):
+                     "attack_batch", "concept_batch", "attack_population"):
             check(getattr(self, name) >= 1, f"{name} must be >= 1, got {getattr(self, name)}")
         check(self.lr > 0, f"lr must be > 0, got {self.lr}")
         # Below 0 the ESD target points toward the concept: training would strengthen what it should erase.

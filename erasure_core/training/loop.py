@@ -5,8 +5,8 @@ Per iteration (see shared notes, advunlearn-method.md):
 2. after warm-up (method "advunlearn" only): the inner attack optimises k adversarial token embeddings, inside an
    L2 ball per token (`attack_epsilon`), so that the CURRENT encoder's prediction for "concept + adversarial
    tokens" matches the original model's prediction for the concept (the attacker brings the concept back). It
-   warm-starts from its previous embeddings and starts again from random vocabulary every
-   `attack_restart_every` refreshes;
+   warm-starts from its previous embeddings (with `attack_population` N, from the N sets it keeps, in turn) and
+   starts again from random vocabulary every `attack_restart_every` refreshes;
 3. unlearning loss on `concept_batch` points: the trained encoder's prediction for the attacked prompt (and,
    with `plain_weight`, for the plain prompt too) must match ESD's negative-guidance target; anchor loss: its
    encoding of "" must stay the original's; retain loss: on unrelated prompts it must match the original;
@@ -227,12 +227,13 @@ class _Trainer:
         refresh = not adversarial or (step - config.warmup_iterations) % config.attack_every == 0
         if refresh:
             self.current_concept = int(torch.randint(len(self.concepts), (1,), generator=self.rng))
+        slot = self._slot(self.current_concept, refresh_index) if adversarial else None
         attack_losses = []
         if adversarial and refresh:
             every = config.attack_restart_every
             restart = bool(every) and refresh_index % every == 0
-            attack_losses = self._attack(self.current_concept, should_cancel, restart)
-        logs = self._training_step(step, self.current_concept, adversarial)
+            attack_losses = self._attack(self.current_concept, slot, should_cancel, restart)
+        logs = self._training_step(step, self.current_concept, slot)
         if attack_losses:
             logs.update(attack_loss_first=attack_losses[0], attack_loss_last=attack_losses[-1])
             if self.captions is not None and self.current_concept in self.captions.attacked:
@@ -240,8 +241,16 @@ class _Trainer:
                     self.captions.attacked[self.current_concept]][0]
         return logs
 
-    def _attack(self, concept: int, should_cancel, restart: bool) -> list[float]:
-        """The inner attack: adversarial embeddings that make the current encoder reproduce the concept."""
+    def _slot(self, concept: int, refresh_index: int) -> int:
+        """Which stored token set an attack refresh warm-starts from and updates: with `attack_population` N,
+        each concept keeps N sets and the refreshes take them in turn (N = 1: one set per concept, keyed by the
+        concept's index as in every checkpoint before the option)."""
+        population = self.config.attack_population
+        return concept * population + refresh_index % population
+
+    def _attack(self, concept: int, slot: int, should_cancel, restart: bool) -> list[float]:
+        """The inner attack: adversarial embeddings that make the current encoder reproduce the concept, warm-started
+        from the token set in `slot` (unless `restart`) and stored back there."""
 
         if self.config.attack_captions:
             self.captions.choose_attacked(concept, self.rng)
@@ -256,11 +265,11 @@ class _Trainer:
             points, goal = queue.pop(0)
             return mse(self.runner(points.latents, points.timesteps, cond), goal)
 
-        init = None if restart else self.adversarial.get(concept)
+        init = None if restart else self.adversarial.get(slot)
         with self._autocast():
             result = optimize_adversarial_embeddings(self.student, self._attacked_prompt(concept), objective,
                                                      self.config.attack, init=init, generator=self.rng)
-        self.adversarial[concept] = result.embeds
+        self.adversarial[slot] = result.embeds
         return result.losses
 
     def _attack_points(self, concept: int) -> list[tuple]:
@@ -282,10 +291,12 @@ class _Trainer:
         replace = self.concepts[concept] if self.config.attack.insertion == "replace" else None
         return self.captions.attacked_prompt(concept, self.config.attack.k, self.config.attack.insertion, replace)
 
-    def _training_step(self, step: int, concept: int, adversarial: bool) -> dict:
+    def _training_step(self, step: int, concept: int, slot: int | None) -> dict:
         """One Adam step on every loss term (terms.py back-propagates them together). The terms are built in a
-        fixed order: each may draw from the trainer's generator, and the order keeps runs reproducible."""
+        fixed order: each may draw from the trainer's generator, and the order keeps runs reproducible. `slot`:
+        the attack's token set this step trains against (None: before the attack starts, or ESD)."""
         config = self.config
+        adversarial = slot is not None
         self.optimizer.zero_grad(set_to_none=True)
         points = self.points.concept(concept, config.concept_batch, need_uncond=True)
         target = esd_target(points.eps_uncond, points.eps_cond, config.negative_guidance)
@@ -293,7 +304,7 @@ class _Trainer:
             target = self.captions.plain_target(self.runner, points, self.rng, config.negative_guidance)
         unet_terms, encoder_terms = [], []
         if adversarial:
-            adv = self.adversarial[concept]
+            adv = self.adversarial[slot]
             adv_target = target if self.captions is None else self.captions.attacked_target(
                 self.runner, points, concept, target, config.negative_guidance)
             unet_terms.append(self._term("unlearn", 1.0, points, adv_target, self._attacked_prompt(concept), adv))

@@ -47,6 +47,7 @@ def test_every_soft_prompt_field_is_an_option_of_training_and_probe():
     ("attack_k=0", "attack_k must be >= 1"), ("attack_steps=-1", "attack_steps must be >= 0"),
     ("attack_lr=0", "attack_lr must be > 0"), ("attack_restarts=0", "attack_restarts must be >= 1"),
     ("attack_epsilon=0", "attack_epsilon must be > 0"), ("attack_insertion=middle", "unknown insertion"),
+    ("attack_population=0", "attack_population must be >= 1"),
 ])
 def test_attack_errors_name_the_option_as_typed(bad, words):
     with pytest.raises(ErasureError, match=words):

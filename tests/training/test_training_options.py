@@ -19,7 +19,7 @@ FAST = dict(iterations=6, warmup_iterations=2, attack_steps=3, num_ddim_steps=8,
 # Every new option on at once (the resume and seeding tests must hold with all of them).
 ALL_ON = dict(attack_epsilon=0.5, attack_restart_every=2, attack_restarts=2, attack_batch=2, concept_batch=2,
               plain_weight=1.0, anchor_weight=1.0, retain_max_alignment=1.5, diagnostics_every=2,
-              retain_early_weight=1.0, retain_priority=0.5)
+              retain_early_weight=1.0, retain_priority=0.5, attack_population=2)
 RETAIN = ["a photo of a dog", "a photo of a cat", "a red car", "a tree", "a house"]
 
 
@@ -61,6 +61,19 @@ def test_bounded_attacker_stays_in_its_ball_and_restarts_reinitialise(tiny_model
                                                                      "attack_epsilon": None}))
     assert max(norms(unbounded)) > 0.5
     assert unit > 0
+
+
+def test_a_population_keeps_its_token_sets_and_takes_them_in_turn(tiny_model):
+    """attack_population 3, never restarted, no attack steps (so each set keeps its random start): the first three
+    refreshes each draw a set of their own, the later ones continue those sets instead of drawing new ones."""
+    base = dict(iterations=7, warmup_iterations=1, attack_steps=0, attack_restart_every=0, attack_epsilon=None,
+                diagnostics_every=1, attack_k=2)
+    norms = lambda result: [h["adv_token_norm"] for h in result.history if "adv_token_norm" in h]  # noqa: E731
+    one = norms(erase(tiny_model, ["nudity"], _config(**base)))  # the mean norm over the stored sets
+    three = norms(erase(tiny_model, ["nudity"], _config(**base, attack_population=3)))
+    assert len(one) == len(three) == 6 and len(set(one)) == 1
+    assert three[0] == one[0]  # the first set is the one a single-set attacker draws
+    assert len(set(three[:3])) == 3 and three[2] == three[3] == three[4] == three[5]
 
 
 def test_runs_are_seeded_with_every_option_on():
