@@ -50,12 +50,16 @@ def load_checkpoint_into(tensors: dict, meta: dict, *, named_params, optimizer, 
     return {int(k.split(".")[1]): v.to(device) for k, v in tensors.items() if k.startswith("adversarial.")}
 
 
-def check_resumable(meta: dict, path, concepts: list[str], config: dict, base_hash: str, iterations: int):
-    """Refuse a checkpoint made for other concepts, settings or base encoder, or beyond `iterations`."""
+def check_resumable(meta: dict, path, concepts: list[str], config: dict, base_hash: str, iterations: int,
+                    defaults: dict | None = None):
+    """Refuse a checkpoint made for other concepts, settings or base encoder, or beyond `iterations`.
+
+    `defaults`: each option's default. An option added after the checkpoint was written is not in its config; the
+    code that wrote it behaved as the option's default does, so that is what it is compared as."""
     check(meta.get("format") == CHECKPOINT_FORMAT, f"{path} is not an erasure checkpoint")
     check(meta["concepts"] == concepts,
           f"{path} erases {meta['concepts']}, not {concepts}: resume with the same concepts")
-    saved = meta["config"]
+    saved = {**(defaults or {}), **meta["config"]}
     differ = sorted(k for k in config if k not in RESUMABLE_CHANGES and saved.get(k) != config[k])
     check(not differ, f"{path} was made with other settings ({', '.join(differ)}); resume with the same config "
                       f"(only {', '.join(sorted(RESUMABLE_CHANGES))} may change)")

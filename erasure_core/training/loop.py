@@ -443,7 +443,7 @@ class _Trainer:
     def restore(self, path):
         tensors, meta = read_checkpoint(path)
         check_resumable(meta, path, self.concepts, self.config.to_dict(), self.base_encoder_hash,
-                        self.config.iterations)
+                        self.config.iterations, defaults=type(self.config)().to_dict())
         self.adversarial = load_checkpoint_into(tensors, meta, named_params=self.named_params,
                                                 optimizer=self.optimizer, device=self.device)
         self.rng.set_state(tensors["rng.trainer"])

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from erasure_core.errors import ErasureCancelled, ErasureDiverged, ErasureError
+from erasure_core.files import atomic_save_safetensors
 from erasure_core.latents import LatentPool, UNetRunner
 from erasure_core.losses import esd_target, mse
 from erasure_core.models import build_tiny_model
@@ -149,6 +150,21 @@ def test_resume_refuses_other_settings(tmp_path):
     # More iterations than the checkpoint's run: allowed, continues from step 1.
     longer = erase(build_tiny_model(), ["nudity"], EraseConfig(**{**FAST, "iterations": 3}), resume_from=ckpt)
     assert len(longer.history) == 3 and longer.metadata["resumed_from_step"] == 1
+
+
+def test_a_checkpoint_from_before_an_option_existed_resumes_at_its_default(tmp_path):
+    """A checkpoint written before `attack_population` existed has no such key: its code behaved as the default
+    (one token set), so a run at the default resumes from it, and a run asking for 2 sets is refused."""
+    ckpt = tmp_path / "old.safetensors"
+    erase(build_tiny_model(), ["nudity"], EraseConfig(**{**FAST, "iterations": 2, "checkpoint_every": 1}),
+          checkpoint_path=ckpt)
+    tensors, meta = read_checkpoint(ckpt)
+    del meta["config"]["attack_population"]  # as a checkpoint written before the option existed
+    atomic_save_safetensors(tensors, ckpt, meta)
+    resumed = erase(build_tiny_model(), ["nudity"], EraseConfig(**{**FAST, "iterations": 3}), resume_from=ckpt)
+    assert resumed.metadata["resumed_from_step"] == 1
+    with pytest.raises(ErasureError, match="other settings \\(attack_population\\)"):
+        erase(build_tiny_model(), ["nudity"], EraseConfig(**{**FAST, "attack_population": 2}), resume_from=ckpt)
 
 
 def test_nan_loss_raises_diverged_and_keeps_last_good_checkpoint(tmp_path):
