@@ -44,7 +44,7 @@ class EraseConfig:
       unbounded, the paper); attack_restart_every: every that many attack refreshes the attack starts again
       from random vocabulary instead of its previous embeddings (0 = never); attack_restarts: starts per refresh;
       attack_population: token sets the attack keeps per concept, warm-started in turn (refresh i continues set
-      i mod N), so a never-restarted attacker still meets the encoder from N places (1 = one set, the paper).
+      i mod N), so a never-restarted attacker still meets the encoder from N places (1 = one set, as before).
     - retain_early_weight: a second retain term, with this weight and `retain_batch` points drawn only from the
       first `retain_early_steps` (a fraction) of the sampling steps, the noisiest, where a retain prompt's
       colour and layout are decided; 0 = the paper (one retain term, points from every step). Costs
