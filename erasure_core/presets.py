@@ -63,6 +63,11 @@ PRESETS: dict[str, dict] = {
     # - retain_early_weight 0 (the EraseConfig default): an extra retain term at weight 10 on the first quarter of
     #   the sampling steps brought retain within 5 points of the original on red, square and yellow (3 seeds each:
     #   square 685 -> 741/768), but raised square's concept vector 56 -> 99/768 and soft prompt 37 -> 62/256.
+    # - attack_epsilon 1 (the EraseConfig default, the headline probe's budget): 2, a training ball twice the probe's
+    #   (sessions 29-30, all 8 concepts, 3 seeds, the same cases as the preset's), cut the headline successes 105 ->
+    #   78 of 6,144 (square's concept vector 16 -> 8/256, green's 20 -> 0/256) and met square's and circle's retain
+    #   targets, but retain over the 8 fell 1949 -> 1942/2048 and yellow lost its retain target (245 -> 240/256):
+    #   the rule written before the run failed on both counts, so 1 stays.
     # - retain_batch 16 (not 8; 32 since session 28, below): the same retain term (weight 10 on the mean of its
     #   points) on twice the points a step, so half its gradient noise, for 3,200 more UNet evaluations a run (+13%).
     #   Square, seeds 0-2, 256 cases a seed: retain 685 -> 722/768, pre-attack 10 -> 0/768, concept vector 56 ->
