@@ -48,7 +48,7 @@ from transformers import CLIPTextModel
 from .attacks.base import Probe, within_budget
 from .attacks.replay import PromptCase, as_cases, case_generation
 from .errors import ErasureError
-from .files import safe_name, save_png
+from .files import prepare_output, safe_name, save_png
 from .judges.base import Judge
 from .models import SDModel
 from .sampling import GenerationSettings, encode_prompts, generate, generate_and_judge_batch
@@ -343,6 +343,8 @@ def evaluate(
     chosen_retain = {i: retain[i] for i in (range(len(retain)) if retain_indices is None else retain_indices)}
     retain_check = retain_check or getattr(judge, "check_retain", None)
     total = len(encoders) * (len(chosen) * (1 + len(probes)) + len(chosen_retain))
+    if out_dir is not None:
+        prepare_output(out_dir, folder=True)  # a file in the way is reported now, not at the first image
     sink = ImageSink(out_dir)
     run = _Run(model, judge, generation, sink, progress, total, batch_size)
     concept = _evaluate_concept(run, encoders, chosen, probes, None if curve_cases is None else set(curve_cases))

@@ -191,6 +191,17 @@ def test_a_bad_probe_setting_is_refused_before_any_image_is_written(setup, tmp_p
     assert not (tmp_path / "report").exists()
 
 
+def test_an_out_dir_that_is_a_file_is_refused_before_any_image(setup, tmp_path):
+    """A file where the images should go is named at the start, not when the first image is saved."""
+    model, erased, judge, probes = setup
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    with pytest.raises(ErasureError, match="a file of that name exists"):
+        evaluate(model, {"erased": erased}, PROMPTS, probes, judge, steps=STEPS, out_dir=taken,
+                 progress=lambda *_: pytest.fail("no case may run"))
+    assert taken.read_text() == "keep me" and sorted(tmp_path.iterdir()) == [taken]
+
+
 def _shard(indices, judge_name="j"):
     cases = [_case(i, i % 3 == 0, a=(i % 2 == 0)) for i in indices]
     return {

@@ -24,9 +24,11 @@ def add_parser(sub) -> argparse.ArgumentParser:
 
 def run(args) -> None:
     from ..attacks.base import save_probe_result
+    from ..files import prepare_output
     from ..judges.registry import build_judge
     from ..sampling import GenerationSettings
 
+    prepare_output(args.out, folder=True)  # a file in the way is reported now, not after the attack
     model, encoder = model_and_encoder(args, args.encoder)
     probe = probes_from_specs([args.probe], args.concept)[0]
     judge = build_judge(args.judge) if args.judge else None

@@ -127,6 +127,7 @@ def run_demo(
 ) -> dict:
     """Run the whole demo and return report.json's content. `model` defaults to the embedded demo model."""
     from ..evaluate import evaluate
+    from ..files import prepare_output
     from .judge import demo_retain_check
     from ..loading import load_model
     from ..report import write_report
@@ -135,6 +136,7 @@ def run_demo(
 
     settings = settings or DemoSettings()
     attribute = world.attribute_of(concept)  # refuses unknown values, listing the valid ones
+    prepare_output(out_dir, folder=True)  # a file in the way is reported now, not after 4 minutes of training
     started = time.perf_counter()
     model = model if model is not None else load_model("demo", device=device)
     judge = DemoJudge(concept)

@@ -32,6 +32,15 @@ def test_convert_a_transformers_folder_to_our_format(tiny_model, tmp_path):
     assert all(torch.equal(expected[k], got[k]) for k in expected)
 
 
+def test_a_probe_out_that_is_a_file_is_refused_before_the_attack(tmp_path, capsys):
+    """`probe` names a file in the way of --out before the model loads (it used to attack first, then fail)."""
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    assert main(["probe", "--model", "tiny", "--prompt", "a cat", "--out", str(taken)]) == 2
+    assert "a file of that name exists" in capsys.readouterr().err
+    assert taken.read_text() == "keep me" and sorted(tmp_path.iterdir()) == [taken]
+
+
 @pytest.mark.parametrize(
     "argv, words",
     [

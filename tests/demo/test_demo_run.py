@@ -86,3 +86,14 @@ def test_unknown_concept_is_refused_with_the_valid_values(tmp_path):
     with pytest.raises(ErasureError, match="circle"):
         run_demo("dragon", tmp_path, settings=small_settings(), log=lambda _msg: None)
     assert not any(Path(tmp_path).iterdir())
+
+
+def test_an_out_that_is_a_file_is_refused_before_training(tmp_path):
+    """A file where the report folder should go is named before the model loads, not after minutes of training
+    (a fresh clone's `demo --out README.md` trained for minutes first); the file is left as it was."""
+    taken = tmp_path / "taken"
+    taken.write_text("keep me")
+    model = object()  # never reached: using it would fail with another error
+    with pytest.raises(ErasureError, match="a file of that name exists"):
+        run_demo("circle", taken, settings=small_settings(), model=model, log=lambda _msg: None)
+    assert taken.read_text() == "keep me" and sorted(tmp_path.iterdir()) == [taken]
