@@ -104,8 +104,7 @@ def erase(
 
 
 def _clean_concepts(model, concepts) -> list[str]:
-    if isinstance(concepts, str):
-        concepts = [concepts]
+    concepts = [concepts] if isinstance(concepts, str) else concepts
     check(bool(concepts), "give at least one concept to erase, e.g. 'nudity' or 'Van Gogh'")
     for concept in concepts:
         check_concept(model.tokenizer, concept)
@@ -211,10 +210,8 @@ class _Trainer:
                 c.concept_pool_size, c.retain_pool_size if self._uses_retain else 0, self.precision)
 
     def _autocast(self):
-        if self.precision == "no":
-            return nullcontext()
-        dtype = torch.bfloat16 if self.precision == "bf16" else torch.float16
-        return torch.autocast(device_type=self.device.type, dtype=dtype)
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)  # "no": full precision
+        return nullcontext() if dtype is None else torch.autocast(device_type=self.device.type, dtype=dtype)
 
     # ----- one iteration -----
     def _is_adversarial(self, step: int) -> bool:
@@ -227,7 +224,10 @@ class _Trainer:
         refresh = not adversarial or (step - config.warmup_iterations) % config.attack_every == 0
         if refresh:
             self.current_concept = int(torch.randint(len(self.concepts), (1,), generator=self.rng))
-        slot = self._slot(self.current_concept, refresh_index) if adversarial else None
+        # the token set the attack warm-starts from and updates: a concept keeps `attack_population` N, taken in turn
+        # (N = 1: keyed by the concept's index alone, as in every checkpoint before the option)
+        n = config.attack_population
+        slot = self.current_concept * n + refresh_index % n if adversarial else None
         attack_losses = []
         if adversarial and refresh:
             every = config.attack_restart_every
@@ -240,13 +240,6 @@ class _Trainer:
                 logs["attacked_caption"] = self.captions.pairs[self.current_concept][
                     self.captions.attacked[self.current_concept]][0]
         return logs
-
-    def _slot(self, concept: int, refresh_index: int) -> int:
-        """Which stored token set an attack refresh warm-starts from and updates: with `attack_population` N,
-        each concept keeps N sets and the refreshes take them in turn (N = 1: one set per concept, keyed by the
-        concept's index as in every checkpoint before the option)."""
-        population = self.config.attack_population
-        return concept * population + refresh_index % population
 
     def _attack(self, concept: int, slot: int, should_cancel, restart: bool) -> list[float]:
         """The inner attack: adversarial embeddings that make the current encoder reproduce the concept, warm-started
