@@ -68,6 +68,9 @@ PRESETS: dict[str, dict] = {
     #   78 of 6,144 (square's concept vector 16 -> 8/256, green's 20 -> 0/256) and met square's and circle's retain
     #   targets, but retain over the 8 fell 1949 -> 1942/2048 and yellow lost its retain target (245 -> 240/256):
     #   the rule written before the run failed on both counts, so 1 stays.
+    # - attack_population 1 (the EraseConfig default): 4 token sets warm-started in turn (sessions 30-31, square and
+    #   red, 3 seeds) gave headline successes 79 -> 82 of 1,536 and square's pre-attack 0 -> 8/256 (its target
+    #   lost) for retain 486 -> 493/512: the pointer written before the run failed, so 1 stays.
     # - retain_batch 16 (not 8; 32 since session 28, below): the same retain term (weight 10 on the mean of its
     #   points) on twice the points a step, so half its gradient noise, for 3,200 more UNet evaluations a run (+13%).
     #   Square, seeds 0-2, 256 cases a seed: retain 685 -> 722/768, pre-attack 10 -> 0/768, concept vector 56 ->
