@@ -189,7 +189,10 @@ class EraseConfig:
               f"unknown mixed_precision {self.mixed_precision!r}: use one of {', '.join(PRECISIONS)}")
         check(self.preset is None or self.preset in PRESETS,
               f"unknown preset {self.preset!r}: use one of {', '.join(PRESETS)}")
-        for name in ("iterations", "warmup_iterations", "retain_batch", "checkpoint_every", "attack_restart_every",
+        # 0 iterations would write the original encoder back under an erased file's name
+        check(self.iterations >= 1, f"iterations must be >= 1, got {self.iterations}: with none, the file written "
+              "would be the original encoder, unchanged")
+        for name in ("warmup_iterations", "retain_batch", "checkpoint_every", "attack_restart_every",
                      "diagnostics_every"):
             check(getattr(self, name) >= 0, f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("attack_every", "num_ddim_steps", "concept_pool_size", "retain_pool_size", "max_unet_batch",

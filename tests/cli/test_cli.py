@@ -158,6 +158,14 @@ def test_evaluate_curve_adds_the_robustness_probes(tmp_path, monkeypatch):
 SMALL = ["--option", "num_ddim_steps=4", "--option", "concept_pool_size=2", "--option", "retain_pool_size=2"]
 
 
+def test_zero_iterations_is_refused_and_writes_nothing(tmp_path, capsys):
+    # it used to build the pools and write the original encoder, untouched, as the "erased" file
+    out = tmp_path / "enc.safetensors"
+    assert main(["erase", "--model", "tiny", "--concept", "cat", "--iterations", "0", "--out", str(out)]) == 2
+    assert "iterations must be >= 1" in capsys.readouterr().err
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_erase_takes_any_training_option_and_refuses_bad_ones(tmp_path, capsys):
     out = tmp_path / "enc.safetensors"
     assert main(["erase", "--model", "tiny", "--concept", "nudity", "--iterations", "2", "--out", str(out),
