@@ -102,6 +102,8 @@ PRESETS: dict[str, dict] = {
     # - concept_batch 4, attack_batch 2 (the paper: 1 each): pool points cost no teacher evaluation
     #   (training/points.py); not measured apart from the retune they came with (commit a242e5c). concept_batch 8
     #   (session 31, square and red, seed 0, stopped there) cost red's retain 82 -> 72 of 88 for 1.5x the time.
+    #   attack_batch 4 (session 31, square and red, 3 seeds): headline successes 79 -> 98 of 1,536 (square's soft
+    #   prompt 56 -> 70/256, red's 6 -> 0/256), retain 486 -> 484/512.
     # - layers [0], attack_restart_every 0 and retain_batch 32, together (session 28; EraseConfig's defaults:
     #   every layer, a fresh attack every 10th refresh, 16 retain points here and 5 in the paper): the first of the
     #   encoder's 2 layers alone, trained against an attacker that keeps its tokens for the whole run, with 32 retain
