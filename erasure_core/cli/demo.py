@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import argparse
+import threading
 from pathlib import Path
 
 from .common import device_from_name
+
+STAGES = {"train": ("train ESD and AdvUnlearn", "it"), "evaluate": ("attack and judge", "step")}
 
 
 def add_parser(sub) -> argparse.ArgumentParser:
@@ -21,4 +24,34 @@ def add_parser(sub) -> argparse.ArgumentParser:
 def run(args) -> None:
     from ..demo.run import run_demo
 
-    run_demo(concept=args.concept, out_dir=Path(args.out), seed=args.seed, device=device_from_name(args.device))
+    from tqdm.auto import tqdm
+
+    bars, progress = _stage_bars()
+    try:
+        run_demo(concept=args.concept, out_dir=Path(args.out), seed=args.seed,
+                 device=device_from_name(args.device), progress=progress, log=tqdm.write)
+    finally:
+        for bar in bars.values():
+            bar.close()
+
+
+def _stage_bars():
+    """A tqdm bar per stage of the demo, the previous one closed when the next starts; the training stage reports
+    from two threads, hence the lock."""
+    from tqdm.auto import tqdm
+
+    bars: dict = {}
+    lock = threading.Lock()
+
+    def progress(stage: str, done: int, total: int) -> None:
+        with lock:
+            if stage not in bars:
+                for bar in bars.values():
+                    bar.close()
+                desc, unit = STAGES.get(stage, (stage, "step"))
+                bars[stage] = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True)
+            bar = bars[stage]
+            bar.total = total
+            bar.update(done - bar.n)  # redraws at most every tenth of a second (tqdm's mininterval)
+
+    return bars, progress

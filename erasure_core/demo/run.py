@@ -9,6 +9,7 @@ The same measurement, scaled up, is `bench/demo_efficacy.py`.
 from __future__ import annotations
 
 import random
+import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,8 +23,9 @@ METHODS = ("esd", "advunlearn")
 
 @dataclass
 class DemoSettings:
-    """Sizes of the demo run. With the defaults the demo took 415 s on an idle 2-core CPU, over its 5-minute
-    target: training is 88% of it (README, "Where the demo's time goes")."""
+    """Sizes of the demo run. With the defaults the demo took 259.5 s on an idle 2-core CPU (session 32, ESD
+    trained beside AdvUnlearn), within its 5-minute target: training is 89% of it (README, "Where the demo's time
+    goes")."""
 
     concept_prompts: int = 8
     retain_prompts: int = 8
@@ -116,6 +118,21 @@ def align_columns(rows: list[list[str]]) -> str:
     return "\n".join("  ".join(str(c).ljust(w) for c, w in zip(r, widths)) for r in rows)
 
 
+def _training_progress(configs: dict, progress):
+    """The two trainings' iterations as one count, for `progress("train", done, total)` (thread-safe)."""
+    if progress is None:
+        return None
+    done, lock = dict.fromkeys(configs, 0), threading.Lock()
+    total = sum(config.iterations for config in configs.values())
+
+    def report(method: str, step: int):
+        with lock:
+            done[method] = step
+            progress("train", sum(done.values()), total)
+
+    return report
+
+
 def run_demo(
     concept: str = "circle",
     out_dir: str | Path = "out/demo",
@@ -124,15 +141,18 @@ def run_demo(
     settings: DemoSettings | None = None,
     model=None,
     log: Callable[[str], None] = print,
+    progress: Callable[[str, int, int], None] | None = None,
 ) -> dict:
-    """Run the whole demo and return report.json's content. `model` defaults to the embedded demo model."""
+    """Run the whole demo and return report.json's content. `model` defaults to the embedded demo model.
+    `progress(stage, done, total)`: stage "train" (iterations of both methods) or "evaluate" (generations and
+    attacks); during training it is called from two threads."""
     from ..evaluate import evaluate
     from ..files import prepare_output
     from .judge import demo_retain_check
     from ..loading import load_model
     from ..report import write_report
-    from ..training import erase
     from .judge import DemoJudge
+    from .training import side_by_side_threads, train_methods
 
     settings = settings or DemoSettings()
     attribute = world.attribute_of(concept)  # refuses unknown values, listing the valid ones
@@ -141,19 +161,23 @@ def run_demo(
     model = model if model is not None else load_model("demo", device=device)
     judge = DemoJudge(concept)
     rng = random.Random(seed)
+    t0 = time.perf_counter()
     concept_cases = world.prompts_naming(concept, settings.concept_prompts, rng)
     retain_cases = world.prompts_not_naming(concept, settings.retain_prompts, rng)
+    configs = {method: demo_erase_config(method, seed, settings, concept) for method in METHODS}
+    threads = side_by_side_threads(model.device)
+    if threads:
+        log(f"training {' and '.join(METHODS)} side by side, {threads} thread(s) each (erasure_core/demo/training.py)")
+    trained = train_methods(model, concept, configs, _training_progress(configs, progress))
     encoders, training = {}, {}
-    shared_latents: dict = {}  # ESD and AdvUnlearn sample the same latent pools: sample them once
-    for method in METHODS:
-        t0 = time.perf_counter()
-        config = demo_erase_config(method, seed, settings, concept)
-        result = erase(model, [concept], config, latent_cache=shared_latents)
+    for method, (result, seconds) in trained.items():
         encoders[method] = result.text_encoder
-        training[method] = {"seconds": round(time.perf_counter() - t0, 1), "history": result.history,
-                            "unet_evaluations": result.unet_evaluations, "config": config.to_dict()}
-        log(f"erased {concept!r} with {method}: {training[method]['seconds']} s, "
-            f"{result.unet_evaluations} UNet evaluations")
+        training[method] = {"seconds": seconds, "history": result.history, "side_by_side_threads": threads,
+                            "unet_evaluations": result.unet_evaluations, "config": configs[method].to_dict()}
+        log(f"erased {concept!r} with {method}: {seconds} s, {result.unet_evaluations} UNet evaluations")
+    training_seconds = round(time.perf_counter() - t0, 1)
+    log(f"trained both: {training_seconds} s (the latent pools they share counted once, in "
+        f"{'advunlearn' if threads else 'esd'}'s evaluations)")
 
     probes = demo_probes(concept, settings)
     t0 = time.perf_counter()
@@ -161,12 +185,13 @@ def run_demo(
         model, encoders, [p for p, _ in concept_cases], probes, judge, seeds=settings.seeds,
         steps=settings.steps, guidance=settings.guidance, retain_prompts=[p for p, _ in retain_cases],
         retain_check=demo_retain_check(judge), out_dir=out_dir, write_report=False, batch_size=settings.batch_size,
+        progress=None if progress is None else lambda done, total, _what: progress("evaluate", done, total),
     )
     log(f"evaluated {len(encoders) + 1} encoders with {len(probes)} probes: {time.perf_counter() - t0:.1f} s")
     results.update(
         concept=concept, attribute=attribute, n_prompts=len(results["cases"]),
         n_retain_prompts=len(results["retain_cases"]), seed=seed, settings=settings.to_dict(),
-        training=training, evaluation_seconds=round(time.perf_counter() - t0, 1),
+        training=training, training_seconds=training_seconds, evaluation_seconds=round(time.perf_counter() - t0, 1),
     )
     results["seconds"] = round(time.perf_counter() - started, 1)
     write_report(results, out_dir)
