@@ -52,6 +52,9 @@ PRESETS: dict[str, dict] = {
     #   200 iterations refreshed every one, 1.44x the UNet evaluations): red's attacked ASR fell from 40/128 to
     #   3/128 (seeds 0+1), circle's stayed at 1/128; retain accuracy: red 113 -> 119/128, circle 123 -> 114/128
     #   (the price). 300 iterations every 3rd gave red 25/128; 200 every 2nd at lr 2e-3 red 40/128 (pre 7/128).
+    #   Every one again at the current preset (attack_every 1, session 32, square and red, 3 seeds, +13% UNet
+    #   evaluations): headline successes 79 -> 120 of 1,536 (square's soft prompt 56 -> 63/256, concept vector
+    #   16 -> 33/256), retain 486 -> 474/512 (red 246 -> 239/256: its target lost).
     # - vector_weight 1 (training/captions.py: the captions pushed along the encoder's own concept direction, as
     #   the concept-vector probe does): yellow's concept-vector ASR, the full benchmark's worst cell at 94/256 =
     #   0.37 (seeds 39/88, 52/84, 3/84), was 36/256 = 0.14 [0.10, 0.19] with it (8/88, 3/84, 25/84) on the same
