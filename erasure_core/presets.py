@@ -100,7 +100,8 @@ PRESETS: dict[str, dict] = {
     #   soft prompt 89 -> 64/256 for 1.5x the training time (renders-only judge); with project_updates on all 8
     #   concepts, headline successes 119 -> 128 of 6,144. 30 was not measured (3x the attack's time).
     # - attack_k 3 (the paper: 1): as many tokens as the headline probes insert (UnlearnDiffAtk's k for objects and
-    #   styles), so the training attack searches the space the probes search; 1 was not measured.
+    #   styles), so the training attack searches the space the probes search; 1 was not measured. 5 (session 32,
+    #   square and red, seed 0, stopped there): red's retain 82 -> 70 of 88 and soft prompt 0 -> 19 of 88.
     # - warmup_iterations 20 (the paper: 200 of 1000): not measured against a longer warm-up.
     # - concept_batch 4, attack_batch 2 (the paper: 1 each): pool points cost no teacher evaluation
     #   (training/points.py); not measured apart from the retune they came with (commit a242e5c). concept_batch 8
