@@ -98,7 +98,9 @@ PRESETS: dict[str, dict] = {
     #   square's 41 -> 62/256), and star's retain 247 -> 241/256 loses its met target. 2 stays.
     # - attack_steps 10 (the paper: 30; the probe runs 30). 20 was measured twice and not adopted: square, 3 seeds,
     #   soft prompt 89 -> 64/256 for 1.5x the training time (renders-only judge); with project_updates on all 8
-    #   concepts, headline successes 119 -> 128 of 6,144. 30 was not measured (3x the attack's time).
+    #   concepts, headline successes 119 -> 128 of 6,144. 30 was not measured (3x the attack's time). 5 at the
+    #   current preset (session 32, square and red, 3 seeds): headline successes 79 -> 110 of 1,536 (square's soft
+    #   prompt 56 -> 72/256: 7 / 19 / 46 by seed), retain 486 -> 488/512 (red 246 -> 248/256).
     # - attack_k 3 (the paper: 1): as many tokens as the headline probes insert (UnlearnDiffAtk's k for objects and
     #   styles), so the training attack searches the space the probes search; 1 was not measured. 5 (session 32,
     #   square and red, seed 0, stopped there): red's retain 82 -> 70 of 88 and soft prompt 0 -> 19 of 88.
