@@ -161,13 +161,13 @@ def run_demo(
     model = model if model is not None else load_model("demo", device=device)
     judge = DemoJudge(concept)
     rng = random.Random(seed)
-    t0 = time.perf_counter()
     concept_cases = world.prompts_naming(concept, settings.concept_prompts, rng)
     retain_cases = world.prompts_not_naming(concept, settings.retain_prompts, rng)
     configs = {method: demo_erase_config(method, seed, settings, concept) for method in METHODS}
     threads = side_by_side_threads(model.device)
     if threads:
         log(f"training {' and '.join(METHODS)} side by side, {threads} thread(s) each (erasure_core/demo/training.py)")
+    t0 = time.perf_counter()
     trained = train_methods(model, concept, configs, _training_progress(configs, progress))
     encoders, training = {}, {}
     for method, (result, seconds) in trained.items():

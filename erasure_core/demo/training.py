@@ -24,8 +24,6 @@ from typing import Callable
 
 import torch
 
-from ..errors import ErasureCancelled
-
 Progress = Callable[[str, int], None]  # (method, iterations done)
 
 
@@ -33,10 +31,11 @@ def train_methods(model, concept: str, configs: dict, progress: Progress | None 
     """{method: (EraseResult, seconds)} for the configs {method: EraseConfig} (ESD first, then AdvUnlearn)."""
     cache: dict = {}  # the two sample the same latent pools: sample them once
     report = progress or (lambda _method, _done: None)
-    if side_by_side_threads(model.device) is None:
+    half = side_by_side_threads(model.device)
+    if half is None:
         return {method: _timed(model, concept, config, cache, _reporter(report, method))
                 for method, config in configs.items()}
-    return _side_by_side(model, concept, configs, cache, report)
+    return _side_by_side(model, concept, configs, cache, report, half)
 
 
 def side_by_side_threads(device) -> int | None:
@@ -58,11 +57,9 @@ def _timed(model, concept, config, cache, progress, should_cancel=None):
     return result, round(time.perf_counter() - started, 1)
 
 
-def _side_by_side(model, concept, configs, cache, report) -> dict:
+def _side_by_side(model, concept, configs, cache, report, half: int) -> dict:
     (first, first_config), (second, second_config) = configs.items()  # ESD, then AdvUnlearn (the longer)
-    run = _SideBySide(model.device, first_config.iterations, report, first, second)
-    run.worker = threading.Thread(target=run.train_first, args=(model, concept, first_config, cache),
-                                  name=f"demo-{first}", daemon=True)
+    run = _SideBySide(half, report, first, second, (model, concept, first_config, cache))
     try:
         run.done[second] = _timed(model, concept, second_config, cache, run.progress)
         run.worker.join()  # when AdvUnlearn made fewer evaluations than ESD: ESD may still be training
@@ -74,8 +71,6 @@ def _side_by_side(model, concept, configs, cache, report) -> dict:
     finally:
         torch.set_num_threads(run.threads)
     run.raise_first_error()
-    if first not in run.done:
-        raise ErasureCancelled(f"{first} stopped before its last iteration")
     return {first: run.done[first], second: run.done[second]}
 
 
@@ -83,16 +78,17 @@ class _SideBySide:
     """ESD on a thread of its own, AdvUnlearn on the caller's. Equal halves, because PyTorch sets a new thread's
     count from one process-wide value when its first kernel runs: with unequal halves it could read the other's."""
 
-    def __init__(self, device, first_iterations: int, report: Progress, first: str, second: str):
-        self.threads, self.half = torch.get_num_threads(), side_by_side_threads(device)
-        self.first_iterations, self.report, self.first, self.second = first_iterations, report, first, second
+    def __init__(self, half: int, report: Progress, first: str, second: str, first_job: tuple):
+        self.threads, self.half = torch.get_num_threads(), half
+        self.report, self.first, self.second = report, first, second
+        self.first_iterations = first_job[2].iterations
         self.done: dict = {}
         self.error: BaseException | None = None
         self.stop, self.planned = threading.Event(), threading.Event()
         self.first_evaluations = 0  # what ESD's whole run will make, known after its first iteration
         self.start: int | None = None  # AdvUnlearn's evaluations when ESD started
         self.joined = False
-        self.worker: threading.Thread | None = None
+        self.worker = threading.Thread(target=self.train_first, args=first_job, name=f"demo-{first}", daemon=True)
 
     def train_first(self, model, concept, config, cache):
         def progress(step, _total, logs):
