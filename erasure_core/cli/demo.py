@@ -6,6 +6,7 @@ import argparse
 import threading
 from pathlib import Path
 
+from ..errors import ErasureCancelled
 from .common import device_from_name
 
 STAGES = {"train": ("train ESD and AdvUnlearn", "it"), "evaluate": ("attack and judge", "step")}
@@ -30,9 +31,19 @@ def run(args) -> None:
     try:
         run_demo(concept=args.concept, out_dir=Path(args.out), seed=args.seed,
                  device=device_from_name(args.device), progress=progress, log=tqdm.write)
+    except KeyboardInterrupt:
+        raise ErasureCancelled(_cancelled(bars, Path(args.out))) from None
     finally:
         for bar in bars.values():
             bar.close()
+
+
+def _cancelled(bars: dict, out: Path) -> str:
+    """What a Ctrl-C left: the report is written only at the end; images are written as the attacks make them."""
+    if "evaluate" in bars:
+        return (f"the demo stopped while attacking; {out} holds the images made so far and no report. "
+                "Run the same command again to start over")
+    return "the demo stopped while training; nothing was written. Run the same command again to start over"
 
 
 def _stage_bars():

@@ -183,3 +183,17 @@ def test_erase_takes_any_training_option_and_refuses_bad_ones(tmp_path, capsys):
         assert main(["erase", "--model", "tiny", "--concept", "nudity", "--iterations", "2",
                      "--out", str(tmp_path / "x.safetensors"), *bad]) == 2
         assert message in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stage, words", [("train", "nothing was written"), ("evaluate", "images made so far")])
+def test_ctrl_c_in_the_demo_is_a_clean_cancel_that_says_what_is_left(stage, words, tmp_path, capsys, monkeypatch):
+    import erasure_core.demo.run as demo_run
+
+    def interrupted(progress=None, **_kwargs):
+        progress(stage, 1, 10)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo_run, "run_demo", interrupted)
+    assert main(["demo", "--out", str(tmp_path / "demo")]) == 130
+    err = capsys.readouterr().err
+    assert "cancelled: the demo stopped" in err and words in err and "Traceback" not in err
