@@ -264,9 +264,7 @@ def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Pa
     finished = store.load_result(concept_dir, record)
     if finished is not None:
         return finished["results"], {**finished["timings"], "resumed": True}
-    rng = random.Random(settings.prompt_seed)
-    concept_prompts = [p for p, _ in world.prompts_naming(concept, settings.prompts, rng)]
-    retain_prompts = [p for p, _ in world.prompts_not_naming(concept, settings.prompts, rng)]
+    concept_prompts, retain_prompts = draw_prompts(concept, settings)
     encoders, shared_latents, training = {}, {}, {}
 
     def encoder(run: str):
@@ -310,6 +308,13 @@ def measure_concept(model, concept: str, *, settings: BenchSettings, out_dir: Pa
     pooled = pool_report(report, settings)
     store.save_result(concept_dir, record, pooled, timings)
     return pooled, timings
+
+
+def draw_prompts(concept: str, settings: BenchSettings) -> tuple[list[str], list[str]]:
+    """(concept prompts, retain prompts) of `concept`: the same for every method and training seed."""
+    rng = random.Random(settings.prompt_seed)
+    concept_prompts = [p for p, _ in world.prompts_naming(concept, settings.prompts, rng)]
+    return concept_prompts, [p for p, _ in world.prompts_not_naming(concept, settings.prompts, rng)]
 
 
 def evaluate_part(model, encoders_for: Callable[[], dict], part: dict, *, record: dict, path: Path,
