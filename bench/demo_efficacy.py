@@ -186,7 +186,7 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
 
         # spawn, not fork: a forked child inherits the parent's OpenMP state, which can hang it.
         with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init,
-                                 initargs=(model_name, str(model.device))) as pool:
+                                 initargs=(model_name, str(model.device), os.getpid())) as pool:
             futures = {c: pool.submit(_worker_concept, concept=c, **task) for c in settings.concepts}
             for concept, future in futures.items():
                 results[concept], timings[concept] = future.result()
@@ -377,26 +377,27 @@ def model_identity(model) -> dict:
 _WORKER_MODEL = None
 
 
-def _worker_init(model_name: str, device: str) -> None:
+def _worker_init(model_name: str, device: str, parent: int) -> None:
     """A worker process: one thread (the work splits into independent concepts, so no thread waits on another;
-    2 x 1 against 1 x 2 could not be timed fairly on the shared machine), its own model."""
+    2 x 1 against 1 x 2 could not be timed fairly on the shared machine), its own model. `parent`: the main
+    process's pid (see _exit_with_parent)."""
     global _WORKER_MODEL
     import torch
 
     from erasure_core.loading import load_model
 
+    _exit_with_parent(parent)  # first: the model takes seconds to load, and the main process can die meanwhile
     torch.set_num_threads(1)
     _WORKER_MODEL = load_model(model_name, device=device)
-    _exit_with_parent()
 
 
-def _exit_with_parent() -> None:
-    """End this worker when the benchmark's main process is gone: killed with SIGTERM (not Ctrl-C, which reaches
-    the whole process group), the main process left its workers training on, hidden, for an hour here. Nothing
-    is lost: every finished encoder and concept is already on disk for --resume."""
+def _exit_with_parent(parent: int) -> None:
+    """End this worker when the benchmark's main process (pid `parent`) is gone: killed with SIGTERM (not Ctrl-C,
+    which reaches the whole process group), the main process left its workers training on, hidden, for an hour
+    here. The pid comes from the main process, not from os.getppid() read here: a worker whose main process died
+    while it started up read pid 1, its new parent, and trained on unwatched (seen in session 33). Nothing is
+    lost: every finished encoder and concept is already on disk for --resume."""
     import threading
-
-    parent = os.getppid()
 
     def watch():
         while os.getppid() == parent:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import multiprocessing
+import os
 import sys
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -168,12 +169,15 @@ def _run(args) -> None:
     started = time.perf_counter()
     with ProcessPoolExecutor(min(args.workers, len(settings.training_seeds)),
                              mp_context=multiprocessing.get_context("spawn"), initializer=bench._worker_init,
-                             initargs=("demo", "cpu")) as pool:
+                             initargs=("demo", "cpu", os.getpid())) as pool:
         futures = [pool.submit(_worker_seed, seed=seed, **task) for seed in settings.training_seeds]
         runs = [f.result() for f in futures]
     model = load_model("demo", device="cpu")
+    concept_prompts, retain_prompts = bench.draw_prompts(args.concept, settings)
+    # the prompts, so that a reader can tie each share's per-prompt clusters (in share order) to their text
     atomic_write_json({"schema": SCHEMA, "concept": args.concept, "probes": list(probe_names),
                        "settings": bench.settings_record(settings), "model": bench.model_identity(model),
+                       "prompts": concept_prompts, "retain_prompts": retain_prompts,
                        "seconds": round(time.perf_counter() - started, 1), "runs": runs}, result_path)
     for what in ("pre_attack", *probe_names, "retain_accuracy", "concept_on_retain"):
         print(f"\n{what}:\n{format_cross(runs, what)}")

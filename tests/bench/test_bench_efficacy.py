@@ -473,3 +473,26 @@ def test_an_erase_option_at_the_presets_value_resumes_the_run_made_without_it(ti
     other = tiny(project_conflicts=False)
     with pytest.raises(ErasureError, match=r"advunlearn_s0\.project_conflicts: True in OUT, False now"):
         bench.measure(tiny_model, other, tmp_path, resume=True, **run)
+
+
+@pytest.mark.parametrize("parent_alive", [True, False])
+def test_a_worker_ends_when_the_main_process_it_was_given_is_gone(parent_alive):
+    """A worker watches the pid the main process gave it, not the parent it finds when it starts: one whose main
+    process died while it loaded its model found pid 1 there and trained on unwatched (session 33)."""
+    import os
+    import subprocess
+
+    parent = os.getpid() if parent_alive else 2**22 + 12345  # no process has the second pid (pid_max 2^22)
+    code = (f"import sys, time; sys.path.insert(0, {str(BENCH.parent)!r}); import demo_efficacy as b; "
+            f"b._exit_with_parent({parent}); print('watching', flush=True); time.sleep(30)")
+    child = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        child.stdout.readline()
+        if parent_alive:
+            with pytest.raises(subprocess.TimeoutExpired):
+                child.wait(timeout=6)  # a watch round is 5 s: still running after it
+        else:
+            assert child.wait(timeout=20) == 1 and "Traceback" not in child.stderr.read()  # the watch, no crash
+    finally:
+        child.kill()
+        child.wait()
