@@ -221,11 +221,34 @@ def measure(model, settings: BenchSettings, out_dir: str | Path, *, judge_for: C
         # evaluation time per method, summed over the concepts (each concept's own is in its timings)
         "evaluation_timings": {name: sum_timings(t["evaluation_by_method"][name] for t in timings.values())
                                for name in ("original", *settings.methods)},
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "device": str(model.device)},
+        "machine": machine_record(model),
         "results": results,
     }
     atomic_write_json(efficacy, out_dir / "efficacy.json")
     return efficacy
+
+
+def machine_record(model) -> dict:
+    """Where the figures were made. The CPU matters beyond speed: training is bit-reproducible on one machine but
+    not across machines (session 33: the preset's square encoder of training seed 0, trained again on another
+    machine, broke 16 of 88 cases with the soft prompt where session 27's broke 8), so runs compared seed by seed
+    must share `cpu` and `cpu_capability` (the vector instructions torch's CPU kernels use)."""
+    import torch
+
+    return {"platform": platform.platform(), "cpus": os.cpu_count(), "device": str(model.device),
+            "cpu": _cpu_model(), "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+            "torch": torch.__version__}
+
+
+def _cpu_model() -> str:
+    """The CPU's model name (Linux's /proc/cpuinfo), else what `platform` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
 
 
 def _check_configs(settings: BenchSettings, model) -> None:

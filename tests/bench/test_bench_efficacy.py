@@ -91,6 +91,10 @@ def test_efficacy_json_contract_on_the_tiny_model(tiny_model, tmp_path):
     for entry in report["encoders"].values():
         assert {"pre_attack_asr", "post_attack_asr", "retain_accuracy", "stress_asr", "robustness_curve"} <= set(entry)
     assert on_disk["curve_cases_per_cell"] == 4 and on_disk["cases_per_cell"] == 8 and not on_disk["split_cases"]
+    # the machine, down to the CPU and its vector instructions: seeds pair only on one machine (machine_record)
+    import torch
+
+    assert on_disk["machine"]["cpu"] and on_disk["machine"]["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
     assert "circle" in bench.format_table(efficacy["results"]) and "eps unb" in bench.format_curves(efficacy["results"])
     verdict = on_disk["verdicts"]["circle"]  # the targets, judged from these very figures
     assert set(verdict) == {"pre_attack", "post_attack", "retain", "esd_broken", "below_esd_curve"}
