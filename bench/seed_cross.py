@@ -177,7 +177,8 @@ def _run(args) -> None:
     # the prompts, so that a reader can tie each share's per-prompt clusters (in share order) to their text
     atomic_write_json({"schema": SCHEMA, "concept": args.concept, "probes": list(probe_names),
                        "settings": bench.settings_record(settings), "model": bench.model_identity(model),
-                       "machine": bench.machine_record(model), "prompts": concept_prompts, "retain_prompts": retain_prompts,
+                       "machine": bench.machine_record(model),
+                       "prompts": concept_prompts, "retain_prompts": retain_prompts,
                        "seconds": round(time.perf_counter() - started, 1), "runs": runs}, result_path)
     for what in ("pre_attack", *probe_names, "retain_accuracy", "concept_on_retain"):
         print(f"\n{what}:\n{format_cross(runs, what)}")

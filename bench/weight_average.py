@@ -91,7 +91,8 @@ def _run(args) -> None:
                        "shares": shares}, out)
     for what in ("pre_attack", *probe_names, "retain_accuracy", "concept_on_retain"):
         cells = [s["post_attack"][what] if what in s["post_attack"] else s[what] for s in shares]
-        print(f"{what}: " + " | ".join(format_rate(c) for c in cells) + f" | all {format_rate(seed_cross.pooled(cells))}")
+        row = " | ".join(format_rate(c) for c in cells)
+        print(f"{what}: {row} | all {format_rate(seed_cross.pooled(cells))}")
     print(out)
 
 
