@@ -53,7 +53,7 @@ PRESETS: dict[str, dict] = {
     #   3/128 (seeds 0+1), circle's stayed at 1/128; retain accuracy: red 113 -> 119/128, circle 123 -> 114/128
     #   (the price). 300 iterations every 3rd gave red 25/128; 200 every 2nd at lr 2e-3 red 40/128 (pre 7/128).
     #   Every one again at the current preset (attack_every 1, session 32, square and red, 3 seeds, +13% UNet
-    #   evaluations): headline successes 79 -> 120 of 1,536 (square's soft prompt 56 -> 63/256, concept vector
+    #   evaluations): headline successes 79 -> 117 of 1,536 (square's soft prompt 56 -> 63/256, concept vector
     #   16 -> 33/256), retain 486 -> 474/512 (red 246 -> 239/256: its target lost).
     # - vector_weight 1 (training/captions.py: the captions pushed along the encoder's own concept direction, as
     #   the concept-vector probe does): yellow's concept-vector ASR, the full benchmark's worst cell at 94/256 =
@@ -99,7 +99,7 @@ PRESETS: dict[str, dict] = {
     # - attack_steps 10 (the paper: 30; the probe runs 30). 20 was measured twice and not adopted: square, 3 seeds,
     #   soft prompt 89 -> 64/256 for 1.5x the training time (renders-only judge); with project_updates on all 8
     #   concepts, headline successes 119 -> 128 of 6,144. 30 was not measured (3x the attack's time). 5 at the
-    #   current preset (session 32, square and red, 3 seeds): headline successes 79 -> 110 of 1,536 (square's soft
+    #   current preset (session 32, square and red, 3 seeds): headline successes 79 -> 107 of 1,536 (square's soft
     #   prompt 56 -> 72/256: 7 / 19 / 46 by seed), retain 486 -> 488/512 (red 246 -> 248/256).
     # - attack_k 3 (the paper: 1): as many tokens as the headline probes insert (UnlearnDiffAtk's k for objects and
     #   styles), so the training attack searches the space the probes search; 1 was not measured. 5 (session 32,
