@@ -12,8 +12,10 @@ encoder x share table per probe, with N and 95% Wilson intervals:
 
 A row that stays high on every share is the training seed; a column that is high for every encoder is the
 prompts. Only the probes asked for are run (`--probes`, default the headline soft prompt, about a quarter of the
-benchmark's attack time), beside the plain prompts and the retain prompts. Cost: per training seed about 250
-CPU-s of training and 600-800 of evaluation on the 2-core machine, 2 seeds at a time (one process each).
+benchmark's attack time), beside the plain prompts and the retain prompts; the original model is evaluated beside
+each encoder (its row is the same on every run). Encoders are kept in OUT/CONCEPT/encoders and loaded again where
+the erase config matches. Cost on the 2-core machine, 2 seeds at a time (one process of one thread each): 248-274 s
+of training and 284-297 s of evaluation a seed, 1,104 s for square's 3 seeds (session 33).
 """
 
 from __future__ import annotations
@@ -137,8 +139,9 @@ def main(argv=None) -> None:
     parser.add_argument("--probes", default="soft_prompt",
                         help="comma-separated headline or stress probes (default soft_prompt)")
     parser.add_argument("--erase-option", action="append", default=[], metavar="KEY=VALUE")
-    parser.add_argument("--workers", type=bench._positive_int, default=2)
-    parser.add_argument("--out", required=True)
+    parser.add_argument("--workers", type=bench._positive_int, default=2,
+                        help="processes of one thread, one training seed each at a time (default 2)")
+    parser.add_argument("--out", required=True, help="folder for seed_cross.json and the trained encoders")
     args = parser.parse_args(argv)
     try:
         _run(args)
