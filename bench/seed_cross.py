@@ -111,11 +111,16 @@ def pooled(entries: list[dict]) -> dict:
     return rate(sum(e["successes"] for e in entries), sum(e["n"] for e in entries))
 
 
+def rate_of(summary: dict, what: str) -> dict:
+    """A share summary's rate called `what`: 'pre_attack', a probe name or a utility key."""
+    return summary["post_attack"][what] if what in summary["post_attack"] else summary[what]
+
+
 def format_cross(runs: list[dict], what: str) -> str:
     """Rows: each training seed's encoder (then the original, the same on every share); columns: each share of
-    the prompts, then every share together. `what` picks the rate: 'pre_attack', a probe name or a utility key."""
+    the prompts, then every share together. `what` picks the rate (rate_of)."""
     def pick(summary: dict) -> dict:
-        return summary["post_attack"][what] if what in summary["post_attack"] else summary[what]
+        return rate_of(summary, what)
 
     shares = len(runs[0]["encoder"])
     head = ["encoder \\ prompts", *[f"share {j} (seed {runs[j]['seed']}'s)" if j < len(runs) else f"share {j}"

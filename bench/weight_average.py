@@ -90,7 +90,7 @@ def _run(args) -> None:
                        "probes": list(probe_names), "settings": bench.settings_record(settings),
                        "shares": shares}, out)
     for what in ("pre_attack", *probe_names, "retain_accuracy", "concept_on_retain"):
-        cells = [s["post_attack"][what] if what in s["post_attack"] else s[what] for s in shares]
+        cells = [seed_cross.rate_of(s, what) for s in shares]
         row = " | ".join(format_rate(c) for c in cells)
         print(f"{what}: {row} | all {format_rate(seed_cross.pooled(cells))}")
     print(out)

@@ -1,21 +1,7 @@
 """bench/seed_cross.py: each encoder's rates split by the benchmark's shares of the prompts, the cross table, and
 bad input refused before any training."""
 
-import importlib.util
-import sys
-from pathlib import Path
-
 import pytest
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _module():
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("seed_cross", ROOT / "bench/seed_cross.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def _report(successes: dict[int, bool], retained: dict[int, bool], prompts: int, seeds: int) -> dict:
@@ -29,8 +15,8 @@ def _report(successes: dict[int, bool], retained: dict[int, bool], prompts: int,
     return {"cases": cases, "retain_cases": cases, "encoders": {"e": {"cases": records, "retain": retain}}}
 
 
-def test_each_share_counts_its_own_prompts_cases():
-    cross = _module()
+def test_each_share_counts_its_own_prompts_cases(bench_script):
+    cross = bench_script("seed_cross")
     # 6 prompts x 2 seeds, 3 shares: share 0 = prompts 0 and 3 (cases 0, 1, 6, 7), share 1 = prompts 1 and 4 ...
     report = _report({0: True, 7: False, 3: False, 9: False}, {2: False, 11: False}, prompts=6, seeds=2)
     shares = cross.share_summaries(report, "e", ("soft_prompt",), shares=3, seeds=2)
@@ -45,8 +31,8 @@ def test_each_share_counts_its_own_prompts_cases():
     assert shares[0]["post_attack"]["soft_prompt"]["clusters"] == [[1, 2], [1, 2]]
 
 
-def test_the_table_pools_rows_and_columns():
-    cross = _module()
+def test_the_table_pools_rows_and_columns(bench_script):
+    cross = bench_script("seed_cross")
     report = _report({0: False, 1: False, 2: False}, {}, prompts=3, seeds=4)
     shares = cross.share_summaries(report, "e", ("soft_prompt",), shares=3, seeds=4)
     runs = [{"seed": s, "encoder": shares, "original": shares} for s in (0, 1, 2)]
@@ -57,8 +43,8 @@ def test_the_table_pools_rows_and_columns():
     assert "(9/12)" in rows[4] and "(9/36)" in rows[4]  # every seed's encoder on share 0, and on all
 
 
-def test_unknown_probe_concept_and_an_existing_result_are_refused(tmp_path, capsys):
-    cross = _module()
+def test_unknown_probe_concept_and_an_existing_result_are_refused(tmp_path, capsys, bench_script):
+    cross = bench_script("seed_cross")
     with pytest.raises(SystemExit, match="unknown probe.*choose from soft_prompt"):
         cross.main(["--concept", "square", "--probes", "soft_promt", "--out", str(tmp_path / "a")])
     with pytest.raises(SystemExit, match="not a value of the demo"):

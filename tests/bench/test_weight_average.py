@@ -1,28 +1,15 @@
 """bench/weight_average.py: the mean of encoders' tensors, and bad input refused before any work."""
 
 import copy
-import importlib.util
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 
 from erasure_core.errors import ErasureError
 
-ROOT = Path(__file__).resolve().parents[2]
 
-
-def _module():
-    sys.path.insert(0, str(ROOT / "bench"))
-    spec = importlib.util.spec_from_file_location("weight_average", ROOT / "bench/weight_average.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_the_average_holds_each_tensors_mean_and_leaves_the_inputs(tiny_model):
-    average = _module().average_encoders
+def test_the_average_holds_each_tensors_mean_and_leaves_the_inputs(tiny_model, bench_script):
+    average = bench_script("weight_average").average_encoders
     a, b = copy.deepcopy(tiny_model.text_encoder), copy.deepcopy(tiny_model.text_encoder)
     key = next(k for k, v in a.state_dict().items() if v.is_floating_point() and v.dim() == 2)
     with torch.no_grad():
@@ -36,16 +23,16 @@ def test_the_average_holds_each_tensors_mean_and_leaves_the_inputs(tiny_model):
     torch.testing.assert_close(a.state_dict()[key], original[key] + 1.0)  # the inputs are not changed
 
 
-def test_encoders_of_other_shapes_are_refused(tiny_model):
-    average = _module().average_encoders
+def test_encoders_of_other_shapes_are_refused(tiny_model, bench_script):
+    average = bench_script("weight_average").average_encoders
     a = copy.deepcopy(tiny_model.text_encoder)
     b = torch.nn.Linear(2, 2)  # other tensors than an encoder's
     with pytest.raises(ErasureError, match="do not have the same tensors"):
         average([a, b])
 
 
-def test_bad_input_is_refused_and_nothing_written(tmp_path):
-    main = _module().main
+def test_bad_input_is_refused_and_nothing_written(tmp_path, bench_script):
+    main = bench_script("weight_average").main
     out = tmp_path / "avg.json"
     with pytest.raises(SystemExit, match="no encoder file at"):
         main(["--concept", "square", "--out", str(out), str(tmp_path / "missing.safetensors")])
