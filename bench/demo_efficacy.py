@@ -584,6 +584,8 @@ def _int_list(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers like 0,1,2, got {text!r}") from None
     if not values or min(values) < 0:
         raise argparse.ArgumentTypeError(f"expected comma-separated whole numbers >= 0 like 0,1,2, got {text!r}")
+    if len(set(values)) != len(values):  # a seed twice measures the same thing twice (and two workers race)
+        raise argparse.ArgumentTypeError(f"each seed once, please: {text!r} repeats one")
     return values
 
 

@@ -33,7 +33,7 @@ import demo_efficacy as bench  # noqa: E402  (sets the OpenMP wait policy before
 import efficacy_store as store  # noqa: E402
 
 from erasure_core.errors import ErasureError  # noqa: E402
-from erasure_core.files import atomic_write_json  # noqa: E402
+from erasure_core.files import atomic_write_json, prepare_output  # noqa: E402
 from erasure_core.rates import format_rate, rate  # noqa: E402
 from erasure_core.summaries import asr_summary, utility_summary  # noqa: E402
 
@@ -173,6 +173,7 @@ def _run(args) -> None:
     result_path = out_dir / "seed_cross.json"
     if result_path.exists():
         raise ErasureError(f"{result_path} exists: choose another --out or remove it")
+    prepare_output(result_path)  # a file in the way is reported now, not after the training
     task = dict(concept=args.concept, settings=settings, probe_names=probe_names, out_dir=out_dir)
     started = time.perf_counter()
     with ProcessPoolExecutor(min(args.workers, len(settings.training_seeds)),

@@ -23,7 +23,7 @@ import demo_efficacy as bench  # noqa: E402  (sets the OpenMP wait policy before
 import seed_cross  # noqa: E402
 
 from erasure_core.errors import ErasureError  # noqa: E402
-from erasure_core.files import atomic_write_json  # noqa: E402
+from erasure_core.files import atomic_write_json, prepare_output  # noqa: E402
 from erasure_core.rates import format_rate  # noqa: E402
 
 SCHEMA = "bench.weight_average/1"
@@ -75,6 +75,7 @@ def _run(args) -> None:
     for path in args.encoders:
         if not Path(path).is_file():
             raise ErasureError(f"no encoder file at {path}")
+    prepare_output(out)  # a file in the way is reported now, not after the evaluation
     model = load_model("demo", device="cpu")
     encoders = [load_robust_text_encoder(read_encoder(p), reference=model.text_encoder, dtype=torch.float32)
                 for p in args.encoders]

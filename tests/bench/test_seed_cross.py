@@ -49,9 +49,16 @@ def test_unknown_probe_concept_and_an_existing_result_are_refused(tmp_path, caps
         cross.main(["--concept", "square", "--probes", "soft_promt", "--out", str(tmp_path / "a")])
     with pytest.raises(SystemExit, match="not a value of the demo"):
         cross.main(["--concept", "squares", "--out", str(tmp_path / "b")])
+    with pytest.raises(SystemExit, match="2"):  # argparse's usage error
+        # an unknown concept too: were the repeat let through, the run would stop there, not train
+        cross.main(["--concept", "squares", "--training-seeds", "0,0", "--out", str(tmp_path / "d")])
+    assert "each seed once" in capsys.readouterr().err
+    (tmp_path / "blocker").write_text("")
+    with pytest.raises(SystemExit, match="is a file, not a folder"):
+        cross.main(["--concept", "square", "--out", str(tmp_path / "blocker" / "run")])
     (tmp_path / "c").mkdir()
     (tmp_path / "c" / "seed_cross.json").write_text("{}")
     with pytest.raises(SystemExit, match="exists: choose another --out"):
         cross.main(["--concept", "square", "--out", str(tmp_path / "c")])
-    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists() and not (tmp_path / "d").exists()
     assert (tmp_path / "c" / "seed_cross.json").read_text() == "{}"

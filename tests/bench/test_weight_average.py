@@ -40,6 +40,9 @@ def test_bad_input_is_refused_and_nothing_written(tmp_path, bench_script):
         main(["--concept", "squares", "--out", str(out), str(tmp_path / "missing.safetensors")])
     with pytest.raises(SystemExit, match="unknown probe"):
         main(["--concept", "square", "--probes", "nope", "--out", str(out), str(tmp_path / "x.safetensors")])
+    (tmp_path / "blocker").write_text("")
+    with pytest.raises(SystemExit, match="is a file, not a folder"):
+        main(["--concept", "square", "--out", str(tmp_path / "blocker" / "avg.json"), str(tmp_path / "blocker")])
     assert not out.exists()
     out.write_text("{}")
     with pytest.raises(SystemExit, match="exists: choose another --out"):
