@@ -13,8 +13,8 @@ from erasure_core.demo.run import DemoSettings, demo_erase_config
 
 EIGHT = set(world.WORLD["shape"] + world.WORLD["colour"])  # the benchmark's default concepts
 RESULTS = Path(__file__).resolve().parents[2] / "bench/results"
-# the runs behind the README's table at the current preset (session 28), and the full run for ESD
-ADVUNLEARN_RUNS = ("layer0_persistent_rb32", "layer0_persistent_rb32_green_yellow",
+# the runs behind the README's table at the current preset (one machine: sessions 28, 33), and the full run for ESD
+ADVUNLEARN_RUNS = ("layer0_persistent_rb32_rerun33", "layer0_persistent_rb32_green_yellow_rerun33",
                    "layer0_persistent_rb32_circle_star_triangle_blue")
 
 
