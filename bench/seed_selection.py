@@ -8,7 +8,8 @@ with the lowest validation score on that fold, then reports the chosen encoder o
 
     score = the probe's successes + retain failures, on the fold's cases (the same cases for every encoder)
 
-Ties go to fewer probe successes, then to the lower seed. Beside each choice it gives the group's every encoder on
+Ties go to fewer probe successes, then to the lower seed: the rule of `evaluate --choose`
+(erasure_core/selection.py). Beside each choice it gives the group's every encoder on
 the same held-out cases (what an unchosen training gives) and the group's held-out best (what an oracle would
 choose). Pooled over choices the counts reuse prompts (each prompt is held out in FOLDS - 1 choices of a group), so
 their Wilson intervals are narrower than the evidence: read them as a summary, the per-choice rows as the data.
@@ -27,6 +28,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo_efficacy as bench  # noqa: E402
 
+from erasure_core import selection  # noqa: E402
 from erasure_core.errors import ErasureError  # noqa: E402
 from erasure_core.files import atomic_write_json, prepare_output  # noqa: E402
 from erasure_core.rates import format_rate, rate  # noqa: E402
@@ -125,13 +127,13 @@ def choose(encoders: dict[int, dict], group: list[int], fold: int, folds: int) -
         chosen_folds = [f for f in range(folds) if (f == fold) == inside]
         return {key: fold_count(encoders[seed][key], chosen_folds) for key in ("probe", "retain")}
 
-    def score(c: dict) -> tuple[int, int]:
-        return c["probe"][0] + (c["retain"][1] - c["retain"][0]), c["probe"][0]
+    def best(counts: dict[int, dict]) -> int:  # the product's rule, ties to the lower seed (the group is sorted)
+        return int(selection.choose({str(seed): (c["probe"][0], c["retain"][1] - c["retain"][0])
+                                     for seed, c in counts.items()}))
 
     validation = {seed: counts_of(seed, True) for seed in group}
     held_out = {seed: counts_of(seed, False) for seed in group}
-    chosen = min(group, key=lambda seed: (*score(validation[seed]), seed))
-    oracle = min(group, key=lambda seed: (*score(held_out[seed]), seed))
+    chosen, oracle = best(validation), best(held_out)
     return {"group": group, "fold": fold, "chosen": chosen, "held_out_best": oracle,
             "validation": {str(s): _rates(c) for s, c in validation.items()},
             "held_out": {str(s): _rates(c) for s, c in held_out.items()}}

@@ -29,6 +29,9 @@ def add_parser(sub) -> argparse.ArgumentParser:
     add_generation_args(p)
     p.add_argument("--out", default="out/evaluate")
     p.add_argument("--shard", action="store_true", help="split the cases across `accelerate launch` processes")
+    p.add_argument("--choose", default=None, metavar="PROBE",
+                   help="best of k: name the --encoder that PROBE broke least, counting retain failures too "
+                        "(erasure_core/selection.py), in OUT/choice.json; use prompts you will not make a claim on")
     return p
 
 
@@ -67,6 +70,7 @@ def run(args) -> None:
 
         names = {p.name for p in probes}
         probes += [p for p in robustness_probes() if p.name not in names]
+    _check_choice(args, probes, judge)
     prompts = args.prompts or args.prompt
     bar = tqdm(desc="evaluate", unit="step", dynamic_ncols=True)
 
@@ -91,3 +95,36 @@ def run(args) -> None:
         print(f"{name}: pre-attack {pre['successes']}/{pre['n']}; post-attack {post}"
               + (f"; stress (unbounded, not headline) {stress}" if stress else ""))
     print(f"report: {Path(args.out) / 'report.html'}")
+    if args.choose:
+        _write_choice(results, args.choose, Path(args.out) / "choice.json")
+
+
+def _check_choice(args, probes, judge) -> None:
+    """--choose's input, checked before any image is made."""
+    if not args.choose:
+        return
+    names = [p.name for p in probes]
+    if args.choose not in names:
+        raise ErasureError(f"--choose {args.choose}: not among the probes evaluated ({', '.join(names)})")
+    if len(args.encoder) < 2:
+        raise ErasureError("--choose needs at least two --encoder NAME=FILE to choose from (e.g. trained with "
+                           "`erase --seed 0`, `--seed 1`, ...)")
+    if not args.retain_prompt:
+        raise ErasureError("--choose needs --retain-prompt: an encoder that breaks every image would win on the "
+                           "probe alone")
+    if getattr(judge, "check_retain", None) is None:
+        raise ErasureError(f"--choose needs a judge that checks retain images (the demo's, demo:VALUE); --judge "
+                           f"{args.judge} does not, so retain failures could not be counted")
+
+
+def _write_choice(results: dict, probe: str, path: Path) -> None:
+    from ..files import atomic_write_json
+    from ..selection import choose_from_report
+
+    choice = choose_from_report(results, probe)
+    atomic_write_json(choice, path)
+    for name, c in choice["candidates"].items():
+        probe_rate, retain = c["probe"], c["retain_accuracy"]
+        print(f"{'chosen' if name == choice['chosen'] else '      '} {name}: {probe} {probe_rate['successes']}/"
+              f"{probe_rate['n']}, retain {retain['successes']}/{retain['n']} (score {c['score']})")
+    print(f"choice: {path}")

@@ -197,3 +197,36 @@ def test_ctrl_c_in_the_demo_is_a_clean_cancel_that_says_what_is_left(stage, word
     assert main(["demo", "--out", str(tmp_path / "demo")]) == 130
     err = capsys.readouterr().err
     assert "cancelled: the demo stopped" in err and words in err and "Traceback" not in err
+
+
+def test_evaluate_choose_names_the_encoder_the_probe_broke_least(tiny_model, tmp_path, monkeypatch, capsys):
+    """--choose: best of k by a validation attack, refused before any image when it could not be made honestly."""
+    import erasure_core.evaluate as evaluation
+
+    for name in ("s0", "s1"):
+        save_encoder(tiny_model.text_encoder, tmp_path / f"{name}.safetensors")
+    made = []
+
+    def entry(leaks, kept):
+        return {"pre_attack": {"successes": 0, "n": 4}, "post_attack": {"soft_prompt": {"successes": leaks, "n": 4}},
+                "stress_attack": {},
+                "utility": {"retain_accuracy": {"successes": kept, "n": 4}}}
+
+    def fake_evaluate(model, encoders, prompts, probes, judge, **options):
+        made.append(sorted(encoders))
+        return {"encoders": {"original": entry(4, 4), "s0": entry(2, 4), "s1": entry(0, 3)}}
+
+    monkeypatch.setattr(evaluation, "evaluate", fake_evaluate)
+    base = ["evaluate", "--model", "tiny", "--judge", "demo:circle", "--prompt", "a circle", "--probe", "soft_prompt",
+            "--out", str(tmp_path / "out")]
+    two = ["--encoder", f"s0={tmp_path / 's0.safetensors'}", "--encoder", f"s1={tmp_path / 's1.safetensors'}"]
+    for argv, message in (([*two, "--retain-prompt", "a square", "--choose", "unbounded"], "not among the probes"),
+                          ([*two[:2], "--retain-prompt", "a square", "--choose", "soft_prompt"], "at least two"),
+                          ([*two, "--choose", "soft_prompt"], "needs --retain-prompt")):
+        assert main([*base, *argv]) == 2
+        assert message in capsys.readouterr().err
+    assert made == [] and not (tmp_path / "out").exists()
+    assert main([*base, *two, "--retain-prompt", "a square", "--choose", "soft_prompt"]) == 0
+    choice = json.loads((tmp_path / "out" / "choice.json").read_text())
+    assert choice["chosen"] == "s1" and choice["candidates"]["s0"]["score"] == 2
+    assert "chosen s1: soft_prompt 0/4, retain 3/4 (score 1)" in capsys.readouterr().out
