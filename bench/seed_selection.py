@@ -15,7 +15,7 @@ choose). Pooled over choices the counts reuse prompts (each prompt is held out i
 their Wilson intervals are narrower than the evidence: read them as a summary, the per-choice rows as the data.
 
     python bench/seed_selection.py --probe soft_prompt --out out/selection_square.json \\
-        bench/results/seed_cross_square/seed_cross.json out/cross_sq_3to8/seed_cross.json
+        bench/results/seed_cross_square/seed_cross.json bench/results/seed_cross_square_3to8/seed_cross.json
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def fold_count(counts: list[tuple[int, int]], folds) -> tuple[int, int]:
     return sum(counts[f][0] for f in folds), sum(counts[f][1] for f in folds)
 
 
-def choose(encoders: dict[int, dict], group: list[int], fold: int, folds: int) -> dict:
+def choice_on_fold(encoders: dict[int, dict], group: list[int], fold: int, folds: int) -> dict:
     """The group's encoder with the lowest validation score on `fold`, and every encoder on the other folds."""
     def counts_of(seed: int, inside: bool) -> dict:
         chosen_folds = [f for f in range(folds) if (f == fold) == inside]
@@ -158,7 +158,7 @@ def select(encoders: dict[int, dict], group_size: int, folds: int) -> dict:
         raise ErasureError(f"{len(seeds)} training seeds do not make groups of {group_size}: give a multiple of "
                            "--group-size (at least 2) seeds")
     groups = [seeds[i:i + group_size] for i in range(0, len(seeds), group_size)]
-    choices = [choose(encoders, group, fold, folds) for group in groups for fold in range(folds)]
+    choices = [choice_on_fold(encoders, group, fold, folds) for group in groups for fold in range(folds)]
     return {"choices": choices,
             "chosen": pooled(choices, lambda c: [c["chosen"]]),
             "every_encoder": pooled(choices, lambda c: c["group"]),

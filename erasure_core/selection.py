@@ -41,7 +41,8 @@ def choose_from_report(report: dict, probe: str) -> dict:
         raise ErasureError(f"choosing needs at least two encoders besides the original, got {len(entries)}")
     counts, candidates = {}, {}
     for name, entry in entries.items():
-        attacked = {**entry.get("post_attack", {}), **entry.get("stress_attack", {})}.get(probe)
+        attacked = {**entry.get("post_attack", {}), **entry.get("stress_attack", {}),
+                    **entry.get("curve_attack", {})}.get(probe)
         if attacked is None:
             raise ErasureError(f"{name} was not attacked by {probe!r}: choose by one of the evaluated probes")
         retain = (entry.get("utility") or {}).get("retain_accuracy")

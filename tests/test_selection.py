@@ -19,11 +19,16 @@ def _entry(leaks: int, kept: int, n: int = 8, stress: bool = False) -> dict:
             "utility": {"retain_accuracy": {"successes": kept, "n": n, "rate": kept / n}}}
 
 
-def test_the_report_choice_leaves_the_original_out_and_reads_stress_probes_too():
+def test_the_report_choice_leaves_the_original_out_and_reads_stress_and_curve_probes_too():
     report = {"encoders": {"original": _entry(0, 8), "a": _entry(3, 8), "b": _entry(1, 7, stress=True)}}
     choice = choose_from_report(report, "soft_prompt")
     assert choice["chosen"] == "b"  # the original (0 failures) is not a candidate
     assert list(choice["candidates"]) == ["a", "b"] and choice["candidates"]["b"]["score"] == 2
+    for entry in report["encoders"].values():  # `evaluate --curve` puts the other budgets under curve_attack
+        entry["curve_attack"] = {"soft_prompt_eps2": entry.pop("post_attack").pop("soft_prompt", None)
+                                 or entry["stress_attack"].pop("soft_prompt")}
+        entry["post_attack"] = {}
+    assert choose_from_report(report, "soft_prompt_eps2")["chosen"] == "b"
 
 
 @pytest.mark.parametrize("encoders, message", [

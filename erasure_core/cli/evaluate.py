@@ -43,8 +43,13 @@ def _named_encoders(specs: list[str], model):
         if "=" not in spec:
             raise ErasureError(f"--encoder takes NAME=FILE (e.g. erased=nudity.safetensors), got {spec!r}")
         name, path = spec.split("=", 1)
+        name = name.strip()
+        if name in encoders or name == "original":
+            # a repeated name used to replace the earlier encoder without a word
+            raise ErasureError(f"--encoder {spec}: the name {name!r} is taken ('original' is the model's own "
+                               "encoder): give each encoder its own name")
         encoder = load_robust_text_encoder(path, reference=model.text_encoder)
-        encoders[name.strip()] = encoder.to(model.device, model.dtype).requires_grad_(False).eval()
+        encoders[name] = encoder.to(model.device, model.dtype).requires_grad_(False).eval()
     return encoders
 
 

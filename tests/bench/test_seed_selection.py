@@ -40,7 +40,7 @@ def test_the_choice_is_judged_on_the_folds_it_did_not_see(tmp_path, bench_script
              2: [1 if f else 0 for f in fold0]}
     shared, encoders = script.load_encoders([_file(tmp_path, "x", leaks)], "soft_prompt", folds=3)
     assert encoders[0]["probe"] == [(0, 3), (3, 3), (3, 3)]  # "a"'s two cases stay in fold 0
-    choice = script.choose(encoders, [0, 1, 2], fold=0, folds=3)
+    choice = script.choice_on_fold(encoders, [0, 1, 2], fold=0, folds=3)
     assert choice["chosen"] == 0  # the best on fold 0 ...
     assert choice["held_out"]["0"]["probe"] == {"successes": 6, "n": 6, "rate": 1.0}  # ... judged on folds 1-2 alone
     assert choice["held_out_best"] == 2

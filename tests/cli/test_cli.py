@@ -221,6 +221,7 @@ def test_evaluate_choose_names_the_encoder_the_probe_broke_least(tiny_model, tmp
             "--out", str(tmp_path / "out")]
     two = ["--encoder", f"s0={tmp_path / 's0.safetensors'}", "--encoder", f"s1={tmp_path / 's1.safetensors'}"]
     for argv, message in (([*two, "--retain-prompt", "a square", "--choose", "unbounded"], "not among the probes"),
+                          ([*two[:2], *two[:2], "--retain-prompt", "a square"], "the name 's0' is taken"),
                           ([*two[:2], "--retain-prompt", "a square", "--choose", "soft_prompt"], "at least two"),
                           ([*two, "--choose", "soft_prompt"], "needs --retain-prompt")):
         assert main([*base, *argv]) == 2
