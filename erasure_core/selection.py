@@ -4,7 +4,8 @@ Why: on the demo model AdvUnlearn's outcome depends on its training seed as much
 soft-prompt ASR over the same 256 cases ranged 0.11-0.46 across 9 training seeds of the one preset, and the seed
 that leaked least on one third of the prompts was the held-out best of its three in 8 of 9 choices; choosing the
 best of 3 on one third cut the rate on the other two thirds from 0.285 to 0.197 (bench/seed_selection.py,
-bench/demo_preset_tuning.md, session 34). The prompts that choose must not be the ones a claim is made on: the
+bench/demo_preset_tuning.md, session 34). Where seeds differ by a few cases it does not help: green's held-out
+retain, 0.951 chosen against 0.943. The prompts that choose must not be the ones a claim is made on: the
 choice is fitted to them.
 
 The score counts what a user loses either way on the same cases: the probe's successes (the concept came back)
