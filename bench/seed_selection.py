@@ -84,9 +84,12 @@ def load_encoders(paths: list[Path], probe: str, folds: int) -> tuple[dict, dict
     for path in paths:
         if not path.is_file():
             raise ErasureError(f"no seed_cross.json at {path}")
-        data = json.loads(path.read_text())
-        if data.get("schema") != seed_cross.SCHEMA:
-            raise ErasureError(f"{path} is not a seed_cross.py result (schema {data.get('schema')!r})")
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+            raise ErasureError(f"{path} cannot be read as JSON ({err}): give a seed_cross.json") from None
+        if not isinstance(data, dict) or data.get("schema") != seed_cross.SCHEMA:
+            raise ErasureError(f"{path} is not a seed_cross.py result: give a seed_cross.json")
         if probe not in data["probes"]:
             raise ErasureError(f"{path} did not run the probe {probe!r} (it ran {', '.join(data['probes'])})")
         here = {"concept": data["concept"], "model": data["model"],
@@ -145,11 +148,10 @@ def _rates(c: dict) -> dict:
 
 def pooled(choices: list[dict], which) -> dict:
     """{"probe", "retain"} summed over the choices' held-out rates of the seeds `which(choice)` names."""
-    out = {}
-    for key in ("probe", "retain"):
-        entries = [choice["held_out"][str(seed)][key] for choice in choices for seed in which(choice)]
-        out[key] = rate(sum(e["successes"] for e in entries), sum(e["n"] for e in entries))
-    return out
+    import seed_cross
+
+    return {key: seed_cross.pooled([choice["held_out"][str(seed)][key] for choice in choices for seed in which(choice)])
+            for key in ("probe", "retain")}
 
 
 def select(encoders: dict[int, dict], group_size: int, folds: int) -> dict:

@@ -59,6 +59,10 @@ def test_input_that_did_not_meet_the_same_cases_is_refused_and_nothing_written(t
              ([str(a), str(_file(tmp_path, "d", {3: [0] * 9}))], "4 training seeds do not make groups of 3"),
              ([str(_file(tmp_path, "e", {0: [0] * 9}, shares=2))], "2 shares do not split into 3 folds"),
              ([str(tmp_path / "missing.json")], "no seed_cross.json at")]
+    (tmp_path / "garbled.json").write_text("{not json")
+    (tmp_path / "list.json").write_text("[1, 2]")
+    cases += [([str(tmp_path / "garbled.json")], "cannot be read as JSON"),
+              ([str(tmp_path / "list.json")], "is not a seed_cross.py result")]
     for files, message in cases:
         with pytest.raises(SystemExit, match=message):
             main([*files, "--out", str(out)])
