@@ -179,6 +179,24 @@ class LatentPool:
         stack = lambda parts: torch.stack(parts, dim=1) if parts else None  # noqa: E731
         return stack(xs), stack(conds), stack(unconds)
 
+    @torch.no_grad()
+    def relabel(self, runner: UNetRunner, cond: torch.Tensor, batch_size: int = 32) -> "LatentPool":
+        """The same latents with `cond`'s prediction [1, L, D] as eps_cond (and prompt_index 0): trajectories
+        sampled from one prompt, taught with another's (one evaluation per latent)."""
+        flat = self.latents.flatten(0, 1)
+        steps = self.timesteps.repeat(self.size)
+        eps = torch.cat([runner(x.to(cond.device), t.to(cond.device), cond.expand(len(x), -1, -1)).float().cpu()
+                         for x, t in zip(flat.split(batch_size), steps.split(batch_size))])
+        return LatentPool(self.latents, eps.view_as(self.eps_cond), self.eps_uncond, self.timesteps,
+                          torch.zeros_like(self.prompt_index))
+
+    @classmethod
+    def concat(cls, pools: list["LatentPool"]) -> "LatentPool":
+        """One pool of the trajectories of `pools` (same sampling steps; uncond kept by all or by none)."""
+        join = lambda name: torch.cat([getattr(p, name) for p in pools])  # noqa: E731
+        uncond = None if pools[0].eps_uncond is None else join("eps_uncond")
+        return cls(join("latents"), join("eps_cond"), uncond, pools[0].timesteps, join("prompt_index"))
+
     def draw(self, count: int, generator: torch.Generator | None = None, device=None,
              first_steps: int | None = None, row_weights: torch.Tensor | None = None) -> PoolSample:
         """`count` random (trajectory, step) pairs, drawn independently and uniformly; from the first

@@ -81,6 +81,9 @@ class EraseConfig:
       attack_captions: the inner attack puts its tokens into one of the concept's captions (a new one each
       refresh) instead of the bare word, and the attacked caption is trained toward its contrastive target
       (needs caption_weight > 0; a concept without captions is attacked as a bare word).
+      concept_pool_captions: this share of each concept's pool trajectories is sampled from its captions instead
+      of the bare word (the contexts users write), with the bare word's prediction recomputed at their latents
+      (needs caption_weight > 0 and reuse_latents; a concept without captions samples the bare word only).
     - embedding_retain_weight: every retain prompt's encoding stays the original's (relative squared distance,
       like the "" anchor; `retain_batch` prompts a step drawn from the whole retain list, not only the pool's):
       costs no UNet evaluation, so it reaches the retain prompts the UNet-space retain loss never samples.
@@ -144,6 +147,7 @@ class EraseConfig:
     seed: int = 0
     reuse_latents: bool = True
     concept_pool_size: int = 16
+    concept_pool_captions: float = 0.0
     retain_pool_size: int = 48
     mixed_precision: str = "auto"
     gradient_checkpointing: bool = False
@@ -215,6 +219,12 @@ class EraseConfig:
               "plain_contrast needs contrast_words (the words whose predictions replace the empty prompt's)")
         check(not self.attack_captions or self.caption_weight > 0,
               "attack_captions needs caption_weight > 0 (the captions it attacks are the ones caption_weight trains)")
+        check(0 <= self.concept_pool_captions <= 1,
+              f"concept_pool_captions is the share of concept trajectories sampled from captions: it must be in "
+              f"[0, 1], got {self.concept_pool_captions}")
+        check(not self.concept_pool_captions or (self.caption_weight > 0 and self.reuse_latents),
+              "concept_pool_captions samples pool trajectories from the concept's captions: it needs "
+              "caption_weight > 0 (the captions) and reuse_latents on (the pools)")
         check(not self.vector_weight or self.caption_weight > 0,
               "vector_weight needs caption_weight > 0 (the term pushes the concept's captions along its direction); "
               "set vector_weight=0 to train without captions")

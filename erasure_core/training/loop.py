@@ -129,14 +129,13 @@ class _Trainer:
         self._build_student()
         self._prepare_prompts()
         self.points = TrainingPoints(model, self.runner, config, self.rng, self.concept_conds, self.uncond,
-                                     self._autocast)
+                                     self._autocast, self.captions)
         self.diagnostics = Diagnostics(model, config, self.concept_conds, self.uncond, self.uncond_ids,
                                        self.plain_slots, model.text_encoder)
         self.adversarial: dict[int, torch.Tensor] = {}
         self.current_concept = 0
         self.start_step, self.history, self.previous_evaluations = 0, [], 0
-        self.latent_cache: dict | None = None
-        self.retain_dropped: list[str] = []
+        self.latent_cache, self.retain_dropped = None, []  # a dict from erase(); retain prompts left out
 
     # ----- set-up -----
     def _build_student(self):
@@ -204,10 +203,11 @@ class _Trainer:
 
     def _pool_key(self) -> tuple:
         """Everything the pools depend on: equal keys mean identical pools."""
-        c = self.config
-        return (id(self.model.unet), id(self.model.text_encoder), tuple(self.concepts),
-                tuple(self.retain_prompts) if self._uses_retain else (), c.num_ddim_steps, c.guidance, c.seed,
-                c.concept_pool_size, c.retain_pool_size if self._uses_retain else 0, self.precision)
+        c, retain = self.config, self._uses_retain
+        captions = tuple(p for pairs in self.captions.pairs for p, _ in pairs) if c.concept_pool_captions else ()
+        return (id(self.model.unet), id(self.model.text_encoder), tuple(self.concepts), c.num_ddim_steps, c.guidance,
+                c.seed, tuple(self.retain_prompts) if retain else (), c.retain_pool_size if retain else 0,
+                c.concept_pool_size, c.concept_pool_captions, captions, self.precision)
 
     def _autocast(self):
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)  # "no": full precision

@@ -13,9 +13,11 @@ from ..latents import LatentPool, PoolSample, UNetRunner, sample_noisy_latents
 
 
 class TrainingPoints:
-    def __init__(self, model, runner: UNetRunner, config, rng: torch.Generator, concept_conds, uncond, autocast):
+    def __init__(self, model, runner: UNetRunner, config, rng: torch.Generator, concept_conds, uncond, autocast,
+                 captions=None):
         self.model, self.runner, self.config, self.rng = model, runner, config, rng
         self.concept_conds, self.uncond, self.autocast = concept_conds, uncond, autocast
+        self.captions = captions  # ConceptCaptions or None: where `concept_pool_captions` samples from
         self.retain_conds: torch.Tensor | None = None
         self.concept_pools: list[LatentPool] | None = None
         self.retain_pool: LatentPool | None = None
@@ -42,10 +44,7 @@ class TrainingPoints:
             self.model, self.runner, conds, self.uncond, index, num_inference_steps=config.num_ddim_steps,
             guidance=config.guidance, generator=pool_rng, keep_uncond=keep)
         with self.autocast():
-            self.concept_pools = [
-                build(self.concept_conds[c : c + 1], torch.zeros(config.concept_pool_size, dtype=torch.long), True)
-                for c in range(self.concept_conds.shape[0])
-            ]
+            self.concept_pools = [self._concept_pool(c, build, pool_rng) for c in range(self.concept_conds.shape[0])]
             if retain_conds is not None:
                 order = torch.randperm(retain_conds.shape[0], generator=pool_rng)
                 index = order.repeat(config.retain_pool_size // len(order) + 1)[: config.retain_pool_size]
@@ -54,6 +53,20 @@ class TrainingPoints:
         if cache is not None:
             cache[key] = (self.concept_pools, self.retain_pool)
         self._init_scores()
+
+    def _concept_pool(self, concept: int, build, pool_rng: torch.Generator) -> LatentPool:
+        """The concept's trajectories: a `concept_pool_captions` share of them sampled from its captions (the
+        contexts users write; captions in a random order), with the bare word's prediction put in at their latents
+        so the bare-word terms keep their teacher; the rest from the bare word. A concept without captions: all."""
+        size, cond = self.config.concept_pool_size, self.concept_conds[concept : concept + 1]
+        captions = None if self.captions is None else self.captions.conds[concept]
+        from_captions = 0 if captions is None else round(size * self.config.concept_pool_captions)
+        parts = [build(cond, torch.zeros(size - from_captions, dtype=torch.long), True)] if size > from_captions else []
+        if from_captions:
+            order = torch.randperm(captions.shape[0], generator=pool_rng)
+            index = order.repeat(from_captions // len(order) + 1)[:from_captions]
+            parts.append(build(captions, index, True).relabel(self.runner, cond))
+        return LatentPool.concat(parts) if len(parts) > 1 else parts[0]
 
     def _init_scores(self):
         if self.retain_pool is not None and self.config.retain_priority > 0 and self.retain_scores is None:
