@@ -77,6 +77,9 @@ PRESETS: dict[str, dict] = {
     # - concept_pool_size 16: 64 trajectories a concept (session 31, square and red, seeds 0-1, stopped there) doubled
     #   the headline successes, 47 -> 94 of 1,032 (square's soft prompt 30 -> 69/172); 8 (3 seeds) raised them 79 ->
     #   92 of 1,536 and cost retain 486 -> 469/512 (red's target lost). 16 stays.
+    # - concept_pool_captions 0 (the EraseConfig default): half the concept trajectories sampled from the concept's
+    #   captions (session 35, square, 9 training seeds a side, 2,304 cases): soft prompt 656 -> 531 (by seed 0.285 ->
+    #   0.230, the difference not shown: Welch [-0.159, +0.050]), retain 2170 -> 2139 (1.3 points lower). 0 stays.
     # - retain_batch 16 (not 8; 32 since session 28, below): the same retain term (weight 10 on the mean of its
     #   points) on twice the points a step, so half its gradient noise, for 3,200 more UNet evaluations a run (+13%).
     #   Square, seeds 0-2, 256 cases a seed: retain 685 -> 722/768, pre-attack 10 -> 0/768, concept vector 56 ->
