@@ -54,6 +54,8 @@ def our_counts(config: EraseConfig, concepts: int = 1, retain_prompts: int | Non
     points, attack_points = config.concept_batch, config.attack_batch
     if config.reuse_latents:
         pool = 2 * steps * (concepts * config.concept_pool_size + (config.retain_pool_size if retain_on else 0))
+        # the caption trajectories' latents taught with the bare word: one evaluation each (every concept has captions)
+        pool += concepts * steps * round(config.concept_pool_size * config.concept_pool_captions)
         warm = points + retain_points
         per_attack_step = attack_points
     else:

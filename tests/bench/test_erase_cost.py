@@ -33,6 +33,7 @@ CONFIGS = {
                       vector_weight=1.0, plain_contrast=True, attack_every=2),
     "early retain": dict(retain_early_weight=1.0),
     "restarts": dict(caption_weight=1.0, contrast_words=["square"], attack_captions=True, attack_restarts=2),
+    "caption trajectories": dict(caption_weight=1.0, contrast_words=["square"], concept_pool_captions=0.5),
 }
 
 
