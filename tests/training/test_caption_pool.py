@@ -8,6 +8,7 @@ import torch
 
 from erasure_core.errors import ErasureError
 from erasure_core.latents import LatentPool, UNetRunner, ddim_scheduler
+from erasure_core.models import build_tiny_model
 from erasure_core.sampling import encode_prompts
 from erasure_core.training import EraseConfig, erase
 from erasure_core.training.captions import ConceptCaptions
@@ -20,15 +21,19 @@ FAST = dict(iterations=3, warmup_iterations=1, attack_steps=2, num_ddim_steps=6,
 GUIDANCE = 3.0
 
 
-def _concept_pool(model, share: float) -> LatentPool:
+def _concept_pools(model, share: float, concepts=("nudity",)) -> list[LatentPool]:
     config = EraseConfig(**FAST, concept_pool_captions=share, guidance=GUIDANCE).validate()
     encode0 = lambda ids: model.text_encoder(ids)[0].float()  # noqa: E731
-    captions = ConceptCaptions(model.tokenizer, encode0, PROMPTS, ["nudity"], ["clothes"])
+    captions = ConceptCaptions(model.tokenizer, encode0, PROMPTS, list(concepts), ["clothes"])
     points = TrainingPoints(model, UNetRunner(model.unet), config, torch.Generator().manual_seed(0),
-                            encode_prompts(model, ["nudity"]), encode_prompts(model, [""]), contextlib.nullcontext,
-                            captions)
+                            encode_prompts(model, list(concepts)), encode_prompts(model, [""]),
+                            contextlib.nullcontext, captions)
     points.build_pools(None, key=(), cache=None)
-    return points.concept_pools[0]
+    return points.concept_pools
+
+
+def _concept_pool(model, share: float) -> LatentPool:
+    return _concept_pools(model, share)[0]
 
 
 def _guided_by_stored_teacher(model, pool: LatentPool, row: int) -> bool:
@@ -61,12 +66,17 @@ def test_no_share_samples_the_bare_word_only(tiny_model):
     assert not any(_guided_by_stored_teacher(tiny_model, everything, r) for r in range(everything.size))
 
 
-def test_a_run_with_caption_trajectories_trains_and_differs_from_one_without():
-    from erasure_core.models import build_tiny_model
+def test_a_concept_without_captions_samples_the_bare_word_only(tiny_model):
+    nudity, cat = _concept_pools(tiny_model, 0.5, concepts=("nudity", "cat"))  # no prompt names "cat"
+    assert [_guided_by_stored_teacher(tiny_model, nudity, r) for r in range(nudity.size)] == [True, True, False, False]
+    assert all(_guided_by_stored_teacher(tiny_model, cat, r) for r in range(cat.size))
 
-    plain = erase(build_tiny_model(), ["nudity"], EraseConfig(**FAST))
-    mixed = erase(build_tiny_model(), ["nudity"], EraseConfig(**FAST, concept_pool_captions=0.5))
-    assert mixed.config.concept_pool_captions == 0.5
+
+def test_a_run_with_caption_trajectories_trains_and_differs_from_one_without():
+    model, cache = build_tiny_model(), {}  # one model and pool cache: the share must be part of the pools' key
+    plain = erase(model, ["nudity"], EraseConfig(**FAST), latent_cache=cache)
+    mixed = erase(model, ["nudity"], EraseConfig(**FAST, concept_pool_captions=0.5), latent_cache=cache)
+    assert mixed.config.concept_pool_captions == 0.5 and len(cache) == 2
     a, b = plain.text_encoder.state_dict(), mixed.text_encoder.state_dict()
     assert not all(torch.equal(a[k], b[k]) for k in a)
 
