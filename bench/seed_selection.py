@@ -27,6 +27,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import demo_efficacy as bench  # noqa: E402
+import seed_cross  # noqa: E402
 
 from erasure_core import selection  # noqa: E402
 from erasure_core.errors import ErasureError  # noqa: E402
@@ -78,8 +79,6 @@ def drawn_prompts(data: dict) -> tuple[list[str], list[str]]:
 def load_encoders(paths: list[Path], probe: str, folds: int) -> tuple[dict, dict[int, dict]]:
     """(what the files share, {seed: {"probe": counts per fold, "retain": counts per fold}}); files that
     measured other cases, another concept or another erase config than the seed are refused."""
-    import seed_cross
-
     shared, machine, encoders = None, None, {}
     for path in paths:
         if not path.is_file():
@@ -148,8 +147,6 @@ def _rates(c: dict) -> dict:
 
 def pooled(choices: list[dict], which) -> dict:
     """{"probe", "retain"} summed over the choices' held-out rates of the seeds `which(choice)` names."""
-    import seed_cross
-
     return {key: seed_cross.pooled([choice["held_out"][str(seed)][key] for choice in choices for seed in which(choice)])
             for key in ("probe", "retain")}
 

@@ -182,7 +182,7 @@ class LatentPool:
     @torch.no_grad()
     def relabel(self, runner: UNetRunner, cond: torch.Tensor, batch_size: int = 32) -> "LatentPool":
         """The same latents with `cond`'s prediction [1, L, D] as eps_cond (and prompt_index 0): trajectories
-        sampled from one prompt, taught with another's (one evaluation per latent)."""
+        sampled from one prompt, taught with another's (one evaluation per latent, `batch_size` latents a call)."""
         flat = self.latents.flatten(0, 1)
         steps = self.timesteps.repeat(self.size)
         eps = torch.cat([runner(x.to(cond.device), t.to(cond.device), cond.expand(len(x), -1, -1)).float().cpu()

@@ -65,7 +65,7 @@ class TrainingPoints:
         if from_captions:
             order = torch.randperm(captions.shape[0], generator=pool_rng)
             index = order.repeat(from_captions // len(order) + 1)[:from_captions]
-            parts.append(build(captions, index, True).relabel(self.runner, cond))
+            parts.append(build(captions, index, True).relabel(self.runner, cond, self.config.max_unet_batch))
         return LatentPool.concat(parts) if len(parts) > 1 else parts[0]
 
     def _init_scores(self):
