@@ -348,8 +348,8 @@ class _Trainer:
             where = f"the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else \
                 "no checkpoint was written before it (set checkpoint_every and a checkpoint path)"
             raise ErasureDiverged(
-                f"the {which.replace('_', ' ')} loss became {float(loss.detach())} at iteration {step + 1}; {where}. Lower lr, or use "
-                "mixed_precision='no' or 'bf16' instead of 'fp16'.", self.last_checkpoint)
+                f"the {which.replace('_', ' ')} loss became {float(loss.detach())} at iteration {step + 1}; {where}. "
+                "Lower lr, or use mixed_precision='no' or 'bf16' instead of 'fp16'.", self.last_checkpoint)
 
     def _check_weights_finite(self, step: int):
         bad = [name for name, p in self.named_params if not torch.isfinite(p.detach()).all()]

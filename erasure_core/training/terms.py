@@ -1,9 +1,10 @@
 """The loss terms of one training step, back-propagated together.
 
 A step has up to five prediction-space terms (the attacked prompt, the plain prompt, the captions, the captions
-pushed along the concept's direction, the retain prompts), each weight * MSE(UNet(x_t, t, E(prompt)), target) on its own few latents, and up to two terms in the
-encoder's output (the "" anchor, the retain encodings). They used to be back-propagated one at a time, each with
-its own small UNet call. Here the prediction-space terms share UNet calls of up to `max_unet_batch` latents:
+pushed along the concept's direction, the retain prompts), each weight * MSE(UNet(x_t, t, E(prompt)), target) on
+its own few latents, and up to two terms in the encoder's output (the "" anchor, the retain encodings). They
+used to be back-propagated one at a time, each with its own small UNet call. Here the prediction-space terms
+share UNet calls of up to `max_unet_batch` latents:
 
     loss = sum_t w_t * MSE_t = sum over rows r of (w_t / n_t) * MSE(row r)
 
