@@ -55,6 +55,9 @@ PRESETS: dict[str, dict] = {
     #   Every one again at the current preset (attack_every 1, session 32, square and red, 3 seeds, +13% UNet
     #   evaluations): headline successes 79 -> 117 of 1,536 (square's soft prompt 56 -> 63/256, concept vector
     #   16 -> 33/256), retain 486 -> 474/512 (red 246 -> 239/256: its target lost).
+    #   Stopped at 300 (session 36, square, the 9 seeds' own trainings at iteration 300, so paired): soft prompt
+    #   656 -> 698/2304 (not shown either way), retain 2170 -> 2153/2304; a seed's leak moved as much in the last
+    #   100 iterations (sd 0.110) as between seeds (0.119).
     # - vector_weight 1 (training/captions.py: the captions pushed along the encoder's own concept direction, as
     #   the concept-vector probe does): yellow's concept-vector ASR, the full benchmark's worst cell at 94/256 =
     #   0.37 (seeds 39/88, 52/84, 3/84), was 36/256 = 0.14 [0.10, 0.19] with it (8/88, 3/84, 25/84) on the same
