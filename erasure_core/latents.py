@@ -180,7 +180,7 @@ class LatentPool:
         return stack(xs), stack(conds), stack(unconds)
 
     @torch.no_grad()
-    def relabel(self, runner: UNetRunner, cond: torch.Tensor, batch_size: int = 32) -> "LatentPool":
+    def relabel(self, runner: UNetRunner, cond: torch.Tensor, batch_size: int) -> "LatentPool":
         """The same latents with `cond`'s prediction [1, L, D] as eps_cond (and prompt_index 0): trajectories
         sampled from one prompt, taught with another's (one evaluation per latent, `batch_size` latents a call)."""
         flat = self.latents.flatten(0, 1)

@@ -35,8 +35,8 @@ OMP_WAIT_POLICY=PASSIVE (the command line says so and why), otherwise GOMP_SPINC
 average, so for a minute or two after other work ends it still reads busy; the README's `scripts/setup.sh && ...
 demo` runs the demo right after pip kept a core busy, and would have paid 2.2x for it. Where /proc/stat is
 missing (macOS, Windows) the short spin is chosen. `bench/openmp_policy.py` measures the table again on a given
-machine. GOMP_SPINCOUNT is read by GNU libgomp, which Linux PyTorch wheels use; other
-OpenMP runtimes ignore it (LLVM's libomp has KMP_BLOCKTIME instead).
+machine. GOMP_SPINCOUNT is read by GNU libgomp, which Linux PyTorch wheels use; other OpenMP runtimes ignore it
+(LLVM's libomp has KMP_BLOCKTIME instead).
 
 These variables are read once, when the OpenMP runtime loads with torch, so they must be set before torch is
 imported; ComfyUI imports torch before any node pack, so the pack can only advise (`passive_waiting_advice`).
