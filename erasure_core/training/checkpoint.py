@@ -20,18 +20,21 @@ from .config import check
 
 CHECKPOINT_FORMAT = "erasure_core.checkpoint/1"
 # Fields that may differ between a checkpoint's config and the config given to resume it.
-RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "diagnostics_every"}
+# average_last changes only what is written at the end (TailAverage.restore checks the mean so far).
+RESUMABLE_CHANGES = {"iterations", "checkpoint_every", "diagnostics_every", "average_last"}
 
 
 def write_checkpoint(path: Path, *, named_params, optimizer, adversarial: dict, rng_state: torch.Tensor,
-                     metadata: dict) -> Path:
-    """Write the trainer's state atomically; `metadata` (JSON-able) gets `format` and `param_groups` added."""
+                     metadata: dict, extra: dict | None = None) -> Path:
+    """Write the trainer's state atomically; `metadata` (JSON-able) gets `format` and `param_groups` added;
+    `extra`: more named tensors (the tail average's running mean)."""
     tensors = {f"encoder.{name}": p.detach() for name, p in named_params}
     state = optimizer.state_dict()
     for index, values in state["state"].items():
         for key, value in values.items():
             tensors[f"optimizer.{index}.{key}"] = torch.as_tensor(value)
     tensors.update({f"adversarial.{c}": e for c, e in adversarial.items()})
+    tensors.update(extra or {})
     tensors["rng.trainer"] = rng_state
     tensors["rng.torch"] = torch.get_rng_state()
     meta = dict(metadata, format=CHECKPOINT_FORMAT, param_groups=state["param_groups"])

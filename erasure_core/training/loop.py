@@ -12,7 +12,7 @@ Per iteration (see shared notes, advunlearn-method.md):
    encoding of "" must stay the original's; retain loss: on unrelated prompts it must match the original;
 4. one Adam step on the selected encoder parameters (with `project_conflicts`, the removing terms' gradient first
    loses its component against the keeping terms'; with `project_updates`, the step's update after it;
-   projection.py).
+   projection.py); with `average_last`, the encoder written is the mean of the last iterations' weights.
 
 Cost choices (the public code's waste, not repeated): ONE frozen UNet serves as teacher and as the network
 gradients pass through (requires_grad False: no UNet gradients are computed or stored); the original encoder's
@@ -50,6 +50,7 @@ from ..models import SDModel
 from ..presets import load_retain_prompts
 from ..prompts import check_concept, encode_slotted, slot_prompt
 from .checkpoint import check_resumable, load_checkpoint_into, read_checkpoint, write_checkpoint
+from .averaging import TailAverage
 from .captions import ConceptCaptions
 from .config import EraseConfig, check, select_trainable_parameters
 from .diagnostics import Diagnostics
@@ -140,11 +141,11 @@ class _Trainer:
     # ----- set-up -----
     def _build_student(self):
         config = self.config
-        self.student = copy.deepcopy(self.model.text_encoder).float().to(self.device)
-        self.student.requires_grad_(False)
+        self.student = copy.deepcopy(self.model.text_encoder).float().to(self.device).requires_grad_(False)
         self.named_params = select_trainable_parameters(self.student, config.layers, config.train_final_layer_norm,
                                                         config.train_biases_and_norms)
         check(bool(self.named_params), f"layers={config.layers!r} selects no parameters")
+        self.average = TailAverage(self.named_params, config.iterations, config.average_last)
         for _, param in self.named_params:
             param.requires_grad_(True)
         self.optimizer = torch.optim.Adam([p for _, p in self.named_params], lr=config.lr)
@@ -218,8 +219,7 @@ class _Trainer:
         return self.config.method == "advunlearn" and step >= self.config.warmup_iterations
 
     def _iteration(self, step: int, should_cancel) -> dict:
-        config = self.config
-        adversarial = self._is_adversarial(step)
+        config, adversarial = self.config, self._is_adversarial(step)
         refresh_index = (step - config.warmup_iterations) // config.attack_every if adversarial else None
         refresh = not adversarial or (step - config.warmup_iterations) % config.attack_every == 0
         if refresh:
@@ -244,10 +244,8 @@ class _Trainer:
     def _attack(self, concept: int, slot: int, should_cancel, restart: bool) -> list[float]:
         """The inner attack: adversarial embeddings that make the current encoder reproduce the concept, warm-started
         from the token set in `slot` (unless `restart`) and stored back there."""
-
         if self.config.attack_captions:
             self.captions.choose_attacked(concept, self.rng)
-
         queue: list = []
 
         def objective(cond):
@@ -360,8 +358,7 @@ class _Trainer:
 
     # ----- the loop -----
     def run(self, progress, should_cancel) -> EraseResult:
-        config = self.config
-        started = time.time()
+        config, started = self.config, time.time()
         self._select_retain()
         self.points.build_pools(self.retain_conds if self._uses_retain else None, self._pool_key(),
                                 self.latent_cache)
@@ -375,6 +372,7 @@ class _Trainer:
                     logs = self._iteration(step, should_cancel)
                 except _CancelRequested:
                     self._cancel(step, rng_state)
+                self.average.observe(step + 1)
                 logs["unet_evaluations"] = self.total_evaluations
                 if self.diagnostics.due(step + 1):
                     logs.update(self.diagnostics.measure(self.student, self.named_params, self.adversarial))
@@ -403,8 +401,8 @@ class _Trainer:
         raise ErasureCancelled(f"erasure cancelled at iteration {step + 1}; resume from {path}", path)
 
     def _result(self, seconds: float) -> EraseResult:
-        self.student.eval()
-        self.student.requires_grad_(False)
+        self.student.eval().requires_grad_(False)
+        self.average.write_into_params()
         metadata = dict(
             concepts=self.concepts, method=self.config.method, preset=self.config.preset,
             config=self.config.to_dict(), unet_evaluations=self.total_evaluations,
@@ -415,7 +413,7 @@ class _Trainer:
             base_encoder_fingerprint=self.base_encoder_hash,
             resumed_from_step=self.start_step or None,
             retain_prompts_used=len(self.retain_prompts) if self._uses_retain else 0,
-            retain_prompts_dropped=self.retain_dropped,
+            retain_prompts_dropped=self.retain_dropped, averaged_iterations=self.average.count,
         )
         return EraseResult(self.student, self.history, self.config, self.total_evaluations, metadata)
 
@@ -426,10 +424,11 @@ class _Trainer:
             current_concept=self.current_concept, unet_evaluations=self.total_evaluations,
             attack_captions=sorted(self.captions.attacked.items()) if self.captions is not None else [],
             scaler=self.scaler.state_dict(), base_encoder_fingerprint=self.base_encoder_hash,
-            retain_scores=self.points.scores_record(),
+            retain_scores=self.points.scores_record(), **self.average.metadata(),
         )
         write_checkpoint(self.checkpoint_path, named_params=self.named_params, optimizer=self.optimizer,
-                         adversarial=self.adversarial, rng_state=rng_state, metadata=metadata)
+                         adversarial=self.adversarial, rng_state=rng_state, metadata=metadata,
+                         extra=self.average.tensors())
         self.last_checkpoint = self.checkpoint_path
         return self.checkpoint_path
 
@@ -443,6 +442,7 @@ class _Trainer:
         if meta.get("scaler"):
             self.scaler.load_state_dict(meta["scaler"])
         self.start_step, self.history = int(meta["step"]), list(meta["history"])
+        self.average.restore(tensors, meta, self.start_step, path)
         self.current_concept = int(meta["current_concept"])
         if self.captions is not None:
             self.captions.attacked = {int(c): int(row) for c, row in meta.get("attack_captions", [])}
