@@ -228,6 +228,9 @@ class EraseConfig:
               "attack_captions needs caption_weight > 0 (the captions it attacks are the ones caption_weight trains)")
         check(0 <= self.average_last <= 1, f"average_last is the share of the last iterations whose weights are "
               f"averaged: it must be in [0, 1] (0 = the last weights), got {self.average_last}")
+        check(not self.average_last or round(self.average_last * self.iterations) >= 1,
+              f"average_last {self.average_last} of {self.iterations} iterations averages none of them: give at "
+              f"least {1 / self.iterations:.2g} (one iteration), or 0 for the last weights")
         check(0 <= self.concept_pool_captions <= 1,
               f"concept_pool_captions is the share of concept trajectories sampled from captions: it must be in "
               f"[0, 1], got {self.concept_pool_captions}")

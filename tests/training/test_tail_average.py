@@ -41,6 +41,8 @@ def test_average_last_one_averages_every_iteration_and_out_of_range_is_refused()
     for bad in (-0.1, 1.5):
         with pytest.raises(ErasureError, match="average_last .* must be in \\[0, 1\\]"):
             EraseConfig(average_last=bad).validate()
+    with pytest.raises(ErasureError, match="average_last 0.001 of 400 iterations averages none of them"):
+        EraseConfig(iterations=400, average_last=0.001).validate()  # round(0.4) = 0: no silent "off"
 
 
 def test_a_run_cancelled_inside_the_window_resumes_to_the_same_average(tmp_path):
