@@ -58,6 +58,10 @@ PRESETS: dict[str, dict] = {
     #   Stopped at 300 (session 36, square, the 9 seeds' own trainings at iteration 300, so paired): soft prompt
     #   656 -> 698/2304 (not shown either way), retain 2170 -> 2153/2304; a seed's leak moved as much in the last
     #   100 iterations (sd 0.110) as between seeds (0.119).
+    # - average_last 0 (the EraseConfig default: the last weights are written): the mean of the weights over
+    #   iterations 301-400 (session 37, square, the same 9 trainings, so paired): soft prompt 656 -> 665/2304 (paired
+    #   t of the per-seed difference [-0.056, +0.063]: not shown), retain 2170 -> 2169/2304; seeds closer (sd 0.119
+    #   -> 0.084), not lower on average.
     # - vector_weight 1 (training/captions.py: the captions pushed along the encoder's own concept direction, as
     #   the concept-vector probe does): yellow's concept-vector ASR, the full benchmark's worst cell at 94/256 =
     #   0.37 (seeds 39/88, 52/84, 3/84), was 36/256 = 0.14 [0.10, 0.19] with it (8/88, 3/84, 25/84) on the same
