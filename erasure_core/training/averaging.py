@@ -29,8 +29,7 @@ class TailAverage:
         self.start = average_start(iterations, share)
         self.enabled = self.start < iterations
         self.count = 0
-        self.mean = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named_params} if self.enabled \
-            else {}
+        self.mean = {name: torch.zeros_like(p, dtype=torch.float32) for name, p in named_params} if self.enabled else {}
 
     @torch.no_grad()
     def observe(self, done: int) -> None:

@@ -49,8 +49,8 @@ from ..losses import anchor_loss, esd_target, mse
 from ..models import SDModel
 from ..presets import load_retain_prompts
 from ..prompts import check_concept, encode_slotted, slot_prompt
-from .checkpoint import check_resumable, load_checkpoint_into, read_checkpoint, write_checkpoint
 from .averaging import TailAverage
+from .checkpoint import check_resumable, load_checkpoint_into, read_checkpoint, write_checkpoint
 from .captions import ConceptCaptions
 from .config import EraseConfig, check, select_trainable_parameters
 from .diagnostics import Diagnostics

@@ -61,7 +61,8 @@ def test_a_run_cancelled_inside_the_window_resumes_to_the_same_average(tmp_path)
     for (name, a), b in zip(straight.text_encoder.state_dict().items(), resumed.text_encoder.state_dict().values()):
         assert torch.equal(a, b), name
     # Another `iterations` moves the window: the mean so far would cover other iterations than the run's.
-    with pytest.raises(ErasureError, match="holds the mean of iterations 3-4, but .* would hold the mean of iterations 4-4 at its step 4"):
+    moved_window = "holds the mean of iterations 3-4, but .* would hold the mean of iterations 4-4 at its step 4"
+    with pytest.raises(ErasureError, match=moved_window):
         erase(build_tiny_model(), ["nudity"], EraseConfig(**{**FAST, "iterations": 8}, average_last=0.6),
               resume_from=ckpt)
     with pytest.raises(ErasureError, match="holds the mean of iterations 3-4, but .* would hold no mean yet"):
