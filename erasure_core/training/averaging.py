@@ -68,4 +68,9 @@ class TailAverage:
                 f"{step}: resume with the checkpoint's iterations and average_last, or start a new run")
         self.count = expected
         for name in self.mean if expected else ():
-            self.mean[name].copy_(tensors[f"average.{name}"])
+            saved = tensors.get(f"average.{name}")
+            if saved is None or saved.shape != self.mean[name].shape:
+                raise ErasureError(f"{path} says it holds a running mean of the weights but its average.{name} is "
+                                   "missing or of another shape: the file is damaged; resume from an intact "
+                                   "checkpoint or start a new run")
+            self.mean[name].copy_(saved)

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from erasure_core.errors import ErasureCancelled, ErasureError
+from erasure_core.files import atomic_save_safetensors
 from erasure_core.models import build_tiny_model
 from erasure_core.training import EraseConfig, erase, read_checkpoint
 
@@ -67,3 +68,15 @@ def test_a_run_cancelled_inside_the_window_resumes_to_the_same_average(tmp_path)
               resume_from=ckpt)
     with pytest.raises(ErasureError, match="holds the mean of iterations 3-4, but .* would hold no mean yet"):
         erase(build_tiny_model(), ["nudity"], EraseConfig(**FAST), resume_from=ckpt)
+
+
+def test_a_checkpoint_missing_its_running_mean_is_refused(tmp_path):
+    config = EraseConfig(**{**FAST, "checkpoint_every": 4}, average_last=0.6)
+    ckpt = tmp_path / "run.ckpt.safetensors"
+    erase(build_tiny_model(), ["nudity"], config, checkpoint_path=ckpt)  # written after iteration 4 of 5
+    tensors, meta = read_checkpoint(ckpt)
+    assert meta["average_count"] == 2
+    damaged = {k: v for k, v in tensors.items() if not k.startswith("average.")}
+    atomic_save_safetensors(damaged, ckpt, meta)
+    with pytest.raises(ErasureError, match="average.* is missing or of another shape: the file is damaged"):
+        erase(build_tiny_model(), ["nudity"], config, resume_from=ckpt)
